@@ -1,0 +1,1 @@
+"""Formulas, element tables, structure records and dataset sources."""

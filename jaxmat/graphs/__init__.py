@@ -1,0 +1,1 @@
+"""Stoichiometry and crystal graphs (numpy, per structure) and their padded jraph batches."""

@@ -1,0 +1,103 @@
+"""The PolySRL model: both encoders plus the loss's learnable scale (negative_scale) and shift."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmat.errors import ConfigError
+from jaxmat.graphs.batching import PolySRLBatch
+from jaxmat.polysrl.encoders import StoichiometryEncoder, StructureEncoder
+from jaxmat.polysrl.loss import LossParts, sample_embeddings, soft_contrastive_loss
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and loss settings; defaults are the reference's (sh/train_PolySRL.sh)."""
+
+    hidden: int = 200
+    stoichiometry_layers: int = 3
+    structure_layers: int = 3
+    set2set_steps: int = 2
+    n_samples: int = 8
+    logsigma_clip: float | None = 40.0
+    probabilistic: bool = True  # False: deterministic ablation (sigma fixed at 0, no KL)
+    use_species: bool = False  # structure encoder sees element types (reference: geometry only)
+    shift: float = 20.0
+    negative_scale: float = 20.0
+    kl_beta: float = 1e-8
+    reduction: str = "sum"  # reference: sum over all pairs; "mean" averages over valid pairs
+    kl: str = "reference"  # reference quirk (sample mean, logsigma as log-variance) | "log_std"
+    dtype: str = "float32"
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "ModelConfig":
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
+        config = cls(**values)
+        if config.reduction not in ("sum", "mean"):
+            raise ConfigError(f"model.reduction must be sum or mean, got {config.reduction!r}")
+        if config.kl not in ("reference", "log_std"):
+            raise ConfigError(f"model.kl must be reference or log_std, got {config.kl!r}")
+        if config.dtype not in ("float32", "float64"):
+            raise ConfigError(f"model.dtype must be float32 or float64, got {config.dtype!r}")
+        return config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def jnp_dtype(self):
+        if self.dtype == "float64" and not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
+        return jnp.float64 if self.dtype == "float64" else jnp.float32
+
+
+class PolySRL(nn.Module):
+    """Stoichiometry encoder + structure encoder + loss scalars (shape (1,) as in the reference)."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c, dtype = self.config, self.config.jnp_dtype
+        self.stoichiometry = StoichiometryEncoder(c.hidden, c.stoichiometry_layers, c.set2set_steps, c.logsigma_clip, c.probabilistic, dtype)
+        self.structure = StructureEncoder(c.hidden, c.structure_layers, c.use_species, dtype)
+        self.shift = self.param("shift", nn.initializers.constant(c.shift), (1,), dtype)
+        self.negative_scale = self.param("negative_scale", nn.initializers.constant(c.negative_scale), (1,), dtype)
+
+    def __call__(self, batch: PolySRLBatch):
+        mu, logsigma = self.stoichiometry(batch.stoichiometry)
+        return mu, logsigma, self.structure(batch.crystal), self.shift[0], self.negative_scale[0]
+
+    def embed_stoichiometry(self, graph):
+        return self.stoichiometry(graph)
+
+
+def init_params(config: ModelConfig, batch: PolySRLBatch, key) -> dict:
+    """Initial parameters (torch-like initialisation) for a model of this config."""
+    return PolySRL(config).init(key, batch)["params"]
+
+
+def loss_with_noise(params, config: ModelConfig, batch: PolySRLBatch, eps) -> tuple[jnp.ndarray, tuple[LossParts, dict]]:
+    """Total loss and its parts for given sampling noise eps (N, K, D); also returns mu, logsigma, s, z."""
+    mu, logsigma, s, shift, negative_scale = PolySRL(config).apply({"params": params}, batch)
+    if config.probabilistic:
+        z = sample_embeddings(mu, logsigma, eps)
+    else:
+        z = mu[:, None, :]
+    parts = soft_contrastive_loss(
+        z, s, mu, logsigma, batch.formula_ids, batch.graph_mask, shift, negative_scale,
+        config.kl_beta if config.probabilistic else 0.0, config.reduction, config.kl,
+    )
+    return parts.total, (parts, {"mu": mu, "logsigma": logsigma, "structure": s, "z": z})
+
+
+def sample_noise(config: ModelConfig, key, n_rows: int):
+    """Standard normal noise (n_rows, n_samples, hidden) in the model dtype."""
+    return jax.random.normal(key, (n_rows, config.n_samples, config.hidden), config.jnp_dtype)
