@@ -1,0 +1,90 @@
+"""Use a trained (or imported) stoichiometry encoder: formulas -> Gaussian embeddings (mu, sigma)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from jaxmat.graphs.batching import batch_stoichiometry, padded_size
+from jaxmat.graphs.stoichiometry import stoichiometry_graph
+from jaxmat.polysrl.encoders import StoichiometryEncoder
+from jaxmat.polysrl.model import ModelConfig
+
+
+class StoichiometryEmbedder:
+    """A stoichiometry encoder with its parameters.
+
+    ``embed(formulas)`` -> (mu, sigma): float arrays (n, hidden); mu is L2-normalised, sigma = exp(logsigma)
+    (zeros for deterministic / mean-only encoders). Bad formulas raise FormulaError naming the formula.
+    """
+
+    def __init__(self, config: ModelConfig, params: dict):
+        self.config = config
+        self.dtype = config.jnp_dtype
+        self.params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, self.dtype), params)
+        self.module = StoichiometryEncoder(
+            config.hidden, config.stoichiometry_layers, config.set2set_steps, config.logsigma_clip, config.probabilistic, self.dtype
+        )
+        self._apply = jax.jit(lambda p, g: self.module.apply({"params": p}, g))
+
+    def embed(self, formulas: Sequence[str] | str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(formulas, str):
+            formulas = [formulas]
+        graphs = [stoichiometry_graph(f) for f in formulas]  # validates every formula first
+        mus, sigmas = [], []
+        for start in range(0, len(graphs), batch_size):
+            chunk = graphs[start : start + batch_size]
+            n_graph = padded_size(len(chunk) + 1)
+            batch = batch_stoichiometry(chunk, n_graph, np.dtype(self.dtype))
+            mu, logsigma = self._apply(self.params, batch)
+            mus.append(np.asarray(mu[: len(chunk)]))
+            sigmas.append(np.zeros_like(mus[-1]) if logsigma is None else np.exp(np.asarray(logsigma[: len(chunk)])))
+        hidden = self.config.hidden
+        if not mus:
+            return np.zeros((0, hidden)), np.zeros((0, hidden))
+        return np.concatenate(mus), np.concatenate(sigmas)
+
+
+def load_encoder(workdir, epoch: int | None = None) -> StoichiometryEmbedder:
+    """The stoichiometry encoder of a training run (WORKDIR/config.yaml + the latest orbax checkpoint)."""
+    from jaxmat.polysrl.checkpoint import restore_params
+
+    workdir = Path(workdir)
+    config_path = workdir / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a jaxmat training directory?")
+    config = ModelConfig.from_dict(yaml.safe_load(config_path.read_text()).get("model"))
+    params, _, _ = restore_params(workdir, epoch)
+    return StoichiometryEmbedder(config, params["stoichiometry"])
+
+
+def import_reference_checkpoint(path, dtype: str = "float64") -> StoichiometryEmbedder:
+    """Load a PolySRL reference PyTorch stoichiometry-encoder state dict (.pt).
+
+    Accepts both PyG layouts of the GCN weights, keys with or without a 'sto.' prefix, and mean-only
+    checkpoints (the published baselines), which give deterministic embedders (sigma = 0).
+    """
+    import torch
+
+    from jaxmat.polysrl.reference import stoichiometry_mapping, tree_from_reference
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        state = state.state_dict()
+    if any(k.startswith("sto.") for k in state):
+        state = {k[4:]: v for k, v in state.items() if k.startswith("sto.")}
+    state = {k: v.detach().cpu().double().numpy() for k, v in state.items() if hasattr(v, "detach")}
+    if "gnn.convs.0.weight" not in state and "gnn.convs.0.lin.weight" not in state:
+        raise ValueError(f"{path} is not a PolySRL stoichiometry-encoder state dict (no gnn.convs.0 weights)")
+    old_layout = "gnn.convs.0.weight" in state
+    probabilistic = "var_lin.weight" in state
+    layers = len({k.split(".")[2] for k in state if k.startswith("gnn.convs.")})
+    hidden = state["mean_lin.weight"].shape[0]
+    config = ModelConfig(hidden=hidden, stoichiometry_layers=layers, probabilistic=probabilistic, dtype=dtype)
+    params = tree_from_reference(state, stoichiometry_mapping(layers, probabilistic, old_layout), np.float64)
+    return StoichiometryEmbedder(config, params)

@@ -1,0 +1,86 @@
+"""PolySRL training rows: (formula, stoichiometry graph, crystal graph) per structure."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from jaxmat.data.sources import load_structures
+from jaxmat.data.structures import StructureRecord
+from jaxmat.errors import JaxmatInputError
+from jaxmat.graphs.batching import PolySRLBatch, make_polysrl_batch
+from jaxmat.graphs.crystal import CrystalGraph, crystal_graph
+from jaxmat.graphs.stoichiometry import StoichiometryGraph, stoichiometry_graph
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolySRLDataset:
+    """Rows of structures with their formula graphs. ``skipped`` lists (id, reason) of rejected entries."""
+
+    ids: list[str] = field(default_factory=list)
+    formulas: list[str] = field(default_factory=list)
+    stoichiometry: list[StoichiometryGraph] = field(default_factory=list)
+    crystals: list[CrystalGraph] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, indices, batch_size: int, dtype=np.float32) -> PolySRLBatch:
+        indices = np.asarray(indices)
+        return make_polysrl_batch(
+            [self.stoichiometry[i] for i in indices],
+            [self.crystals[i] for i in indices],
+            [self.formulas[i] for i in indices],
+            batch_size,
+            dtype,
+        )
+
+    def summary(self) -> str:
+        polymorphs = Counter(self.formulas)
+        multi = sum(1 for c in polymorphs.values() if c > 1)
+        atoms = [len(c.numbers) for c in self.crystals]
+        return (
+            f"{len(self)} structures, {len(polymorphs)} formulas ({multi} with several structures), "
+            f"{int(np.mean(atoms)) if atoms else 0} atoms on average; {len(self.skipped)} skipped"
+        )
+
+
+def rows_from_records(records: list[StructureRecord], cutoff: float = 8.0, max_neighbors: int = 12, progress: bool = False) -> PolySRLDataset:
+    """Graphs for each record; records that fail (overlapping atoms, element without embedding) are skipped."""
+    dataset = PolySRLDataset()
+    formula_cache: dict[str, StoichiometryGraph] = {}
+    for record in tqdm(records, desc="graphs", disable=not progress, file=sys.stderr, leave=False):
+        try:
+            stoich = formula_cache.get(record.formula) or stoichiometry_graph(record.formula)
+            formula_cache[record.formula] = stoich
+            crystal = crystal_graph(record, cutoff, max_neighbors)
+        except JaxmatInputError as exc:
+            dataset.skipped.append((record.id, str(exc)))
+            continue
+        dataset.ids.append(record.id)
+        dataset.formulas.append(record.formula)
+        dataset.stoichiometry.append(stoich)
+        dataset.crystals.append(crystal)
+    return dataset
+
+
+def build_dataset(data_config: dict, progress: bool = False) -> PolySRLDataset:
+    """Load structures from the configured source and build their graphs, logging what was skipped."""
+    report = load_structures(data_config["source"], data_config.get("path"), data_config.get("limit"))
+    dataset = rows_from_records(report.records, float(data_config["cutoff"]), int(data_config["max_neighbors"]), progress)
+    dataset.skipped = report.skipped + dataset.skipped
+    if dataset.skipped:
+        log.warning("skipped %d of %d entries:", len(dataset.skipped), len(dataset) + len(dataset.skipped))
+        for entry_id, reason in dataset.skipped[:10]:
+            log.warning("  %s: %s", entry_id, reason)
+    if len(dataset) == 0:
+        raise JaxmatInputError(f"no usable structures from data source {data_config['source']!r}")
+    return dataset

@@ -1,0 +1,184 @@
+"""Train PolySRL: ``python -m jaxmat.train --config configs/polysrl.yaml --workdir DIR [--set key=value ...]``.
+
+Writes DIR/config.yaml, DIR/metrics.jsonl (one line per epoch), DIR/training.png and an orbax
+checkpoint per epoch (params, optimiser state, step, data-order and noise RNG keys). Rerunning the
+same command resumes after the last saved epoch and reproduces the losses of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from jaxmat.config import apply_overrides, check_keys, load_config
+from jaxmat.errors import ConfigError, JaxmatInputError
+from jaxmat.polysrl.dataset import PolySRLDataset, build_dataset
+from jaxmat.polysrl.model import ModelConfig, init_params
+from jaxmat.polysrl.training import TrainState, make_optimizer, make_train_step
+
+log = logging.getLogger("jaxmat.train")
+
+DATA_DEFAULTS = {"source": "embedded", "path": None, "limit": None, "cutoff": 8.0, "max_neighbors": 12}
+TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 256, "lr": 5e-5, "weight_decay": 0.0, "max_grad_norm": 2.0, "keep_checkpoints": 3}
+
+
+def resolve_config(config: dict) -> dict:
+    """Full config with defaults filled; unknown keys are refused."""
+    unknown = sorted(set(config) - {"seed", "data", "model", "train"})
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {unknown}")
+    resolved = {
+        "seed": int(config.get("seed", 0)),
+        "data": check_keys(config.get("data"), DATA_DEFAULTS, "data"),
+        "model": ModelConfig.from_dict(config.get("model")).to_dict(),
+        "train": check_keys(config.get("train"), TRAIN_DEFAULTS, "train"),
+    }
+    if int(resolved["train"]["batch_size"]) < 2:
+        raise ConfigError("train.batch_size must be at least 2 (the loss contrasts rows of a batch)")
+    return resolved
+
+
+def _check_resumable(workdir: Path, config: dict) -> None:
+    """Refuse to resume a run whose model, data or batching differ from the saved config."""
+    saved_path = workdir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = yaml.safe_load(saved_path.read_text())
+    for section, keys in (("model", None), ("data", None), ("train", ("batch_size", "lr", "weight_decay", "max_grad_norm")), ("seed", None)):
+        old, new = saved.get(section), config.get(section)
+        if keys is not None:
+            old, new = {k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}
+        if old != new:
+            raise ConfigError(
+                f"{workdir} holds a run with a different {section!r} config ({old} vs {new}); use a new --workdir"
+            )
+
+
+def epoch_batches(dataset: PolySRLDataset, epoch: int, batch_size: int, data_key, dtype):
+    """The batches of one epoch, in the order fixed by the data key and epoch number."""
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), len(dataset)))
+    for start in range(0, len(order), batch_size):
+        yield dataset.batch(order[start : start + batch_size], batch_size, dtype)
+
+
+def _read_metrics(path: Path, last_epoch: int) -> list[dict]:
+    """Metrics lines of epochs <= last_epoch (drops lines written after the last checkpoint)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= last_epoch]
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def run_training(config: dict, workdir, progress: bool = True) -> list[dict]:
+    """Train (or resume) into ``workdir``; returns the metrics of every epoch so far."""
+    from jaxmat.polysrl.checkpoint import checkpoint_manager, restore_checkpoint, save_checkpoint
+    from jaxmat.polysrl.plots import plot_training
+
+    config = resolve_config(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_resumable(workdir, config)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    model_config = ModelConfig.from_dict(config["model"])
+    dtype = np.dtype(model_config.jnp_dtype)
+    train_cfg, data_cfg = config["train"], config["data"]
+    batch_size = int(train_cfg["batch_size"])
+
+    dataset = build_dataset(data_cfg, progress=progress)
+    log.info("dataset: %s", dataset.summary())
+    if len(dataset) < 2:
+        raise JaxmatInputError(f"only {len(dataset)} usable structures: need at least 2 to train")
+
+    root = jax.random.PRNGKey(config["seed"])
+    init_key, data_key, noise_key = jax.random.split(root, 3)
+    optimizer = make_optimizer(float(train_cfg["lr"]), train_cfg["max_grad_norm"], float(train_cfg["weight_decay"]))
+    params = init_params(model_config, dataset.batch(np.arange(min(batch_size, len(dataset))), batch_size, dtype), init_key)
+    state = TrainState(params, optimizer.init(params), np.zeros((), np.int64))
+    rng = {"data": jax.random.key_data(data_key), "noise": jax.random.key_data(noise_key)}
+
+    manager = checkpoint_manager(workdir, int(train_cfg["keep_checkpoints"]))
+    restored = restore_checkpoint(manager, {"train": state, "rng": rng})
+    start_epoch = 0
+    if restored is not None:
+        saved, meta = restored
+        state, rng = TrainState(*saved["train"]), saved["rng"]
+        start_epoch = int(meta["epoch"])
+        log.info("resuming %s after epoch %d (step %d)", workdir, start_epoch, int(state.step))
+    data_key, noise_key = jax.random.wrap_key_data(rng["data"]), jax.random.wrap_key_data(rng["noise"])
+    metrics_path = workdir / "metrics.jsonl"
+    history = _read_metrics(metrics_path, start_epoch)
+    _write_metrics(metrics_path, history)
+
+    train_step = jax.jit(make_train_step(model_config, optimizer), donate_argnums=0)
+    epochs = int(train_cfg["epochs"])
+    n_batches = -(-len(dataset) // batch_size)
+    for epoch in range(start_epoch + 1, epochs + 1):
+        started = time.time()
+        sums: dict[str, float] = {}
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, file=sys.stderr, leave=False)
+        for batch in epoch_batches(dataset, epoch, batch_size, data_key, dtype):
+            step_key = jax.random.fold_in(noise_key, int(state.step))
+            state, metrics = train_step(state, batch, step_key)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not np.isfinite(metrics["total"]):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {int(state.step)}: {metrics}")
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{metrics['total']:.4g}", sigma=f"{metrics.get('mean_sigma', 0):.3g}")
+            bar.update()
+        bar.close()
+        row = {"epoch": epoch, "step": int(state.step)}
+        row.update({k: v / n_batches for k, v in sums.items() if k not in ("c", "b")})
+        row.update({"loss": row.pop("total"), "loss_sum": sums["total"], "c": metrics["c"], "b": metrics["b"]})
+        row["seconds"] = time.time() - started
+        save_checkpoint(manager, epoch, {"train": state, "rng": rng}, {"epoch": epoch, "step": int(state.step)})
+        history.append(row)
+        _write_metrics(metrics_path, history)
+        log.info(
+            "epoch %d/%d  loss %.6g  contrastive %.6g  kl %.4g  c %.4f  b %.4f  mean sigma %.4g  (%.1f s)",
+            epoch, epochs, row["loss"], row["contrastive"], row["kl"], row["c"], row["b"], row.get("mean_sigma", 0.0), row["seconds"],
+        )
+    if history:
+        plot_training(history, workdir / "training.png")
+    return history
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxmat.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (see configs/polysrl.yaml)")
+    parser.add_argument("--workdir", required=True, help="output/resume directory")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "matplotlib", "jax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = apply_overrides(load_config(args.config), args.overrides)
+        history = run_training(config, args.workdir, progress=not args.no_progress)
+    except JaxmatInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if history:
+        print(f"trained {history[-1]['epoch']} epochs; final loss {history[-1]['loss']:.6g}; outputs in {args.workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests that read ../shared/ skip cleanly when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("JAXMAT_SHARED", REPO.parent / "shared"))
+
+
+def shared_file(relative: str) -> Path:
+    """Path under ../shared/, or skip the test when it is not there."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared/ is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def x64():
+    """Enable float64 in JAX for the tests that need it."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    yield
