@@ -64,10 +64,17 @@ def _check_resumable(workdir: Path, config: dict) -> None:
 
 
 def epoch_batches(dataset: PolySRLDataset, epoch: int, batch_size: int, data_key, dtype):
-    """The batches of one epoch, in the order fixed by the data key and epoch number."""
+    """The batches of one epoch, in the order fixed by the data key and epoch number.
+
+    All batches of an epoch are padded to the epoch's largest, rounded up: one compiled shape per
+    epoch, and most epochs share it. The padding depends on the epoch alone, so a resumed run
+    computes exactly what an uninterrupted one does.
+    """
     order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), len(dataset)))
-    for start in range(0, len(order), batch_size):
-        yield dataset.batch(order[start : start + batch_size], batch_size, dtype)
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    padding = dataset.padding(chunks)
+    for chunk in chunks:
+        yield dataset.batch(chunk, batch_size, dtype, padding)
 
 
 def _read_metrics(path: Path, last_epoch: int) -> list[dict]:

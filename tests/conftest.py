@@ -19,10 +19,12 @@ def shared_file(relative: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def x64():
-    """Enable float64 in JAX for the tests that need it."""
+    """Enable float64 in JAX for the tests of one module, and restore the previous mode after it."""
     import jax
 
+    previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     yield
+    jax.config.update("jax_enable_x64", previous)

@@ -116,18 +116,44 @@ def formula_ids(formulas: Sequence[str], n_graph: int) -> np.ndarray:
     return np.asarray(ids + [-(k + 1) for k in range(n_graph - len(ids))], np.int32)
 
 
+class BatchPadding(NamedTuple):
+    """Padded array sizes of a batch (graph slots = batch_size + 1)."""
+
+    stoich_nodes: int
+    stoich_edges: int
+    crystal_nodes: int
+    crystal_edges: int
+
+
+def padding_for(stoich: Sequence[StoichiometryGraph], crystals: Sequence[CrystalGraph], index_chunks) -> BatchPadding:
+    """One padding that fits every batch in ``index_chunks`` (rounded up with padded_size)."""
+    s_nodes = np.array([len(g.numbers) for g in stoich])
+    c_nodes = np.array([len(g.numbers) for g in crystals])
+    c_edges = np.array([len(g.senders) for g in crystals])
+    worst = np.max([[s_nodes[c].sum(), (s_nodes[c] ** 2).sum(), c_nodes[c].sum(), c_edges[c].sum()] for c in index_chunks], axis=0)
+    crystal_nodes = padded_size(worst[2] + 1)
+    per_atom = int(np.ceil(c_edges.sum() / max(c_nodes.sum(), 1)))
+    return BatchPadding(padded_size(worst[0] + 1), padded_size(worst[1] + 1), crystal_nodes, max(per_atom * crystal_nodes, padded_size(worst[3] + 1)))
+
+
 def make_polysrl_batch(
-    stoich: Sequence[StoichiometryGraph], crystals: Sequence[CrystalGraph], formulas: Sequence[str], batch_size: int, dtype=np.float32
+    stoich: Sequence[StoichiometryGraph], crystals: Sequence[CrystalGraph], formulas: Sequence[str], batch_size: int, dtype=np.float32,
+    padding: BatchPadding | None = None,
 ) -> PolySRLBatch:
-    """Assemble a padded batch of ``len(stoich) <= batch_size`` rows with batch_size + 1 graph slots."""
+    """Assemble a padded batch of ``len(stoich) <= batch_size`` rows with batch_size + 1 graph slots.
+
+    ``padding`` fixes the array sizes (so batches of a run share one compiled shape); by default
+    each batch is rounded up on its own.
+    """
     if not (len(stoich) == len(crystals) == len(formulas)) or len(stoich) > batch_size:
         raise ValueError("rows of a batch must agree in number and fit the batch size")
     n_graph = batch_size + 1
     mask = np.zeros(n_graph, bool)
     mask[: len(stoich)] = True
+    pad = padding or BatchPadding(None, None, None, None)
     return PolySRLBatch(
-        batch_stoichiometry(stoich, n_graph, dtype),
-        batch_crystals(crystals, n_graph, dtype),
+        batch_stoichiometry(stoich, n_graph, dtype, pad.stoich_nodes, pad.stoich_edges),
+        batch_crystals(crystals, n_graph, dtype, pad.crystal_nodes, pad.crystal_edges),
         formula_ids(formulas, n_graph),
         mask,
     )

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from jaxmat.data.sources import load_structures
 from jaxmat.data.structures import StructureRecord
 from jaxmat.errors import JaxmatInputError
-from jaxmat.graphs.batching import PolySRLBatch, make_polysrl_batch
+from jaxmat.graphs.batching import BatchPadding, PolySRLBatch, make_polysrl_batch, padding_for
 from jaxmat.graphs.crystal import CrystalGraph, crystal_graph
 from jaxmat.graphs.stoichiometry import StoichiometryGraph, stoichiometry_graph
 
@@ -33,7 +33,7 @@ class PolySRLDataset:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, indices, batch_size: int, dtype=np.float32) -> PolySRLBatch:
+    def batch(self, indices, batch_size: int, dtype=np.float32, padding: BatchPadding | None = None) -> PolySRLBatch:
         indices = np.asarray(indices)
         return make_polysrl_batch(
             [self.stoichiometry[i] for i in indices],
@@ -41,7 +41,12 @@ class PolySRLDataset:
             [self.formulas[i] for i in indices],
             batch_size,
             dtype,
+            padding,
         )
+
+    def padding(self, index_chunks) -> BatchPadding:
+        """One padding for all these batches, so they share one compiled shape."""
+        return padding_for(self.stoichiometry, self.crystals, index_chunks)
 
     def summary(self) -> str:
         polymorphs = Counter(self.formulas)
