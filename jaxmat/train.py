@@ -27,8 +27,8 @@ from jaxmat.polysrl.training import TrainState, make_optimizer, make_train_step
 
 log = logging.getLogger("jaxmat.train")
 
-DATA_DEFAULTS = {"source": "embedded", "path": None, "limit": None, "cutoff": 8.0, "max_neighbors": 12}
-TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 256, "lr": 5e-5, "weight_decay": 0.0, "max_grad_norm": 2.0, "keep_checkpoints": 3}
+DATA_DEFAULTS = {"source": "embedded", "path": None, "limit": None, "cutoff": 8.0, "max_neighbors": 12, "merge_equivalent_edges": True}
+TRAIN_DEFAULTS = {"epochs": 25, "batch_size": 256, "lr": 5e-5, "weight_decay": 0.0, "max_grad_norm": 2.0, "keep_checkpoints": 3}
 
 
 def resolve_config(config: dict) -> dict:
@@ -63,18 +63,20 @@ def _check_resumable(workdir: Path, config: dict) -> None:
             )
 
 
-def epoch_batches(dataset: PolySRLDataset, epoch: int, batch_size: int, data_key, dtype):
-    """The batches of one epoch, in the order fixed by the data key and epoch number.
+PADDING_HORIZON = 100  # epochs whose batches fix the padded shape
 
-    All batches of an epoch are padded to the epoch's largest, rounded up: one compiled shape per
-    epoch, and most epochs share it. The padding depends on the epoch alone, so a resumed run
-    computes exactly what an uninterrupted one does.
-    """
-    order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), len(dataset)))
-    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    padding = dataset.padding(chunks)
-    for chunk in chunks:
-        yield dataset.batch(chunk, batch_size, dtype, padding)
+
+def epoch_chunks(n_rows: int, epoch: int, batch_size: int, data_key) -> list[np.ndarray]:
+    """Row indices of each batch of one epoch, in the order fixed by the data key and epoch number."""
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, epoch), n_rows))
+    return [order[start : start + batch_size] for start in range(0, n_rows, batch_size)]
+
+
+def run_padding(dataset: PolySRLDataset, batch_size: int, data_key, epochs: int):
+    """One padded shape for every batch of the run: one compilation, and (since it depends on the
+    data order alone, over at least PADDING_HORIZON epochs) the same shape on resume."""
+    horizon = max(epochs, PADDING_HORIZON)
+    return dataset.padding([c for e in range(1, horizon + 1) for c in epoch_chunks(len(dataset), e, batch_size, data_key)])
 
 
 def _read_metrics(path: Path, last_epoch: int) -> list[dict]:
@@ -107,7 +109,7 @@ def run_training(config: dict, workdir, progress: bool = True) -> list[dict]:
     train_cfg, data_cfg = config["train"], config["data"]
     batch_size = int(train_cfg["batch_size"])
 
-    dataset = build_dataset(data_cfg, progress=progress)
+    dataset = build_dataset(data_cfg, progress=progress, dtype=dtype)
     log.info("dataset: %s", dataset.summary())
     if len(dataset) < 2:
         raise JaxmatInputError(f"only {len(dataset)} usable structures: need at least 2 to train")
@@ -134,12 +136,14 @@ def run_training(config: dict, workdir, progress: bool = True) -> list[dict]:
 
     train_step = jax.jit(make_train_step(model_config, optimizer), donate_argnums=0)
     epochs = int(train_cfg["epochs"])
+    padding = run_padding(dataset, batch_size, data_key, epochs)
     n_batches = -(-len(dataset) // batch_size)
     for epoch in range(start_epoch + 1, epochs + 1):
         started = time.time()
         sums: dict[str, float] = {}
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, file=sys.stderr, leave=False)
-        for batch in epoch_batches(dataset, epoch, batch_size, data_key, dtype):
+        for chunk in epoch_chunks(len(dataset), epoch, batch_size, data_key):
+            batch = dataset.batch(chunk, batch_size, dtype, padding)
             step_key = jax.random.fold_in(noise_key, int(state.step))
             state, metrics = train_step(state, batch, step_key)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

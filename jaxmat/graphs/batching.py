@@ -83,9 +83,14 @@ def batch_crystals(graphs: Sequence[CrystalGraph], n_graph: int, dtype=np.float3
     if n_edge_pad is None:  # k-NN graphs have a fixed number of edges per atom: keep edges tied to nodes
         per_atom = int(np.ceil(n_edge.sum() / max(n_node.sum(), 1)))
         n_edge_pad = max(per_atom * n_node_pad, padded_size(n_edge.sum() + 1))
+    edges = {"distance": np.concatenate([g.distances for g in graphs]).astype(dtype)}
+    if any(g.multiplicity is not None for g in graphs):
+        edges["multiplicity"] = np.concatenate(
+            [np.ones(len(g.senders)) if g.multiplicity is None else g.multiplicity for g in graphs]
+        ).astype(dtype)
     return _pad_graphs(
         {"numbers": np.concatenate([g.numbers for g in graphs]).astype(np.int32)},
-        {"distance": np.concatenate([g.distances for g in graphs]).astype(dtype)},
+        edges,
         np.concatenate([g.senders for g in graphs]) + offsets,
         np.concatenate([g.receivers for g in graphs]) + offsets,
         n_node,
@@ -125,15 +130,17 @@ class BatchPadding(NamedTuple):
     crystal_edges: int
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return int(-(-int(n) // multiple) * multiple)
+
+
 def padding_for(stoich: Sequence[StoichiometryGraph], crystals: Sequence[CrystalGraph], index_chunks) -> BatchPadding:
-    """One padding that fits every batch in ``index_chunks`` (rounded up with padded_size)."""
+    """One padding that fits every batch in ``index_chunks``: the largest totals + 1, rounded up a little."""
     s_nodes = np.array([len(g.numbers) for g in stoich])
     c_nodes = np.array([len(g.numbers) for g in crystals])
     c_edges = np.array([len(g.senders) for g in crystals])
     worst = np.max([[s_nodes[c].sum(), (s_nodes[c] ** 2).sum(), c_nodes[c].sum(), c_edges[c].sum()] for c in index_chunks], axis=0)
-    crystal_nodes = padded_size(worst[2] + 1)
-    per_atom = int(np.ceil(c_edges.sum() / max(c_nodes.sum(), 1)))
-    return BatchPadding(padded_size(worst[0] + 1), padded_size(worst[1] + 1), crystal_nodes, max(per_atom * crystal_nodes, padded_size(worst[3] + 1)))
+    return BatchPadding(_round_up(worst[0] + 1, 64), _round_up(worst[1] + 1, 256), _round_up(worst[2] + 1, 64), _round_up(worst[3] + 1, 512))
 
 
 def make_polysrl_batch(

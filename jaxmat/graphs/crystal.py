@@ -17,13 +17,37 @@ from jaxmat.errors import StructureError
 
 
 class CrystalGraph(NamedTuple):
-    """numbers (n,); senders/receivers (k*n,) atom indices; distances (k*n,) in Å; n_padded edges."""
+    """numbers (n,); senders/receivers (k*n,) atom indices; distances (k*n,) in Å; n_padded edges.
+
+    multiplicity (optional, (n_edges,)): how many identical edges each edge stands for, after
+    :func:`merge_equivalent_edges`.
+    """
 
     numbers: np.ndarray
     senders: np.ndarray
     receivers: np.ndarray
     distances: np.ndarray
     n_padded: int
+    multiplicity: np.ndarray | None = None
+
+
+def merge_equivalent_edges(graph: CrystalGraph, dtype=np.float32) -> CrystalGraph:
+    """Merge edges with the same sender, receiver and distance (as stored in ``dtype``) into one edge
+    with a multiplicity.
+
+    Such edges are periodic images of one neighbour at the same distance (common in small,
+    symmetric cells); every layer computes the same values for them, so summing one of them with its
+    multiplicity is the same function with fewer edges.
+    """
+    distance_bits = graph.distances.astype(dtype).view(np.int32 if np.dtype(dtype).itemsize == 4 else np.int64)
+    keys = np.stack([graph.senders, graph.receivers, distance_bits.astype(np.int64)], axis=1)
+    _, first, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    first, counts = first[order], counts[order]
+    return graph._replace(
+        senders=graph.senders[first], receivers=graph.receivers[first], distances=graph.distances[first],
+        multiplicity=counts.astype(np.float64),
+    )
 
 
 def neighbor_pairs(record: StructureRecord, cutoff: float):

@@ -14,7 +14,7 @@ from jaxmat.data.sources import load_structures
 from jaxmat.data.structures import StructureRecord
 from jaxmat.errors import JaxmatInputError
 from jaxmat.graphs.batching import BatchPadding, PolySRLBatch, make_polysrl_batch, padding_for
-from jaxmat.graphs.crystal import CrystalGraph, crystal_graph
+from jaxmat.graphs.crystal import CrystalGraph, crystal_graph, merge_equivalent_edges
 from jaxmat.graphs.stoichiometry import StoichiometryGraph, stoichiometry_graph
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,15 @@ class PolySRLDataset:
         )
 
 
-def rows_from_records(records: list[StructureRecord], cutoff: float = 8.0, max_neighbors: int = 12, progress: bool = False) -> PolySRLDataset:
-    """Graphs for each record; records that fail (overlapping atoms, element without embedding) are skipped."""
+def rows_from_records(
+    records: list[StructureRecord], cutoff: float = 8.0, max_neighbors: int = 12, progress: bool = False,
+    merge_edges_dtype=None,
+) -> PolySRLDataset:
+    """Graphs for each record; records that fail (overlapping atoms, element without embedding) are skipped.
+
+    ``merge_edges_dtype``: merge identical edges (same atoms and distance in that dtype) into one edge
+    with a multiplicity — the same function, fewer edges. None keeps every edge.
+    """
     dataset = PolySRLDataset()
     formula_cache: dict[str, StoichiometryGraph] = {}
     for record in tqdm(records, desc="graphs", disable=not progress, file=sys.stderr, leave=False):
@@ -67,6 +74,8 @@ def rows_from_records(records: list[StructureRecord], cutoff: float = 8.0, max_n
             stoich = formula_cache.get(record.formula) or stoichiometry_graph(record.formula)
             formula_cache[record.formula] = stoich
             crystal = crystal_graph(record, cutoff, max_neighbors)
+            if merge_edges_dtype is not None:
+                crystal = merge_equivalent_edges(crystal, merge_edges_dtype)
         except JaxmatInputError as exc:
             dataset.skipped.append((record.id, str(exc)))
             continue
@@ -77,10 +86,11 @@ def rows_from_records(records: list[StructureRecord], cutoff: float = 8.0, max_n
     return dataset
 
 
-def build_dataset(data_config: dict, progress: bool = False) -> PolySRLDataset:
+def build_dataset(data_config: dict, progress: bool = False, dtype=np.float32) -> PolySRLDataset:
     """Load structures from the configured source and build their graphs, logging what was skipped."""
     report = load_structures(data_config["source"], data_config.get("path"), data_config.get("limit"))
-    dataset = rows_from_records(report.records, float(data_config["cutoff"]), int(data_config["max_neighbors"]), progress)
+    merge = dtype if data_config.get("merge_equivalent_edges", True) else None
+    dataset = rows_from_records(report.records, float(data_config["cutoff"]), int(data_config["max_neighbors"]), progress, merge)
     dataset.skipped = report.skipped + dataset.skipped
     if dataset.skipped:
         log.warning("skipped %d of %d entries:", len(dataset.skipped), len(dataset) + len(dataset.skipped))

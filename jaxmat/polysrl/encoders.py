@@ -102,12 +102,19 @@ class StructureEncoder(nn.Module):
         x = MLP(self.hidden, self.hidden, False, self.param_dtype, name="node_encoder")(x)
         e = MLP(self.hidden, self.hidden, False, self.param_dtype, name="edge_encoder")(gaussian_expansion(distance))
         senders, receivers = graph.senders, graph.receivers
+        multiplicity = graph.edges.get("multiplicity")  # merged equivalent edges count this many times
+        multiplicity = None if multiplicity is None else multiplicity.astype(dtype)
         for index in range(self.num_layers):
             edge_mlp = EdgeMLP(2 * self.hidden, self.hidden, self.param_dtype, name=f"edge_mlp_{index}")
             node_mlp = MLP(2 * self.hidden, self.hidden, True, self.param_dtype, name=f"node_mlp_{index}")
-            e_new = edge_mlp(x, e, senders, receivers)
-            incoming = jax.ops.segment_sum(e_new, receivers, n_node)
-            x_new = node_mlp(jnp.concatenate([x, incoming], -1))
-            x, e = x + x_new, e + e_new
+            if index == self.num_layers - 1:
+                # the last edge update only feeds the node sums: aggregate before its final linear layer
+                incoming = edge_mlp(x, e, senders, receivers, multiplicity, aggregate=True)
+            else:
+                e_new = edge_mlp(x, e, senders, receivers)
+                weighted = e_new if multiplicity is None else e_new * multiplicity[:, None]
+                incoming = jax.ops.segment_sum(weighted, receivers, n_node)
+                e = e + e_new
+            x = x + node_mlp(jnp.concatenate([x, incoming], -1))
         crystal = jax.ops.segment_sum(x, node_graph_ids(graph), n_graph)
         return l2_normalize(crystal)

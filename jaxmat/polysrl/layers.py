@@ -123,11 +123,14 @@ class DenseParams(nn.Module):
 
 
 class EdgeMLP(nn.Module):
-    """MLP([x_sender, x_receiver, e]) without building the concatenated (E, 3H) input.
+    """MLP([x_sender, x_receiver, e]) = Linear-LayerNorm-PReLU-Linear, without building the (E, 3H) input.
 
     The first layer is split by blocks: (x W_s)[senders] + (x W_r)[receivers] + e W_e + b, which does
     the node products once per atom instead of once per edge. Same parameters and same function as
     MLP(hidden, out, layer_norm=True) applied to the concatenation.
+
+    With ``aggregate=True`` it returns sum over edges into each receiver of weight * output, (n_node, out),
+    applying the last (linear) layer after the sum: the per-edge output is never formed.
     """
 
     hidden: int
@@ -135,13 +138,19 @@ class EdgeMLP(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, e, senders, receivers):
+    def __call__(self, x, e, senders, receivers, weights=None, aggregate: bool = False):
         width = x.shape[-1]
         kernel, bias = DenseParams(self.hidden, self.param_dtype, name="lin_in")(2 * width + e.shape[-1])
         h = (x @ kernel[:width])[senders] + (x @ kernel[width : 2 * width])[receivers] + e @ kernel[2 * width :] + bias
         h = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, param_dtype=self.param_dtype, name="norm")(h)
         h = PReLU(self.param_dtype, name="act")(h)
-        return nn.Dense(self.out, kernel_init=xavier, param_dtype=self.param_dtype, name="lin_out")(h)
+        out_kernel, out_bias = DenseParams(self.out, self.param_dtype, name="lin_out")(self.hidden)
+        if not aggregate:
+            return h @ out_kernel + out_bias
+        weights = jnp.ones(h.shape[0], h.dtype) if weights is None else weights
+        n_node = x.shape[0]
+        summed = jax.ops.segment_sum(h * weights[:, None], receivers, n_node)
+        return summed @ out_kernel + jax.ops.segment_sum(weights, receivers, n_node)[:, None] * out_bias
 
 
 class MLP(nn.Module):
