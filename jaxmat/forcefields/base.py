@@ -47,3 +47,34 @@ def unsupported_elements(force_field, numbers) -> list[int]:
     if supported is None:
         return []
     return sorted(set(int(z) for z in np.unique(numbers)) - set(supported))
+
+
+def batch_from_atoms(structures) -> SystemBatch:
+    """SystemBatch of a list of ase.Atoms (atoms grouped by structure)."""
+    structures = list(structures)
+    return SystemBatch(
+        np.concatenate([a.positions for a in structures]),
+        np.concatenate([a.numbers for a in structures]),
+        np.stack([np.asarray(a.cell[:]) for a in structures]),
+        np.stack([a.pbc for a in structures]),
+        np.concatenate([np.full(len(a), i) for i, a in enumerate(structures)]),
+    )
+
+
+def ase_calculator(force_field):
+    """An ASE calculator that evaluates one structure with a jaxmat force field (energy, forces, stress)."""
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class JaxmatCalculator(Calculator):
+        implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            out = force_field(batch_from_atoms([self.atoms]), compute_stress="stress" in properties)
+            self.results = {"energy": float(out.energy[0]), "free_energy": float(out.energy[0]), "forces": np.asarray(out.forces)}
+            if out.stress is not None:
+                from ase.constraints import full_3x3_to_voigt_6_stress
+
+                self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out.stress[0]))
+
+    return JaxmatCalculator()

@@ -1,0 +1,93 @@
+"""The MACE bridge evaluates a whole batch in one call and matches MACECalculator per structure."""
+
+import mace  # noqa: F401  (import before e3nn)
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from conftest import shared_file
+from jaxmat.forcefields.base import batch_from_atoms
+from jaxmat.forcefields.mace_torch import MACETorch
+
+HEO_CATIONS = [12, 27, 28, 29, 30]  # Mg Co Ni Cu Zn
+
+
+def rocksalt_heo(repeat, seed, a=4.2, rattle=0.1):
+    atoms = bulk("MgO", "rocksalt", a=a, cubic=True) * repeat
+    rng = np.random.default_rng(seed)
+    cations = atoms.numbers != 8
+    atoms.numbers[cations] = rng.choice(HEO_CATIONS, cations.sum())
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def small_mace_file(tmp_path_factory):
+    """A small ScaleShiftMACE with random weights, saved like a trained model file."""
+    import torch
+    from e3nn import o3
+    from mace import modules
+
+    torch.manual_seed(0)
+    model = modules.ScaleShiftMACE(
+        r_max=4.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=2,
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        num_interactions=2, num_elements=6, hidden_irreps=o3.Irreps("16x0e"), MLP_irreps=o3.Irreps("16x0e"),
+        atomic_energies=np.array([-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]), avg_num_neighbors=8.0,
+        atomic_numbers=[8, 12, 27, 28, 29, 30], correlation=3, gate=torch.nn.functional.silu,
+        atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+    ).double()
+    path = tmp_path_factory.mktemp("mace") / "small.model"
+    torch.save(model, path)
+    return path
+
+
+def assert_matches_calculator(model_path, structures):
+    from mace.calculators import MACECalculator
+
+    bridge = MACETorch(model_path)
+    out = bridge(batch_from_atoms(structures), compute_stress=True)
+    calculator = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    offset = 0
+    for i, atoms in enumerate(structures):
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        assert out.energy[i] == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(out.forces[offset : offset + len(atoms)], atoms.get_forces(), atol=1e-8)
+        np.testing.assert_allclose(out.stress[i], atoms.get_stress(voigt=False), atol=1e-8)
+        offset += len(atoms)
+
+
+def test_bridge_matches_calculator_on_generated_heo_cells(small_mace_file):
+    structures = [rocksalt_heo((1, 1, 1), 0), rocksalt_heo((2, 1, 1), 1), rocksalt_heo((2, 2, 1), 2)]
+    assert_matches_calculator(small_mace_file, structures)
+
+
+def test_bridge_matches_calculator_with_the_shared_model():
+    import ase.io
+
+    model = shared_file("models/mace_heo_chgnet_small.model")
+    frames = ase.io.read(shared_file("models/chgnet_labelled_rocksalt_heo.xyz"), index=":6")
+    assert_matches_calculator(model, frames)
+
+
+def test_mace_relaxation_batch_equals_one_by_one(small_mace_file):
+    from jaxmat.relax import relax
+
+    bridge = MACETorch(small_mace_file)
+    structures = [rocksalt_heo((1, 1, 1), 3), rocksalt_heo((2, 1, 1), 4)]
+    batched = relax(structures, bridge, "lbfgs", fmax=0.05, max_steps=60, progress=False)
+    for s, b in zip(structures, batched):
+        [alone] = relax([s], bridge, "lbfgs", fmax=0.05, max_steps=60, progress=False)
+        assert b.n_steps == alone.n_steps and b.status == alone.status
+        np.testing.assert_allclose(b.atoms.positions, alone.atoms.positions, atol=1e-9)
+
+
+def test_unsupported_element_named(small_mace_file):
+    from jaxmat.errors import JaxmatInputError
+    from jaxmat.relax import relax
+
+    bad = bulk("NaCl", "rocksalt", a=5.6)
+    with pytest.raises(JaxmatInputError, match="structure 1 .*contains Na, Cl|structure 1 .*contains Cl, Na"):
+        relax([rocksalt_heo((1, 1, 1), 0), bad], MACETorch(small_mace_file), progress=False)

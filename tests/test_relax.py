@@ -1,0 +1,157 @@
+"""Batched relaxation: known minima, agreement with ASE's optimizers, batch == one by one, failures, CLI."""
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.optimize import FIRE as ASEFIRE
+from ase.optimize import LBFGS as ASELBFGS
+
+from jaxmat.errors import JaxmatInputError
+from jaxmat.forcefields.base import ForceFieldOutput, ase_calculator, batch_from_atoms
+from jaxmat.relax import relax
+from jaxmat.relax.optimizers import LBFGS
+
+
+@pytest.fixture(scope="module")
+def lj(x64):
+    from jaxmat.forcefields.classical import lennard_jones
+
+    return lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)  # argon, Å and eV
+
+
+def argon(repeat=(2, 2, 2), a=5.3, rattle=0.1, seed=0):
+    atoms = bulk("Ar", "fcc", a=a, cubic=True) * repeat
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+def mixed_structures():
+    """Different sizes and a small triclinic cell (primitive fcc, much narrower than twice the cutoff)."""
+    small = bulk("Ar", "fcc", a=5.3) * (2, 1, 1)
+    small.rattle(0.05, seed=7)
+    return [argon((2, 2, 2), seed=1), argon((2, 2, 3), seed=2), small, argon((1, 1, 1), seed=3)]
+
+
+def test_forces_are_minus_energy_gradient(lj):
+    atoms = argon(seed=4)
+    out = lj(batch_from_atoms([atoms]), compute_stress=True)
+    k, h = 5, 1e-5
+    for axis in range(3):
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[k, axis] += h
+        minus.positions[k, axis] -= h
+        e = lambda s: lj(batch_from_atoms([s])).energy[0]
+        assert out.forces[k, axis] == pytest.approx(-(e(plus) - e(minus)) / (2 * h), abs=1e-8)
+    assert np.isfinite(out.stress).all()
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_relaxes_to_the_perfect_lattice(lj, optimizer):
+    perfect = argon(rattle=0.0)
+    e_perfect = lj(batch_from_atoms([perfect])).energy[0]
+    [result] = relax([argon(seed=5)], lj, optimizer, fmax=1e-4, max_steps=1000, progress=False)
+    assert result.status == "converged" and result.fmax < 1e-4
+    assert result.energy == pytest.approx(e_perfect, abs=2e-6)  # 32 atoms, fmax 1e-4 eV/Å
+    shift = result.atoms.positions - perfect.positions  # a rigid translation of the perfect lattice
+    np.testing.assert_allclose(shift - shift.mean(0), 0.0, atol=2e-3)
+
+
+def test_fire_takes_the_same_steps_as_ase(lj):
+    atoms = argon(seed=6)
+    mine = relax([atoms], lj, "fire", fmax=1e-3, max_steps=500, progress=False)[0]
+    theirs = atoms.copy()
+    theirs.calc = ase_calculator(lj)
+    optimizer = ASEFIRE(theirs, logfile=None)
+    optimizer.run(fmax=1e-3, steps=500)
+    assert mine.n_steps == optimizer.nsteps
+    np.testing.assert_allclose(mine.atoms.positions, theirs.positions, atol=1e-8)
+
+
+def test_lbfgs_takes_the_same_steps_as_ase(lj):
+    atoms = argon(seed=8)
+    mine = relax([atoms], lj, LBFGS(curvature_check=False), fmax=1e-3, max_steps=500, progress=False)[0]
+    theirs = atoms.copy()
+    theirs.calc = ase_calculator(lj)
+    optimizer = ASELBFGS(theirs, logfile=None)
+    optimizer.run(fmax=1e-3, steps=500)
+    assert mine.n_steps == optimizer.nsteps
+    np.testing.assert_allclose(mine.atoms.positions, theirs.positions, atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_batch_equals_one_by_one(lj, optimizer):
+    structures = mixed_structures()
+    batched = relax(structures, lj, optimizer, fmax=1e-3, max_steps=400, progress=False)
+    # a tight atom budget forces in-flight swapping: systems leave and join mid-run
+    swapped = relax(structures, lj, optimizer, fmax=1e-3, max_steps=400, max_atoms=40, progress=False)
+    for i, s in enumerate(structures):
+        [alone] = relax([s], lj, optimizer, fmax=1e-3, max_steps=400, progress=False)
+        for other in (batched[i], swapped[i]):
+            assert other.status == alone.status == "converged"
+            assert other.n_steps == alone.n_steps
+            np.testing.assert_allclose(other.atoms.positions, alone.atoms.positions, atol=1e-10)
+
+
+class NaNForOne:
+    """Wraps a force field and poisons the forces of systems with exactly `bad_size` atoms."""
+
+    supported_numbers = frozenset({18})
+
+    def __init__(self, inner, bad_size):
+        self.inner, self.bad_size = inner, bad_size
+
+    def __call__(self, batch, compute_stress=False):
+        out = self.inner(batch, compute_stress)
+        forces = out.forces.copy()
+        for s in range(batch.n_systems):
+            mask = batch.system_index == s
+            if mask.sum() == self.bad_size:
+                forces[mask] = np.nan
+        return ForceFieldOutput(out.energy, forces, out.stress)
+
+
+def test_failures_are_isolated(lj):
+    structures = mixed_structures()
+    overlapping = argon(rattle=0.0)
+    overlapping.positions[1] = overlapping.positions[0] + [0.1, 0, 0]
+    results = relax(structures + [overlapping], NaNForOne(lj, bad_size=48), "fire", fmax=1e-3, progress=False)
+    assert [r.status for r in results] == ["converged", "failed", "converged", "converged", "failed"]
+    assert "non-finite" in results[1].message and "overlap" in results[4].message
+    assert results[4].n_steps == 0
+
+
+def test_unknown_element_refused_before_work(lj):
+    ff = NaNForOne(lj, bad_size=-1)
+    with pytest.raises(JaxmatInputError, match="structure 1 .*contains Cu"):
+        relax([argon(), bulk("Cu", "fcc", a=3.6)], ff, progress=False)
+
+
+def test_cli_relax_outputs_and_resume(tmp_path, x64):
+    from jaxmat.relax.__main__ import main
+
+    structures = mixed_structures()
+    source = tmp_path / "in.extxyz"
+    ase.io.write(source, structures)
+    out = tmp_path / "out.extxyz"
+    args = [str(source), "--model", "lj:3.4,0.0104,8.5", "--out", str(out), "--fmax", "1e-3", "--no-progress", "--trajectory", str(tmp_path / "traj")]
+    assert main(args) == 0
+    frames = ase.io.read(out, index=":")
+    assert [f.info["status"] for f in frames] == ["converged"] * 4
+    assert all(np.abs(f.get_forces()).max() < 1e-3 for f in frames)
+    assert [len(f) for f in frames] == [len(s) for s in structures]
+    steps = [f.info["n_steps"] for f in frames]
+    assert len(ase.io.read(tmp_path / "traj" / "00001.extxyz", index=":")) == steps[1] + 1
+    # resume: a partial file with structures 0 and 2 done -> only 1 and 3 are relaxed again
+    partial = tmp_path / "again.extxyz.partial"
+    ase.io.write(partial, [frames[0], frames[2]], format="extxyz")
+    out2 = tmp_path / "again.extxyz"
+    assert main([str(source), "--model", "lj:3.4,0.0104,8.5", "--out", str(out2), "--fmax", "1e-3", "--no-progress"]) == 0
+    again = ase.io.read(out2, index=":")
+    assert [f.info["n_steps"] for f in again] == steps
+    assert not partial.exists()
+    # max-steps 0 only evaluates
+    assert main([str(source), "--model", "lj:3.4,0.0104,8.5", "--out", str(tmp_path / "eval.extxyz"), "--max-steps", "0", "--no-progress"]) == 0
+    evaluated = ase.io.read(tmp_path / "eval.extxyz", index=":")
+    assert [f.info["n_steps"] for f in evaluated] == [0] * 4
+    np.testing.assert_allclose(evaluated[0].positions, structures[0].positions, atol=1e-7)  # extxyz keeps 8 decimals
