@@ -28,7 +28,7 @@ from jaxmat.polysrl.training import TrainState, make_optimizer, make_train_step
 log = logging.getLogger("jaxmat.train")
 
 DATA_DEFAULTS = {"source": "embedded", "path": None, "limit": None, "cutoff": 8.0, "max_neighbors": 12, "merge_equivalent_edges": True}
-TRAIN_DEFAULTS = {"epochs": 25, "batch_size": 256, "lr": 5e-5, "weight_decay": 0.0, "max_grad_norm": 2.0, "keep_checkpoints": 3}
+TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 256, "lr": 5e-5, "weight_decay": 0.0, "max_grad_norm": 2.0, "keep_checkpoints": 3}
 
 
 def resolve_config(config: dict) -> dict:

@@ -155,3 +155,11 @@ def test_cli_relax_outputs_and_resume(tmp_path, x64):
     evaluated = ase.io.read(tmp_path / "eval.extxyz", index=":")
     assert [f.info["n_steps"] for f in evaluated] == [0] * 4
     np.testing.assert_allclose(evaluated[0].positions, structures[0].positions, atol=1e-7)  # extxyz keeps 8 decimals
+
+
+def test_stats_count_force_calls(lj):
+    stats = {}
+    results = relax(mixed_structures(), lj, "fire", fmax=1e-3, progress=False, stats=stats)
+    assert stats["structure_evaluations"] == sum(r.n_steps + 1 for r in results)
+    assert stats["force_calls"] == max(r.n_steps for r in results) + 1  # all in one batch
+    assert 0 < stats["force_seconds"] < stats["total_seconds"]

@@ -94,14 +94,25 @@ def relax(
     on_result: Callable[[RelaxResult], None] | None = None,
     keep_trajectory: bool = False,
     names: Sequence[str] | None = None,
+    stats: dict | None = None,
+    float64: bool = True,
 ) -> list[RelaxResult]:
     """Relax ASE Atoms with per-system convergence; results in input order.
 
     max_atoms: atom budget of one batch (default: all atoms, at most 4096). max_systems: most systems
     at once. on_result: called as each structure finishes (e.g. to append it to an output file).
+    stats: if given, filled with force_calls (batch evaluations), structure_evaluations, force_seconds
+    and total_seconds. float64 (default): optimizer arithmetic in double precision (enables JAX x64).
     """
+    import time
+
     from ase.calculators.singlepoint import SinglePointCalculator
 
+    started = time.perf_counter()
+    counters = {"force_calls": 0, "structure_evaluations": 0, "force_seconds": 0.0}
+
+    if float64 and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
     opt = make_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     structures = list(structures)
     check_elements(structures, force_field, names)
@@ -165,11 +176,15 @@ def relax(
             positions[:n_real], np.concatenate([structures[s.index].numbers for s in slots]),
             np.stack([structures[s.index].cell[:] for s in slots]), np.stack([structures[s.index].pbc for s in slots]), system_index,
         )
+        counters["force_calls"] += 1
+        counters["structure_evaluations"] += len(slots)
+        force_started = time.perf_counter()
         try:
             out = force_field(batch)
             energies, forces = np.asarray(out.energy, np.float64), np.asarray(out.forces, np.float64)
         except Exception as exc:  # a whole-batch failure: isolate by evaluating one system at a time
             energies, forces = _evaluate_one_by_one(force_field, batch, exc)
+        counters["force_seconds"] += time.perf_counter() - force_started
         # retire finished systems
         starts = np.concatenate([[0], np.cumsum([s.n_atoms for s in slots])])
         keep = []
@@ -216,6 +231,8 @@ def relax(
         for slot in slots:
             slot.steps += 1
     bar.close()
+    if stats is not None:
+        stats.update(counters, total_seconds=time.perf_counter() - started)
     return results
 
 

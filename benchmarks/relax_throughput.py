@@ -1,0 +1,132 @@
+"""Relaxation throughput on rock-salt HEO supercells: ASE (one structure at a time), torch-sim batched
+FIRE and jaxmat (batched, MACE through the torch bridge), same MACE model, same process, same threads.
+
+    python benchmarks/relax_throughput.py --workload W1 --model ../shared/models/mace_heo_chgnet_small.model
+        [--contenders ase-fire,ase-lbfgs,torch-sim-fire,jaxmat-fire,jaxmat-lbfgs] [--json out.json]
+
+W1 = 16 x 64-atom cells, W2 = 4 x 216-atom cells (MgO conventional cell a = 4.2 Å, cations drawn from
+Mg/Co/Ni/Cu/Zn, rattle 0.1 Å, seeds 0..k-1); fmax 0.05 eV/Å, at most 300 steps, float64.
+Run every contender in the same environment (e.g. all with the tuned allocator of
+shared/docs/stack.md: MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1000000000).
+The last line is a one-line summary with the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import mace  # noqa: F401  (before e3nn)
+import numpy as np
+
+from jaxmat.heo.generate import workload
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared/models/mace_heo_chgnet_small.model"
+
+
+def run_ase(structures, model, kind, fmax, max_steps):
+    from ase.optimize import FIRE, LBFGS
+    from mace.calculators import MACECalculator
+
+    calculator = MACECalculator(model_paths=str(model), device="cpu", default_dtype="float64")
+    steps, energies, converged = [], [], 0
+    started = time.perf_counter()
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        optimizer = (FIRE if kind == "fire" else LBFGS)(atoms, logfile=None)
+        converged += bool(optimizer.run(fmax=fmax, steps=max_steps))
+        steps.append(optimizer.nsteps)
+        energies.append(atoms.get_potential_energy())
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "steps": steps, "energies": energies, "converged": converged,
+            "force_evaluations": int(sum(steps) + len(steps))}
+
+
+def run_torch_sim(structures, model, fmax, max_steps):
+    import torch
+    import torch_sim as ts
+    from torch_sim.models.mace import MaceModel
+
+    mace_model = MaceModel(model=torch.load(model, map_location="cpu", weights_only=False), device=torch.device("cpu"),
+                           dtype=torch.float64, compute_forces=True, compute_stress=False)
+    started = time.perf_counter()
+    state = ts.optimize(system=[a.copy() for a in structures], model=mace_model, optimizer=ts.optimizers.fire,
+                        convergence_fn=ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False),
+                        max_steps=max_steps)
+    seconds = time.perf_counter() - started
+    final = ts.io.state_to_atoms(state)
+    out = mace_model(state)
+    forces = out["forces"].detach().numpy()
+    fmax_per = [np.linalg.norm(forces[state.system_idx.numpy() == i], axis=1).max() for i in range(len(final))]
+    return {"seconds": seconds, "steps": None, "energies": out["energy"].detach().numpy().tolist(),
+            "converged": int(sum(f < fmax for f in fmax_per)), "force_evaluations": None}
+
+
+def run_jaxmat(structures, model, kind, fmax, max_steps):
+    from jaxmat.forcefields.mace_torch import MACETorch
+    from jaxmat.relax import relax
+
+    force_field = MACETorch(model)
+    stats: dict = {}
+    started = time.perf_counter()
+    results = relax(structures, force_field, kind, fmax=fmax, max_steps=max_steps, progress=False, stats=stats)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "steps": [r.n_steps for r in results], "energies": [r.energy for r in results],
+            "converged": sum(r.status == "converged" for r in results), "force_evaluations": stats["structure_evaluations"],
+            "batch_calls": stats["force_calls"], "outside_force_fraction": 1 - stats["force_seconds"] / stats["total_seconds"]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", default="W1", choices=["W1", "W2"])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--contenders", default="ase-fire,ase-lbfgs,torch-sim-fire,jaxmat-fire,jaxmat-lbfgs")
+    parser.add_argument("--fmax", type=float, default=0.05)
+    parser.add_argument("--max-steps", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not Path(args.model).exists():
+        raise SystemExit(f"model {args.model} not found: pass --model (a mace-torch model file)")
+    structures = workload(args.workload)
+    env = {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")}
+    print(f"{args.workload}: {len(structures)} x {len(structures[0])} atoms; model {Path(args.model).name}; "
+          f"torch threads {args.threads}; allocator env {env}")
+    results = {}
+    for name in args.contenders.split(","):
+        if name.startswith("ase-"):
+            results[name] = run_ase(structures, args.model, name[4:], args.fmax, args.max_steps)
+        elif name == "torch-sim-fire":
+            results[name] = run_torch_sim(structures, args.model, args.fmax, args.max_steps)
+        elif name.startswith("jaxmat-"):
+            results[name] = run_jaxmat(structures, args.model, name[7:], args.fmax, args.max_steps)
+        else:
+            raise SystemExit(f"unknown contender {name}")
+        r = results[name]
+        r["structures_per_s"] = len(structures) / r["seconds"]
+        steps = f"steps mean {np.mean(r['steps']):.1f} max {max(r['steps'])}" if r["steps"] else "steps n/a"
+        extra = f", {100 * r['outside_force_fraction']:.1f}% of time outside force calls" if "outside_force_fraction" in r else ""
+        print(f"{name:15s} {r['seconds']:8.1f} s  {r['structures_per_s']:.3f} structures/s  {steps}  "
+              f"converged {r['converged']}/{len(structures)}  force evaluations {r['force_evaluations']}{extra}", flush=True)
+    for mine, peer in (("jaxmat-fire", "ase-fire"), ("jaxmat-lbfgs", "ase-lbfgs")):
+        if mine in results and peer in results:
+            diff = np.abs(np.array(results[mine]["energies"]) - np.array(results[peer]["energies"]))
+            print(f"final energies {mine} vs {peer}: max |dE| {diff.max():.2e} eV, mean {diff.mean():.2e} eV")
+    ratios = []
+    for mine, peer in (("jaxmat-fire", "ase-fire"), ("jaxmat-lbfgs", "ase-lbfgs"), ("jaxmat-fire", "torch-sim-fire"), ("jaxmat-lbfgs", "torch-sim-fire")):
+        if mine in results and peer in results:
+            ratios.append(f"{mine}/{peer} {results[peer]['seconds'] / results[mine]['seconds']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+    print(f"summary {args.workload}: " + ", ".join(ratios))
+
+
+if __name__ == "__main__":
+    main()

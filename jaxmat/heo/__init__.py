@@ -1,0 +1,1 @@
+"""High-entropy oxides: structure generation (and, later, curation, finetuning and evaluation)."""
