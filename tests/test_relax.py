@@ -163,3 +163,64 @@ def test_stats_count_force_calls(lj):
     assert stats["structure_evaluations"] == sum(r.n_steps + 1 for r in results)
     assert stats["force_calls"] == max(r.n_steps for r in results) + 1  # all in one batch
     assert 0 < stats["force_seconds"] < stats["total_seconds"]
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_cell_relaxation_follows_ase_frechet_filter(lj, optimizer):
+    from ase.filters import FrechetCellFilter
+
+    strained = argon(a=5.6, seed=9)  # 6 % too large
+    strained.set_cell(strained.cell[:] @ np.array([[1.0, 0.02, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.97]]), scale_atoms=True)
+    opt = optimizer if optimizer == "fire" else LBFGS(curvature_check=False)
+    [mine] = relax([strained], lj, opt, fmax=1e-3, max_steps=1000, relax_cell=True, progress=False)
+    theirs = strained.copy()
+    theirs.calc = ase_calculator(lj)
+    runner = (ASEFIRE if optimizer == "fire" else ASELBFGS)(FrechetCellFilter(theirs), logfile=None)
+    runner.run(fmax=1e-3, steps=1000)
+    assert mine.status == "converged" and mine.n_steps == runner.nsteps
+    np.testing.assert_allclose(mine.atoms.cell[:], theirs.cell[:], atol=1e-7)
+    np.testing.assert_allclose(mine.atoms.positions, theirs.positions, atol=1e-7)
+    assert mine.atoms.get_volume() < strained.get_volume()
+    assert np.abs(mine.stress).max() < 1e-3 / len(strained)  # cell forces below fmax
+
+
+def test_pymatgen_structures_in(lj):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    structure = AseAtomsAdaptor.get_structure(argon(seed=10))
+    [result] = relax([structure], lj, "fire", fmax=1e-3, progress=False)
+    assert result.status == "converged" and len(result.atoms) == len(structure)
+
+
+SHARDED_SCRIPT = """
+import json, sys
+import jax
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_relax import mixed_structures
+from jaxmat.forcefields.classical import lennard_jones
+from jaxmat.relax import relax
+jax.config.update("jax_enable_x64", True)
+results = relax(mixed_structures(), lennard_jones(3.4, 0.0104, 8.5), {optimizer!r}, fmax=1e-3, progress=False)
+print(json.dumps({{"devices": jax.device_count(), "steps": [r.n_steps for r in results],
+                  "positions": [r.atoms.positions.tolist() for r in results]}}))
+"""
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_sharded_over_four_cpu_devices_matches_one_device(lj, optimizer):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = SHARDED_SCRIPT.format(tests=str(Path(__file__).parent), optimizer=optimizer)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout
+    sharded = json.loads(output.strip().splitlines()[-1])
+    assert sharded["devices"] == 4
+    single = relax(mixed_structures(), lj, optimizer, fmax=1e-3, progress=False)
+    assert sharded["steps"] == [r.n_steps for r in single]
+    for positions, r in zip(sharded["positions"], single):
+        np.testing.assert_allclose(positions, r.atoms.positions, atol=1e-9)

@@ -73,7 +73,7 @@ def ase_calculator(force_field):
             out = force_field(batch_from_atoms([self.atoms]), compute_stress="stress" in properties)
             self.results = {"energy": float(out.energy[0]), "free_energy": float(out.energy[0]), "forces": np.asarray(out.forces)}
             if out.stress is not None:
-                from ase.constraints import full_3x3_to_voigt_6_stress
+                from ase.stress import full_3x3_to_voigt_6_stress
 
                 self.results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(out.stress[0]))
 

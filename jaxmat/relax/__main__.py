@@ -1,7 +1,7 @@
 """Relax many structures at once.
 
     python -m jaxmat.relax INPUT.extxyz --model MODEL --out OUT.extxyz [--optimizer fire|lbfgs]
-        [--fmax 0.05] [--max-steps 300] [--max-atoms N] [--trajectory DIR] [--backend torch]
+        [--fmax 0.05] [--max-steps 300] [--max-atoms N] [--relax-cell] [--trajectory DIR] [--backend torch]
 
 MODEL is a mace-torch model file, or a classical potential for quick tests:
 ``lj[:sigma,epsilon,cutoff]`` / ``morse[:sigma,epsilon,alpha,cutoff]`` (Å, eV).
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fmax", type=float, default=0.05, help="force convergence threshold, eV/Å")
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--max-atoms", type=int, default=None, help="atom budget of one batch")
+    parser.add_argument("--relax-cell", action="store_true", help="relax the cell too (ASE FrechetCellFilter per structure)")
     parser.add_argument("--trajectory", help="folder for one extxyz trajectory per structure")
     parser.add_argument("--backend", choices=["torch", "jax"], default="torch", help="MACE implementation")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
@@ -99,15 +100,16 @@ def main(argv=None) -> int:
                 from ase.calculators.singlepoint import SinglePointCalculator
 
                 images = []
-                for positions, energy, forces in result.trajectory:
-                    image = Atoms(numbers=frame.numbers, positions=positions, cell=frame.cell, pbc=frame.pbc)
+                for positions, energy, forces, cell in result.trajectory:
+                    image = Atoms(numbers=frame.numbers, positions=positions, cell=cell, pbc=frame.pbc)
                     image.calc = SinglePointCalculator(image, energy=energy, forces=forces)
                     images.append(image)
                 ase.io.write(traj_dir / f"{index:05d}.extxyz", images, format="extxyz")
 
         names = [f"structure {i} of {args.input}" for i in todo]
         relax([structures[i] for i in todo], force_field, args.optimizer, args.fmax, args.max_steps, args.max_atoms,
-              progress=not args.no_progress, on_result=on_result, keep_trajectory=traj_dir is not None, names=names)
+              progress=not args.no_progress, on_result=on_result, keep_trajectory=traj_dir is not None, names=names,
+              relax_cell=args.relax_cell)
         tmp = out.with_name(out.name + ".tmp")
         ase.io.write(tmp, [done[i] for i in range(len(structures))], format="extxyz")
         tmp.replace(out)

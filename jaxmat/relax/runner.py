@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmat.errors import JaxmatInputError
-from jaxmat.forcefields.base import SystemBatch, unsupported_elements
+from jaxmat.forcefields.base import SystemBatch, batch_from_atoms, unsupported_elements
 from jaxmat.relax.optimizers import FIRE, LBFGS, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,37 @@ def overlap_message(atoms) -> str | None:
 
 
 class _Slot:
-    __slots__ = ("index", "n_atoms", "steps")
+    """One running structure: its working Atoms, optional cell filter, rows of optimizer coordinates."""
 
-    def __init__(self, index, n_atoms):
-        self.index, self.n_atoms, self.steps = index, n_atoms, 0
+    __slots__ = ("index", "atoms", "cell_filter", "n_atoms", "n_rows", "steps")
+
+    def __init__(self, index, atoms, relax_cell: bool):
+        from ase.filters import FrechetCellFilter
+
+        self.index, self.atoms, self.steps = index, atoms.copy(), 0
+        self.cell_filter = FrechetCellFilter(self.atoms) if relax_cell else None
+        self.n_atoms = len(atoms)
+        self.n_rows = self.n_atoms + (3 if relax_cell else 0)
+
+    def coordinates(self) -> np.ndarray:
+        """Optimizer coordinates: positions (Å), plus 3 cell rows (log deformation, scaled) with a cell filter."""
+        return self.cell_filter.get_positions() if self.cell_filter else self.atoms.positions.copy()
+
+    def set_coordinates(self, rows: np.ndarray) -> None:
+        if self.cell_filter:
+            self.cell_filter.set_positions(rows)
+        else:
+            self.atoms.positions = rows
+
+    def generalized_forces(self, energy, forces, stress) -> np.ndarray:
+        """Forces on the optimizer coordinates (eV/Å; cell rows from the stress as in ASE's filter)."""
+        if not self.cell_filter:
+            return forces
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        self.atoms.calc = SinglePointCalculator(self.atoms, energy=energy, forces=forces, stress=full_3x3_to_voigt_6_stress(stress))
+        return self.cell_filter.get_forces()
 
 
 def relax(
@@ -96,13 +123,16 @@ def relax(
     names: Sequence[str] | None = None,
     stats: dict | None = None,
     float64: bool = True,
+    relax_cell: bool = False,
 ) -> list[RelaxResult]:
-    """Relax ASE Atoms with per-system convergence; results in input order.
+    """Relax ASE Atoms (or pymatgen Structures) with per-system convergence; results in input order.
 
     max_atoms: atom budget of one batch (default: all atoms, at most 4096). max_systems: most systems
     at once. on_result: called as each structure finishes (e.g. to append it to an output file).
     stats: if given, filled with force_calls (batch evaluations), structure_evaluations, force_seconds
     and total_seconds. float64 (default): optimizer arithmetic in double precision (enables JAX x64).
+    relax_cell: relax the cell too, through ASE's FrechetCellFilter per system (needs stress); then
+    fmax also bounds the filter's cell forces, as in ASE.
     """
     import time
 
@@ -110,11 +140,10 @@ def relax(
 
     started = time.perf_counter()
     counters = {"force_calls": 0, "structure_evaluations": 0, "force_seconds": 0.0}
-
     if float64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
     opt = make_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
-    structures = list(structures)
+    structures = [_as_atoms(s) for s in structures]
     check_elements(structures, force_field, names)
     results: list[RelaxResult | None] = [None] * len(structures)
     queue = []
@@ -124,12 +153,14 @@ def relax(
             results[i] = RelaxResult(i, atoms.copy(), "failed", 0, message=problem)
         else:
             queue.append(i)
-    sizes = {i: len(structures[i]) for i in queue}
+    extra_rows = 3 if relax_cell else 0
+    sizes = {i: len(structures[i]) + extra_rows for i in queue}
     if queue:
         largest = max(sizes.values())
         budget = max(largest, max_atoms or min(sum(sizes.values()), max(4096, largest)))
-        atom_capacity = int(-(-budget // 64) * 64)
-        system_capacity = max_systems or min(len(queue), max(1, atom_capacity // max(1, min(sizes.values()))))
+        quantum = int(np.lcm(64, jax.device_count()))  # rows shard evenly over all devices
+        row_capacity = int(-(-budget // quantum) * quantum)
+        system_capacity = max_systems or min(len(queue), max(1, row_capacity // max(1, min(sizes.values()))))
     bar = tqdm(total=len(structures), desc=f"relax ({opt.name})", unit="structure", disable=not progress, file=sys.stderr)
     for r in results:
         if r is not None:
@@ -137,11 +168,11 @@ def relax(
             if on_result:
                 on_result(r)
 
-    def finish(slot, positions, out_energy, out_forces, out_stress, status, message=""):
-        atoms = structures[slot.index].copy()
-        atoms.positions = positions
-        atoms.calc = SinglePointCalculator(atoms, energy=out_energy, forces=out_forces, **({"stress": out_stress} if out_stress is not None else {}))
-        result = RelaxResult(slot.index, atoms, status, slot.steps, out_energy, out_forces, out_stress, message)
+    def finish(slot, energy, forces, stress, status, message=""):
+        atoms = slot.atoms.copy()
+        extra = {"stress": full_3x3_to_voigt_6_stress(stress)} if stress is not None else {}
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, **extra)
+        result = RelaxResult(slot.index, atoms, status, slot.steps, energy, forces, stress, message)
         if keep_trajectory:
             result.trajectory = trajectories.pop(slot.index, [])
         results[slot.index] = result
@@ -149,85 +180,89 @@ def relax(
         if on_result:
             on_result(result)
 
+    from ase.stress import full_3x3_to_voigt_6_stress
+
     step_fn = jax.jit(opt.step)
+    place_rows, place_systems = _placements()
     trajectories: dict[int, list] = {}
     slots: list[_Slot] = []
-    positions = np.zeros((0, 3))
-    atom_state = opt.init_atoms(0)
+    rows = np.zeros((0, 3))  # optimizer coordinates of all running slots, concatenated
+    row_state = opt.init_atoms(0)
     system_state = opt.init_systems(0)
     while queue or slots:
         # refill: keep running systems (with their optimizer state), add new ones that fit
         if queue and len(slots) < system_capacity:
-            used = sum(s.n_atoms for s in slots)
+            used = sum(s.n_rows for s in slots)
             new = []
-            while queue and len(slots) + len(new) < system_capacity and used + sizes[queue[0]] <= atom_capacity:
+            while queue and len(slots) + len(new) < system_capacity and used + sizes[queue[0]] <= row_capacity:
                 index = queue.pop(0)
-                new.append(_Slot(index, sizes[index]))
+                new.append(_Slot(index, structures[index], relax_cell))
                 used += sizes[index]
             if new:
-                fresh_atoms = opt.init_atoms(sum(s.n_atoms for s in new))
-                atom_state = {k: np.concatenate([np.asarray(v)[: len(positions)], fresh_atoms[k]]) for k, v in atom_state.items()}
-                system_state = {k: np.concatenate([np.asarray(v)[: len(slots)], opt.init_systems(len(new))[k]]) for k, v in system_state.items()}
-                positions = np.concatenate([positions[: sum(s.n_atoms for s in slots)]] + [structures[s.index].positions for s in new])
+                fresh = opt.init_atoms(sum(s.n_rows for s in new))
+                row_state = {k: np.concatenate([np.asarray(v), fresh[k]]) for k, v in row_state.items()}
+                system_state = {k: np.concatenate([np.asarray(v), opt.init_systems(len(new))[k]]) for k, v in system_state.items()}
+                rows = np.concatenate([rows] + [s.coordinates() for s in new])
                 slots += new
-        n_real = sum(s.n_atoms for s in slots)
-        system_index = np.repeat(np.arange(len(slots)), [s.n_atoms for s in slots])
-        batch = SystemBatch(
-            positions[:n_real], np.concatenate([structures[s.index].numbers for s in slots]),
-            np.stack([structures[s.index].cell[:] for s in slots]), np.stack([structures[s.index].pbc for s in slots]), system_index,
-        )
+        row_starts = np.concatenate([[0], np.cumsum([s.n_rows for s in slots])])
+        for k, slot in enumerate(slots):
+            slot.set_coordinates(rows[row_starts[k] : row_starts[k + 1]])
+        batch = batch_from_atoms([s.atoms for s in slots])
         counters["force_calls"] += 1
         counters["structure_evaluations"] += len(slots)
         force_started = time.perf_counter()
         try:
-            out = force_field(batch)
+            out = force_field(batch, compute_stress=relax_cell)
             energies, forces = np.asarray(out.energy, np.float64), np.asarray(out.forces, np.float64)
+            stresses = None if out.stress is None else np.asarray(out.stress, np.float64)
         except Exception as exc:  # a whole-batch failure: isolate by evaluating one system at a time
-            energies, forces = _evaluate_one_by_one(force_field, batch, exc)
+            energies, forces, stresses = _evaluate_one_by_one(force_field, batch, exc, relax_cell)
         counters["force_seconds"] += time.perf_counter() - force_started
         # retire finished systems
-        starts = np.concatenate([[0], np.cumsum([s.n_atoms for s in slots])])
-        keep = []
+        atom_starts = np.concatenate([[0], np.cumsum([s.n_atoms for s in slots])])
+        keep, generalized = [], []
         for k, slot in enumerate(slots):
-            f_k = forces[starts[k] : starts[k + 1]]
-            e_k = energies[k]
-            pos_k = positions[starts[k] : starts[k + 1]]
+            f_k, e_k = forces[atom_starts[k] : atom_starts[k + 1]], float(energies[k])
+            s_k = None if stresses is None else stresses[k]
             if keep_trajectory:
-                trajectories.setdefault(slot.index, []).append((pos_k.copy(), float(e_k), f_k.copy()))
-            if not (np.isfinite(e_k) and np.all(np.isfinite(f_k))):
-                finish(slot, pos_k, float(e_k), f_k, None, "failed", "non-finite energy or forces")
+                trajectories.setdefault(slot.index, []).append((slot.atoms.positions.copy(), e_k, f_k.copy(), slot.atoms.cell[:].copy()))
+            if not (np.isfinite(e_k) and np.all(np.isfinite(f_k)) and (s_k is None or np.all(np.isfinite(s_k)))):
+                finish(slot, e_k, f_k, None, "failed", "non-finite energy, forces or stress")
                 continue
-            f_max = float(np.max(np.linalg.norm(f_k, axis=1)))
-            if f_max > MAX_FORCE:
-                finish(slot, pos_k, float(e_k), f_k, None, "failed", f"exploding forces (max {f_max:.3g} eV/Å)")
-            elif f_max < fmax:
-                finish(slot, pos_k, float(e_k), f_k, None, "converged")
+            g_k = slot.generalized_forces(e_k, f_k, s_k)
+            g_max = float(np.max(np.linalg.norm(g_k, axis=1)))
+            if g_max > MAX_FORCE:
+                finish(slot, e_k, f_k, s_k, "failed", f"exploding forces (max {g_max:.3g} eV/Å)")
+            elif g_max < fmax:
+                finish(slot, e_k, f_k, s_k, "converged")
             elif slot.steps >= max_steps:
-                finish(slot, pos_k, float(e_k), f_k, None, "max_steps")
+                finish(slot, e_k, f_k, s_k, "max_steps")
             else:
                 keep.append(k)
+                generalized.append(g_k)
         if len(keep) < len(slots):
-            atom_keep = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in keep]) if keep else np.zeros(0, int)
-            atom_state = {k: np.asarray(v)[atom_keep] for k, v in atom_state.items()}
+            row_keep = np.concatenate([np.arange(row_starts[k], row_starts[k + 1]) for k in keep]) if keep else np.zeros(0, int)
+            row_state = {k: np.asarray(v)[row_keep] for k, v in row_state.items()}
             system_state = {k: np.asarray(v)[np.asarray(keep, int)] for k, v in system_state.items()}
-            positions, forces = positions[atom_keep], forces[atom_keep]
+            rows = rows[row_keep]
             slots = [slots[k] for k in keep]
         if not slots:
             continue
         # one optimizer step for the running systems, at fixed padded shapes
-        n_real = len(positions)
-        pad_atoms, pad_systems = atom_capacity - n_real, system_capacity + 1 - len(slots)
-        system_index = np.concatenate([np.repeat(np.arange(len(slots)), [s.n_atoms for s in slots]), np.full(pad_atoms, system_capacity)])
+        n_rows = len(rows)
+        pad_rows = row_capacity - n_rows
+        system_index = np.concatenate([np.repeat(np.arange(len(slots)), [s.n_rows for s in slots]), np.full(pad_rows, system_capacity)])
         active = np.zeros(system_capacity + 1, bool)
         active[: len(slots)] = True
-        padded_atoms = {k: _pad_rows(np.asarray(v), atom_capacity) for k, v in atom_state.items()}
+        padded_rows = {k: _pad_rows(np.asarray(v), row_capacity) for k, v in row_state.items()}
         padded_systems = {k: _pad_rows(np.asarray(v), system_capacity + 1) for k, v in system_state.items()}
-        new_atoms, new_systems, new_positions = step_fn(
-            padded_atoms, padded_systems, _pad_rows(positions, atom_capacity), _pad_rows(forces, atom_capacity), system_index, active,
+        new_rows, new_systems, new_coordinates = step_fn(
+            place_rows(padded_rows), place_systems(padded_systems), place_rows(_pad_rows(rows, row_capacity)),
+            place_rows(_pad_rows(np.concatenate(generalized), row_capacity)), place_rows(system_index), place_systems(active),
         )
-        atom_state = {k: np.asarray(v)[:n_real] for k, v in new_atoms.items()}
+        row_state = {k: np.asarray(v)[:n_rows] for k, v in new_rows.items()}
         system_state = {k: np.asarray(v)[: len(slots)] for k, v in new_systems.items()}
-        positions = np.asarray(new_positions)[:n_real]
+        rows = np.asarray(new_coordinates)[:n_rows]
         for slot in slots:
             slot.steps += 1
     bar.close()
@@ -236,21 +271,49 @@ def relax(
     return results
 
 
+def _placements():
+    """Functions putting row arrays sharded over all JAX devices (first axis) and system arrays replicated.
+
+    With one device they are the identity; with several (GPUs, or CPU with
+    XLA_FLAGS=--xla_force_host_platform_device_count=N) the jit-compiled step runs sharded.
+    """
+    devices = jax.devices()
+    if len(devices) == 1:
+        return (lambda tree: tree), (lambda tree: tree)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("rows",))
+    rows, replicated = NamedSharding(mesh, PartitionSpec("rows")), NamedSharding(mesh, PartitionSpec())
+    return (lambda tree: jax.device_put(tree, rows)), (lambda tree: jax.device_put(tree, replicated))
+
+
+def _as_atoms(structure):
+    """ase.Atoms from Atoms or a pymatgen Structure."""
+    if hasattr(structure, "get_positions"):
+        return structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return AseAtomsAdaptor.get_atoms(structure)
+
+
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([array, np.zeros((rows - len(array),) + array.shape[1:], array.dtype)])
 
 
-def _evaluate_one_by_one(force_field, batch: SystemBatch, error: Exception):
+def _evaluate_one_by_one(force_field, batch: SystemBatch, error: Exception, compute_stress: bool = False):
     """Per-system evaluation after a batch call failed: failing systems get NaN and are marked failed."""
     log.warning("batch force evaluation failed (%s); evaluating systems one by one", error)
     energies = np.full(batch.n_systems, np.nan)
     forces = np.full_like(batch.positions, np.nan)
+    stresses = np.full((batch.n_systems, 3, 3), np.nan) if compute_stress else None
     for s in range(batch.n_systems):
         mask = batch.system_index == s
         single = SystemBatch(batch.positions[mask], batch.numbers[mask], batch.cells[s : s + 1], batch.pbc[s : s + 1], np.zeros(mask.sum(), int))
         try:
-            out = force_field(single)
+            out = force_field(single, compute_stress=compute_stress)
             energies[s], forces[mask] = out.energy[0], out.forces
+            if compute_stress:
+                stresses[s] = out.stress[0]
         except Exception as exc:
             log.warning("system %d failed: %s", s, exc)
-    return energies, forces
+    return energies, forces, stresses
