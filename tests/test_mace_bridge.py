@@ -91,3 +91,34 @@ def test_unsupported_element_named(small_mace_file, x64):
     bad = bulk("NaCl", "rocksalt", a=5.6)
     with pytest.raises(JaxmatInputError, match="structure 1 .*contains Na, Cl|structure 1 .*contains Cl, Na"):
         relax([rocksalt_heo((1, 1, 1), 0), bad], MACETorch(small_mace_file), progress=False)
+
+
+def test_cli_on_embedded_heo_frames_with_a_small_mace(tmp_path, x64):
+    """The documented script builds a MACE for every element of the embedded HEO frames; the CLI relaxes them."""
+    import ase.io
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from make_small_mace import main as make_model
+
+    from jaxmat.data.sources import load_structures
+    from jaxmat.data.structures import to_ase
+    from jaxmat.relax.__main__ import main
+
+    model = tmp_path / "heo_small.model"
+    assert make_model([str(model), "--from-embedded-heo"]) == 0
+    frames = [to_ase(r) for r in load_structures("embedded:heo").records]
+    small = [f for f in frames if len(f) <= 10][:6]
+    source = tmp_path / "heo.extxyz"
+    ase.io.write(source, small)
+    out = tmp_path / "relaxed.extxyz"
+    assert main([str(source), "--model", str(model), "--out", str(out), "--optimizer", "lbfgs", "--max-steps", "3", "--no-progress"]) == 0
+    relaxed = ase.io.read(out, index=":")
+    assert len(relaxed) == len(small)
+    for frame, original in zip(relaxed, small):
+        assert frame.info["status"] in ("converged", "max_steps") and frame.info["n_steps"] <= 3
+        assert np.isfinite(frame.get_potential_energy()) and frame.get_forces().shape == (len(original), 3)
+    # the whole embedded set by name, evaluation only
+    assert main(["embedded:heo", "--model", str(model), "--out", str(tmp_path / "all.extxyz"), "--max-steps", "0", "--no-progress"]) == 0
+    assert len(ase.io.read(tmp_path / "all.extxyz", index=":")) == 1292

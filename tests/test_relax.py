@@ -190,6 +190,7 @@ def test_pymatgen_structures_in(lj):
     structure = AseAtomsAdaptor.get_structure(argon(seed=10))
     [result] = relax([structure], lj, "fire", fmax=1e-3, progress=False)
     assert result.status == "converged" and len(result.atoms) == len(structure)
+    assert result.structure.composition == structure.composition  # pymatgen out as well
 
 
 SHARDED_SCRIPT = """

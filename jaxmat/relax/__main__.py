@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     import ase.io
 
     parser = argparse.ArgumentParser(prog="python -m jaxmat.relax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="structures (any format ase.io.read knows, e.g. extxyz)")
+    parser.add_argument("input", help="structures (any format ase.io.read knows, e.g. extxyz), or embedded:heo")
     parser.add_argument("--model", required=True, help="mace-torch model file, or lj[:sigma,eps,cutoff] / morse[:...]")
     parser.add_argument("--out", required=True, help="output extxyz")
     parser.add_argument("--optimizer", choices=["fire", "lbfgs"], default="fire")
@@ -73,7 +73,13 @@ def main(argv=None) -> int:
     from jaxmat.relax.runner import relax
 
     try:
-        structures = ase.io.read(args.input, index=":")
+        if args.input == "embedded:heo":  # the LeMat-Bulk HEO frames shipped with jaxmat
+            from jaxmat.data.sources import load_structures
+            from jaxmat.data.structures import to_ase
+
+            structures = [to_ase(r) for r in load_structures("embedded:heo").records]
+        else:
+            structures = ase.io.read(args.input, index=":")
         if not structures:
             raise JaxmatInputError(f"{args.input} holds no structures")
         force_field = load_force_field(args.model, args.backend, args.dtype)

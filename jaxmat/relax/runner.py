@@ -42,6 +42,13 @@ class RelaxResult:
     trajectory: list = field(default_factory=list)
 
     @property
+    def structure(self):
+        """The final structure as a pymatgen Structure."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_structure(self.atoms)
+
+    @property
     def fmax(self) -> float:
         return float(np.max(np.linalg.norm(self.forces, axis=1))) if self.forces is not None and len(self.forces) else float("nan")
 
