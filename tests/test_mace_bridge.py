@@ -8,38 +8,17 @@ from ase.build import bulk
 from conftest import shared_file
 from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.mace_torch import MACETorch
-
-HEO_CATIONS = [12, 27, 28, 29, 30]  # Mg Co Ni Cu Zn
-
-
-def rocksalt_heo(repeat, seed, a=4.2, rattle=0.1):
-    atoms = bulk("MgO", "rocksalt", a=a, cubic=True) * repeat
-    rng = np.random.default_rng(seed)
-    cations = atoms.numbers != 8
-    atoms.numbers[cations] = rng.choice(HEO_CATIONS, cations.sum())
-    atoms.rattle(rattle, seed=seed)
-    return atoms
-
+from jaxmat.heo.generate import rocksalt_heo
 
 @pytest.fixture(scope="module")
 def small_mace_file(tmp_path_factory):
     """A small ScaleShiftMACE with random weights, saved like a trained model file."""
     import torch
-    from e3nn import o3
-    from mace import modules
 
-    torch.manual_seed(0)
-    model = modules.ScaleShiftMACE(
-        r_max=4.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=2,
-        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        num_interactions=2, num_elements=6, hidden_irreps=o3.Irreps("16x0e"), MLP_irreps=o3.Irreps("16x0e"),
-        atomic_energies=np.array([-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]), avg_num_neighbors=8.0,
-        atomic_numbers=[8, 12, 27, 28, 29, 30], correlation=3, gate=torch.nn.functional.silu,
-        atomic_inter_scale=1.0, atomic_inter_shift=0.0,
-    ).double()
+    from jaxmat.forcefields.mace_torch import build_small_mace
+
     path = tmp_path_factory.mktemp("mace") / "small.model"
-    torch.save(model, path)
+    torch.save(build_small_mace([8, 12, 27, 28, 29, 30]), path)
     return path
 
 
@@ -60,7 +39,7 @@ def assert_matches_calculator(model_path, structures):
 
 
 def test_bridge_matches_calculator_on_generated_heo_cells(small_mace_file):
-    structures = [rocksalt_heo((1, 1, 1), 0), rocksalt_heo((2, 1, 1), 1), rocksalt_heo((2, 2, 1), 2)]
+    structures = [rocksalt_heo((1, 1, 1), seed=0), rocksalt_heo((2, 1, 1), seed=1), rocksalt_heo((2, 2, 1), seed=2)]
     assert_matches_calculator(small_mace_file, structures)
 
 
@@ -76,7 +55,7 @@ def test_mace_relaxation_batch_equals_one_by_one(small_mace_file, x64):
     from jaxmat.relax import relax
 
     bridge = MACETorch(small_mace_file)
-    structures = [rocksalt_heo((1, 1, 1), 3), rocksalt_heo((2, 1, 1), 4)]
+    structures = [rocksalt_heo((1, 1, 1), seed=3), rocksalt_heo((2, 1, 1), seed=4)]
     batched = relax(structures, bridge, "lbfgs", fmax=0.05, max_steps=60, progress=False)
     for s, b in zip(structures, batched):
         [alone] = relax([s], bridge, "lbfgs", fmax=0.05, max_steps=60, progress=False)
@@ -90,7 +69,7 @@ def test_unsupported_element_named(small_mace_file, x64):
 
     bad = bulk("NaCl", "rocksalt", a=5.6)
     with pytest.raises(JaxmatInputError, match="structure 1 .*contains Na, Cl|structure 1 .*contains Cl, Na"):
-        relax([rocksalt_heo((1, 1, 1), 0), bad], MACETorch(small_mace_file), progress=False)
+        relax([rocksalt_heo((1, 1, 1), seed=0), bad], MACETorch(small_mace_file), progress=False)
 
 
 def test_cli_on_embedded_heo_frames_with_a_small_mace(tmp_path, x64):

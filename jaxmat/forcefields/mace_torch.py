@@ -70,3 +70,20 @@ class MACETorch:
             out["forces"].detach().cpu().numpy().astype(np.float64),
             None if stress is None else stress.detach().cpu().numpy().astype(np.float64),
         )
+
+
+def build_small_mace(atomic_numbers, seed: int = 0, r_max: float = 4.0):
+    """A float64 ScaleShiftMACE with random weights for these atomic numbers."""
+    import torch
+    from e3nn import o3
+    from mace import modules
+
+    atomic_numbers = sorted(int(z) for z in set(atomic_numbers))
+    torch.manual_seed(seed)
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    return modules.ScaleShiftMACE(
+        r_max=r_max, num_bessel=8, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block, interaction_cls_first=block,
+        num_interactions=2, num_elements=len(atomic_numbers), hidden_irreps=o3.Irreps("16x0e"), MLP_irreps=o3.Irreps("16x0e"),
+        atomic_energies=-np.linspace(1.0, 3.0, len(atomic_numbers)), avg_num_neighbors=8.0, atomic_numbers=atomic_numbers,
+        correlation=3, gate=torch.nn.functional.silu, atomic_inter_scale=0.1, atomic_inter_shift=0.0,
+    ).double()
