@@ -113,3 +113,34 @@ def test_deterministic_and_corrected_variants_train(tmp_path):
     assert np.isfinite(history[0]["loss"]) and history[0]["kl"] == 0.0
     history = run_training(small_config(1, ["model.reduction=mean", "model.kl=log_std"]), tmp_path / "mean", progress=False)
     assert np.isfinite(history[0]["loss"]) and np.isfinite(history[0]["kl"])
+
+
+def test_uncertainty_analysis_cli(trained, tmp_path):
+    from jaxmat.analyze_uncertainty import main
+
+    out = tmp_path / "u"
+    assert main(["--workdir", str(trained[0]), "--out", str(out), "--bootstrap", "50"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = (out / "polymorph_sigma.csv").read_text().splitlines()
+    assert summary["n_structures"] == 40 and len(rows) == summary["n_formulas"] + 1
+    assert -1.0 <= summary["spearman_rho"] <= 1.0 or np.isnan(summary["spearman_rho"])
+    assert (out / "sigma_by_polymorphs.png").stat().st_size > 1000
+
+
+def test_evaluate_pretrained_encoder(trained, tmp_path):
+    from jaxmat.evaluate import evaluate
+
+    csv = tmp_path / "t.csv"
+    rows = ["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS", "CdSe", "GaAs"]
+    csv.write_text("formula,target\n" + "".join(f"{f},{len(f)}\n" for f in rows))
+    results = evaluate(str(csv), "pretrained", trained[0], "representation", folds=2, out=tmp_path / "out", epochs=3)
+    assert results["task_type"] == "regression" and len(results["mae"]["folds"]) == 2
+    assert (tmp_path / "out" / "parity.png").exists()
+
+
+def test_shipped_configs_resolve():
+    from jaxmat.train import resolve_config
+
+    for name in ("polysrl.yaml", "polysrl_deterministic.yaml"):
+        resolved = resolve_config(load_config(REPO / "configs" / name))
+        assert resolved["model"]["probabilistic"] == (name == "polysrl.yaml")

@@ -1,0 +1,156 @@
+"""Evaluate a stoichiometry encoder (or a baseline) on a composition property task with k-fold CV.
+
+    python -m jaxmat.evaluate --workdir DIR --task expt_gap|expt_is_metal|FILE.csv
+        [--protocol representation|transfer] [--folds 5] [--model pretrained|random-init|magpie-rf]
+        --out OUT [--epochs 300] [--task-type regression|classification]
+
+Splits are Matbench's (KFold, shuffle, random_state 18012019). Writes OUT/results.json
+({"mae": {"mean", "std", "folds"}, ...}), OUT/predictions.csv and a parity plot (regression) or ROC
+curve (classification) as OUT/parity.png / OUT/roc.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxmat.errors import JaxmatInputError
+from jaxmat.metrics import classification_metrics, regression_metrics, summarize_folds
+from jaxmat.polysrl.tasks import load_task, matbench_folds
+
+log = logging.getLogger("jaxmat.evaluate")
+
+
+def make_model(name: str, workdir, kind: str, protocol: str, epochs: int, seed: int):
+    """A fresh model with fit(formulas, targets) / predict(formulas)."""
+    if name == "magpie-rf":
+        from jaxmat.baselines import MagpieRandomForest
+
+        return MagpieRandomForest(kind, seed)
+    import jax
+
+    from jaxmat.polysrl.encoders import StoichiometryEncoder
+    from jaxmat.polysrl.probe import ProbeConfig, StoichiometryProbe
+
+    if name == "pretrained":
+        if workdir is None:
+            raise JaxmatInputError("--model pretrained needs --workdir (a training directory)")
+        from jaxmat.polysrl.api import load_encoder
+
+        embedder = load_encoder(workdir)
+        encoder, params = embedder.module, embedder.params
+    elif name == "random-init":
+        from jaxmat.graphs.batching import batch_stoichiometry
+        from jaxmat.graphs.stoichiometry import stoichiometry_graph
+        from jaxmat.polysrl.model import ModelConfig
+
+        config = ModelConfig()
+        if workdir is not None:
+            import yaml
+
+            config = ModelConfig.from_dict(yaml.safe_load((Path(workdir) / "config.yaml").read_text()).get("model"))
+        dtype = config.jnp_dtype
+        encoder = StoichiometryEncoder(config.hidden, config.stoichiometry_layers, config.set2set_steps,
+                                       config.logsigma_clip, config.probabilistic, dtype)
+        example = batch_stoichiometry([stoichiometry_graph("NaCl")], 2, np.dtype(dtype))
+        params = encoder.init(jax.random.PRNGKey(seed), example)["params"]
+    else:
+        raise JaxmatInputError(f"unknown model {name!r}: pretrained, random-init or magpie-rf")
+    return StoichiometryProbe(encoder, params, kind, protocol, ProbeConfig(epochs=epochs, seed=seed))
+
+
+def plot_results(out: Path, kind: str, targets, predictions, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    if kind == "regression":
+        ax.scatter(targets, predictions, s=6, alpha=0.5)
+        low, high = float(min(targets.min(), predictions.min())), float(max(targets.max(), predictions.max()))
+        ax.plot([low, high], [low, high], "k--", lw=1)
+        ax.set_xlabel("target")
+        ax.set_ylabel("predicted (out of fold)")
+        path = out / "parity.png"
+    else:
+        order = np.argsort(-predictions)
+        truth = targets[order].astype(bool)
+        tpr = np.concatenate([[0], np.cumsum(truth) / max(truth.sum(), 1)])
+        fpr = np.concatenate([[0], np.cumsum(~truth) / max((~truth).sum(), 1)])
+        ax.plot(fpr, tpr)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        path = out / "roc.png"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def evaluate(task: str, model: str, workdir=None, protocol: str = "representation", folds: int = 5, out=None,
+             epochs: int = 300, task_type: str | None = None, seed: int = 0) -> dict:
+    """Cross-validated metrics of a model on a task; writes results under ``out`` when given."""
+    data = load_task(task, task_type)
+    splits = matbench_folds(len(data.formulas), folds)
+    metric_fn = regression_metrics if data.kind == "regression" else classification_metrics
+    formulas = np.asarray(data.formulas, dtype=object)
+    predictions = np.full(len(formulas), np.nan)
+    per_fold = []
+    started = time.time()
+    for fold, (train, test) in enumerate(splits):
+        fitted = make_model(model, workdir, data.kind, protocol, epochs, seed + fold).fit(list(formulas[train]), data.targets[train])
+        predictions[test] = fitted.predict(list(formulas[test]))
+        per_fold.append(metric_fn(data.targets[test], predictions[test]))
+        log.info("fold %d/%d: %s", fold + 1, folds, ", ".join(f"{k} {v:.4f}" for k, v in per_fold[-1].items()))
+    results = {"task": data.name, "task_type": data.kind, "model": model, "protocol": protocol if model != "magpie-rf" else None,
+               "folds": folds, "n_rows": len(formulas), "skipped_rows": len(data.skipped), "seconds": time.time() - started}
+    results.update(summarize_folds(per_fold))
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        with open(out / "predictions.csv", "w") as fh:
+            fh.write("formula,target,prediction\n")
+            fh.writelines(f"{f},{t:.8g},{p:.8g}\n" for f, t, p in zip(formulas, data.targets, predictions))
+        title = f"{data.name} - {model}" + (f" ({protocol})" if model != "magpie-rf" else "")
+        plot_results(out, data.kind, data.targets, predictions, title)
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxmat.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", help="training directory of the encoder")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--protocol", choices=["representation", "transfer"], default="representation")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--model", choices=["pretrained", "random-init", "magpie-rf"], default="pretrained")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--task-type", choices=["regression", "classification"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "matplotlib", "jax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        results = evaluate(args.task, args.model, args.workdir, args.protocol, args.folds, args.out, args.epochs, args.task_type, args.seed)
+    except (JaxmatInputError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    names = ("mae", "rmse", "r2") if results["task_type"] == "regression" else ("roc_auc", "accuracy", "f1")
+    print(f"{results['task']} / {results['model']}: " + ", ".join(f"{n} {results[n]['mean']:.4f} ± {results[n]['std']:.4f}" for n in names)
+          + f"  ({results['n_rows']} rows, {results['skipped_rows']} skipped; results in {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
