@@ -1,7 +1,7 @@
 """Evaluate a stoichiometry encoder (or a baseline) on a composition property task with k-fold CV.
 
     python -m jaxmat.evaluate --workdir DIR --task expt_gap|expt_is_metal|FILE.csv
-        [--protocol representation|transfer] [--folds 5] [--model pretrained|random-init|magpie-rf]
+        [--protocol representation|transfer] [--folds 5] [--model pretrained|random-init|magpie-rf|roost]
         --out OUT [--epochs 300] [--task-type regression|classification]
 
 Splits are Matbench's (KFold, shuffle, random_state 18012019). Writes OUT/results.json
@@ -33,6 +33,10 @@ def make_model(name: str, workdir, kind: str, protocol: str, epochs: int, seed: 
         from jaxmat.baselines import MagpieRandomForest
 
         return MagpieRandomForest(kind, seed)
+    if name == "roost":
+        from jaxmat.baselines import RoostBaseline
+
+        return RoostBaseline(kind, seed, epochs=epochs)
     import jax
 
     from jaxmat.polysrl.encoders import StoichiometryEncoder
@@ -61,7 +65,7 @@ def make_model(name: str, workdir, kind: str, protocol: str, epochs: int, seed: 
         example = batch_stoichiometry([stoichiometry_graph("NaCl")], 2, np.dtype(dtype))
         params = encoder.init(jax.random.PRNGKey(seed), example)["params"]
     else:
-        raise JaxmatInputError(f"unknown model {name!r}: pretrained, random-init or magpie-rf")
+        raise JaxmatInputError(f"unknown model {name!r}: pretrained, random-init, magpie-rf or roost")
     return StoichiometryProbe(encoder, params, kind, protocol, ProbeConfig(epochs=epochs, seed=seed))
 
 
@@ -111,7 +115,7 @@ def evaluate(task: str, model: str, workdir=None, protocol: str = "representatio
         predictions[test] = fitted.predict(list(formulas[test]))
         per_fold.append(metric_fn(data.targets[test], predictions[test]))
         log.info("fold %d/%d: %s", fold + 1, folds, ", ".join(f"{k} {v:.4f}" for k, v in per_fold[-1].items()))
-    results = {"task": data.name, "task_type": data.kind, "model": model, "protocol": protocol if model != "magpie-rf" else None,
+    results = {"task": data.name, "task_type": data.kind, "model": model, "protocol": protocol if model not in ("magpie-rf", "roost") else None,
                "folds": folds, "n_rows": len(formulas), "skipped_rows": len(data.skipped), "seconds": time.time() - started}
     results.update(summarize_folds(per_fold))
     if out is not None:
@@ -121,7 +125,7 @@ def evaluate(task: str, model: str, workdir=None, protocol: str = "representatio
         with open(out / "predictions.csv", "w") as fh:
             fh.write("formula,target,prediction\n")
             fh.writelines(f"{f},{t:.8g},{p:.8g}\n" for f, t, p in zip(formulas, data.targets, predictions))
-        title = f"{data.name} - {model}" + (f" ({protocol})" if model != "magpie-rf" else "")
+        title = f"{data.name} - {model}" + (f" ({protocol})" if model not in ("magpie-rf", "roost") else "")
         plot_results(out, data.kind, data.targets, predictions, title)
     return results
 
@@ -132,7 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--task", required=True)
     parser.add_argument("--protocol", choices=["representation", "transfer"], default="representation")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--model", choices=["pretrained", "random-init", "magpie-rf"], default="pretrained")
+    parser.add_argument("--model", choices=["pretrained", "random-init", "magpie-rf", "roost"], default="pretrained")
     parser.add_argument("--out", required=True)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--task-type", choices=["regression", "classification"])

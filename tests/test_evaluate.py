@@ -112,3 +112,17 @@ def test_magpie_random_forest_baseline():
     targets = np.array([8.5, 8.4, 13.6, 7.8, 7.1, 5.9, 4.8, 3.7, 1.7, 1.4, 1.3, 6.0])
     model = MagpieRandomForest("regression", n_estimators=50).fit(formulas, targets)
     assert np.abs(model.predict(formulas) - targets).mean() < np.abs(targets - targets.mean()).mean()
+
+
+def test_roost_baseline_trains_and_predicts():
+    from jaxmat.baselines import RoostBaseline
+
+    formulas = ["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS", "CdSe", "GaAs", "InP", "AlN"]
+    targets = np.array([8.5, 8.4, 13.6, 7.8, 7.1, 5.9, 4.8, 3.7, 1.7, 1.4, 1.3, 6.0])
+    model = RoostBaseline("regression", epochs=40, batch_size=4).fit(formulas, targets)
+    prediction = model.predict(formulas)
+    assert prediction.shape == (12,) and np.all(np.isfinite(prediction))
+    assert np.abs(prediction - targets).mean() < np.abs(targets - targets.mean()).mean()
+    classifier = RoostBaseline("classification", epochs=5, batch_size=4).fit(formulas, (targets > 5).astype(float))
+    probability = classifier.predict(formulas)
+    assert np.all((probability >= 0) & (probability <= 1))
