@@ -116,7 +116,8 @@ def evaluate(task: str, model: str, workdir=None, protocol: str = "representatio
         per_fold.append(metric_fn(data.targets[test], predictions[test]))
         log.info("fold %d/%d: %s", fold + 1, folds, ", ".join(f"{k} {v:.4f}" for k, v in per_fold[-1].items()))
     results = {"task": data.name, "task_type": data.kind, "model": model, "protocol": protocol if model not in ("magpie-rf", "roost") else None,
-               "folds": folds, "n_rows": len(formulas), "skipped_rows": len(data.skipped), "seconds": time.time() - started}
+               "folds": folds, "epochs": epochs if model != "magpie-rf" else None, "n_rows": len(formulas),
+               "skipped_rows": len(data.skipped), "seconds": time.time() - started}
     results.update(summarize_folds(per_fold))
     if out is not None:
         out = Path(out)
