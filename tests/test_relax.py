@@ -57,26 +57,17 @@ def test_relaxes_to_the_perfect_lattice(lj, optimizer):
     np.testing.assert_allclose(shift - shift.mean(0), 0.0, atol=2e-3)
 
 
-def test_fire_takes_the_same_steps_as_ase(lj):
-    atoms = argon(seed=6)
-    mine = relax([atoms], lj, "fire", fmax=1e-3, max_steps=500, progress=False)[0]
+@pytest.mark.parametrize("optimizer, seed, atol", [("fire", 6, 1e-8), ("lbfgs", 8, 1e-7)])
+def test_takes_the_same_steps_as_ase(lj, optimizer, seed, atol):
+    atoms = argon(seed=seed)
+    ours = "fire" if optimizer == "fire" else LBFGS(curvature_check=False)
+    mine = relax([atoms], lj, ours, fmax=1e-3, max_steps=500, progress=False)[0]
     theirs = atoms.copy()
     theirs.calc = ase_calculator(lj)
-    optimizer = ASEFIRE(theirs, logfile=None)
-    optimizer.run(fmax=1e-3, steps=500)
-    assert mine.n_steps == optimizer.nsteps
-    np.testing.assert_allclose(mine.atoms.positions, theirs.positions, atol=1e-8)
-
-
-def test_lbfgs_takes_the_same_steps_as_ase(lj):
-    atoms = argon(seed=8)
-    mine = relax([atoms], lj, LBFGS(curvature_check=False), fmax=1e-3, max_steps=500, progress=False)[0]
-    theirs = atoms.copy()
-    theirs.calc = ase_calculator(lj)
-    optimizer = ASELBFGS(theirs, logfile=None)
-    optimizer.run(fmax=1e-3, steps=500)
-    assert mine.n_steps == optimizer.nsteps
-    np.testing.assert_allclose(mine.atoms.positions, theirs.positions, atol=1e-7)
+    runner = (ASEFIRE if optimizer == "fire" else ASELBFGS)(theirs, logfile=None)
+    runner.run(fmax=1e-3, steps=500)
+    assert mine.n_steps == runner.nsteps
+    np.testing.assert_allclose(mine.atoms.positions, theirs.positions, atol=atol)
 
 
 @pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
