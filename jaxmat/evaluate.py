@@ -39,7 +39,6 @@ def make_model(name: str, workdir, kind: str, protocol: str, epochs: int, seed: 
         return RoostBaseline(kind, seed, epochs=epochs)
     import jax
 
-    from jaxmat.polysrl.encoders import StoichiometryEncoder
     from jaxmat.polysrl.probe import ProbeConfig, StoichiometryProbe
 
     if name == "pretrained":
@@ -52,17 +51,12 @@ def make_model(name: str, workdir, kind: str, protocol: str, epochs: int, seed: 
     elif name == "random-init":
         from jaxmat.graphs.batching import batch_stoichiometry
         from jaxmat.graphs.stoichiometry import stoichiometry_graph
+        from jaxmat.polysrl.api import load_model_config
         from jaxmat.polysrl.model import ModelConfig
 
-        config = ModelConfig()
-        if workdir is not None:
-            import yaml
-
-            config = ModelConfig.from_dict(yaml.safe_load((Path(workdir) / "config.yaml").read_text()).get("model"))
-        dtype = config.jnp_dtype
-        encoder = StoichiometryEncoder(config.hidden, config.stoichiometry_layers, config.set2set_steps,
-                                       config.logsigma_clip, config.probabilistic, dtype)
-        example = batch_stoichiometry([stoichiometry_graph("NaCl")], 2, np.dtype(dtype))
+        config = ModelConfig() if workdir is None else load_model_config(workdir)
+        encoder = config.stoichiometry_encoder()
+        example = batch_stoichiometry([stoichiometry_graph("NaCl")], 2, np.dtype(config.jnp_dtype))
         params = encoder.init(jax.random.PRNGKey(seed), example)["params"]
     else:
         raise JaxmatInputError(f"unknown model {name!r}: pretrained, random-init, magpie-rf or roost")

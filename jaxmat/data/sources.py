@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
-
 from jaxmat.data.structures import StructureRecord, from_ase, from_pymatgen, make_record, validate_structure
 from jaxmat.errors import JaxmatInputError
 from jaxmat.resources import resource_path

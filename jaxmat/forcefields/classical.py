@@ -23,14 +23,12 @@ def neighbor_pairs_with_shifts(batch: SystemBatch, cutoff: float):
 
     calculator = NeighborList(cutoff=cutoff, full_list=True)
     pairs_i, pairs_j, shifts, systems = [], [], [], []
-    offset = 0
     for s in range(batch.n_systems):
         atoms = np.flatnonzero(batch.system_index == s)
         periodic = bool(batch.pbc[s].all())
         i, j, S = calculator.compute(batch.positions[atoms], batch.cells[s] if periodic else np.zeros((3, 3)), periodic, "ijS")
         pairs_i.append(atoms[i]), pairs_j.append(atoms[j])
         shifts.append(S.astype(np.float64) @ batch.cells[s]), systems.append(np.full(len(i), s))
-        offset += len(atoms)
     cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)
     return cat(pairs_i, (0,)).astype(np.int32), cat(pairs_j, (0,)).astype(np.int32), cat(shifts, (0, 3)), cat(systems, (0,)).astype(np.int32)
 

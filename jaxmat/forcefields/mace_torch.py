@@ -42,7 +42,6 @@ class MACETorch:
         self.head = head or self.heads[-1]
 
     def _graphs(self, batch: SystemBatch):
-        import torch
         from ase import Atoms
         from mace import data as mace_data
         from mace.tools import torch_tools

@@ -12,7 +12,6 @@ import yaml
 
 from jaxmat.graphs.batching import batch_stoichiometry, padded_size
 from jaxmat.graphs.stoichiometry import stoichiometry_graph
-from jaxmat.polysrl.encoders import StoichiometryEncoder
 from jaxmat.polysrl.model import ModelConfig
 
 
@@ -27,9 +26,7 @@ class StoichiometryEmbedder:
         self.config = config
         self.dtype = config.jnp_dtype
         self.params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, self.dtype), params)
-        self.module = StoichiometryEncoder(
-            config.hidden, config.stoichiometry_layers, config.set2set_steps, config.logsigma_clip, config.probabilistic, self.dtype
-        )
+        self.module = config.stoichiometry_encoder()
         self._apply = jax.jit(lambda p, g: self.module.apply({"params": p}, g))
 
     def embed(self, formulas: Sequence[str] | str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -50,15 +47,19 @@ class StoichiometryEmbedder:
         return np.concatenate(mus), np.concatenate(sigmas)
 
 
+def load_model_config(workdir) -> ModelConfig:
+    """The model config of a training run (WORKDIR/config.yaml)."""
+    config_path = Path(workdir) / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a jaxmat training directory?")
+    return ModelConfig.from_dict(yaml.safe_load(config_path.read_text()).get("model"))
+
+
 def load_encoder(workdir, epoch: int | None = None) -> StoichiometryEmbedder:
     """The stoichiometry encoder of a training run (WORKDIR/config.yaml + the latest orbax checkpoint)."""
     from jaxmat.polysrl.checkpoint import restore_params
 
-    workdir = Path(workdir)
-    config_path = workdir / "config.yaml"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {workdir} a jaxmat training directory?")
-    config = ModelConfig.from_dict(yaml.safe_load(config_path.read_text()).get("model"))
+    config = load_model_config(workdir)
     params, _, _ = restore_params(workdir, epoch)
     return StoichiometryEmbedder(config, params["stoichiometry"])
 

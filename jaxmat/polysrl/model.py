@@ -52,6 +52,11 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def stoichiometry_encoder(self) -> StoichiometryEncoder:
+        """The stoichiometry encoder module of this config."""
+        return StoichiometryEncoder(self.hidden, self.stoichiometry_layers, self.set2set_steps, self.logsigma_clip,
+                                    self.probabilistic, self.jnp_dtype)
+
     @property
     def jnp_dtype(self):
         if self.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -66,7 +71,7 @@ class PolySRL(nn.Module):
 
     def setup(self):
         c, dtype = self.config, self.config.jnp_dtype
-        self.stoichiometry = StoichiometryEncoder(c.hidden, c.stoichiometry_layers, c.set2set_steps, c.logsigma_clip, c.probabilistic, dtype)
+        self.stoichiometry = c.stoichiometry_encoder()
         self.structure = StructureEncoder(c.hidden, c.structure_layers, c.use_species, dtype)
         self.shift = self.param("shift", nn.initializers.constant(c.shift), (1,), dtype)
         self.negative_scale = self.param("negative_scale", nn.initializers.constant(c.negative_scale), (1,), dtype)
@@ -74,9 +79,6 @@ class PolySRL(nn.Module):
     def __call__(self, batch: PolySRLBatch):
         mu, logsigma = self.stoichiometry(batch.stoichiometry)
         return mu, logsigma, self.structure(batch.crystal), self.shift[0], self.negative_scale[0]
-
-    def embed_stoichiometry(self, graph):
-        return self.stoichiometry(graph)
 
 
 def init_params(config: ModelConfig, batch: PolySRLBatch, key) -> dict:
