@@ -1,9 +1,11 @@
 """Relax many structures at once.
 
     python -m jaxmat.relax INPUT.extxyz --model MODEL --out OUT.extxyz [--optimizer fire|lbfgs]
-        [--fmax 0.05] [--max-steps 300] [--max-atoms N] [--relax-cell] [--trajectory DIR] [--backend torch]
+        [--fmax 0.05] [--max-steps 300] [--max-atoms N] [--relax-cell] [--trajectory DIR] [--backend torch|jax]
 
-MODEL is a mace-torch model file, or a classical potential for quick tests:
+MODEL is a mace-torch model file (``--backend torch`` runs it with mace-torch, ``--backend jax`` with
+jaxmat's JAX MACE after converting the weights), a directory written by scripts/convert_mace.py
+(``--backend jax``, no torch needed), or a classical potential for quick tests:
 ``lj[:sigma,epsilon,cutoff]`` / ``morse[:sigma,epsilon,alpha,cutoff]`` (Å, eV).
 Finished structures are appended to OUT.partial as they complete; a killed run started again
 with the same command skips them. OUT holds every structure in input order, with
@@ -34,8 +36,19 @@ def load_force_field(spec: str, backend: str = "torch", dtype: str = "float64"):
 
         values = [float(v) for v in args.split(",")] if args else []
         return classical.lennard_jones(*values) if name == "lj" else classical.morse(*values)
+    path = Path(spec)
+    if not path.exists():
+        raise JaxmatInputError(f"model {spec} not found (a mace-torch .model file, a converted JAX MACE directory, or lj:/morse:)")
     if backend == "jax":
-        raise JaxmatInputError("--backend jax needs the native JAX MACE, which jaxmat does not provide yet; use --backend torch")
+        from jaxmat.forcefields.mace import UnsupportedMACEError
+        from jaxmat.forcefields.mace.forcefield import MACEJax
+
+        try:
+            return MACEJax.load(path, dtype=dtype) if path.is_dir() else MACEJax.from_torch(path, dtype=dtype)
+        except UnsupportedMACEError as error:
+            raise JaxmatInputError(str(error)) from error
+    if path.is_dir():
+        raise JaxmatInputError(f"{spec} is a converted JAX MACE directory: use --backend jax")
     from jaxmat.forcefields.mace_torch import MACETorch
 
     return MACETorch(spec, dtype=dtype)

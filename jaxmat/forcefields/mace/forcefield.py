@@ -1,0 +1,108 @@
+"""The JAX MACE as a jaxmat force field: many periodic systems per call, one compiled program.
+
+Neighbour lists come from vesin on the host (full list, periodic images, so cells smaller than
+the cutoff work); atoms, edges and systems are padded to a few bucket sizes so a relaxation whose
+batch changes (systems leaving and joining) reuses the same compiled shapes.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
+from jaxmat.forcefields.classical import neighbor_pairs_with_shifts
+from jaxmat.forcefields.mace.model import energy_forces_stress
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+    """Round up to the next size of the form m * 2^k with m in 8..15 (at most 12.5 % padding)."""
+    n = max(int(n), minimum)
+    step = 2 ** max(int(np.floor(np.log2(n))) - 3, 0)
+    return int(-(-n // step) * step)
+
+
+class MACEJax:
+    """Force field from a JAX MACE (config, params); ``MACEJax.from_torch(path)`` or ``MACEJax.load(dir)``."""
+
+    def __init__(self, config: dict, params, dtype: str = "float64", head: str | None = None):
+        if dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be float64 or float32, not {dtype!r}")
+        if dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        self.config = config
+        self.dtype = jnp.float64 if dtype == "float64" else jnp.float32
+        self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.dtype), params)
+        self.r_max = float(config["r_max"])
+        self.heads = list(config["heads"])
+        head = head or self.heads[-1]
+        if head not in self.heads:
+            raise ValueError(f"head {head!r} not in this model's heads {self.heads}")
+        self.head_index = self.heads.index(head)
+        self.supported_numbers = frozenset(int(z) for z in config["atomic_numbers"])
+        self._species_of = np.full(119, -1, np.int32)
+        self._species_of[np.asarray(config["atomic_numbers"])] = np.arange(len(config["atomic_numbers"]))
+        self._evaluate = jax.jit(functools.partial(energy_forces_stress, config=config, head=self.head_index),
+                                 static_argnames=("n_systems",))
+
+    @classmethod
+    def from_torch(cls, path_or_module, **kwargs) -> "MACEJax":
+        from jaxmat.forcefields.mace.convert import from_torch
+
+        config, params = from_torch(path_or_module)
+        return cls(config, params, **kwargs)
+
+    @classmethod
+    def load(cls, directory: str | Path, **kwargs) -> "MACEJax":
+        from jaxmat.forcefields.mace.io import load
+
+        config, params = load(directory)
+        return cls(config, params, **kwargs)
+
+    def species(self, numbers) -> np.ndarray:
+        species = self._species_of[np.asarray(numbers)]
+        if np.any(species < 0):
+            missing = sorted(set(int(z) for z in np.asarray(numbers)[species < 0]))
+            raise ValueError(f"elements with atomic numbers {missing} are not in this MACE model {sorted(self.supported_numbers)}")
+        return species
+
+    def padded_inputs(self, batch: SystemBatch):
+        """Device arrays for ``energy_forces_stress``: a neighbour matrix (K slots per atom, receivers
+        as rows) with atoms, slots and systems padded to bucket sizes."""
+        n_atoms, n_systems = len(batch.numbers), batch.n_systems
+        senders, receivers, shifts, _ = neighbor_pairs_with_shifts(batch, self.r_max)
+        order = np.argsort(receivers, kind="stable")
+        senders, receivers, shifts = senders[order], receivers[order], shifts[order]
+        counts = np.bincount(receivers, minlength=n_atoms)
+        slot = np.arange(len(receivers)) - np.repeat(np.cumsum(counts) - counts, counts)
+        atoms_size, systems_size = bucket(n_atoms + 1), bucket(n_systems + 1, 2)
+        slots = bucket(max(int(counts.max(initial=0)), 1), 4)
+        neighbors = np.full((atoms_size, slots), n_atoms, np.int32)  # padding slots point at a padding atom
+        neighbors[receivers, slot] = senders
+        slot_shifts = np.zeros((atoms_size, slots, 3))
+        slot_shifts[receivers, slot] = shifts
+        mask = np.zeros((atoms_size, slots), bool)
+        mask[receivers, slot] = True
+        pad_atoms = atoms_size - n_atoms
+        dummy_system = systems_size - 1  # padding atoms belong to a system nobody reads
+        as_dtype = lambda a: jnp.asarray(a, self.dtype)
+        return dict(
+            positions=as_dtype(np.concatenate([batch.positions, np.zeros((pad_atoms, 3))])),
+            species=jnp.asarray(np.concatenate([self.species(batch.numbers), np.zeros(pad_atoms, np.int32)])),
+            cells=as_dtype(np.concatenate([batch.cells, np.tile(np.eye(3), (systems_size - n_systems, 1, 1))])),
+            system_index=jnp.asarray(np.concatenate([batch.system_index, np.full(pad_atoms, dummy_system)]).astype(np.int32)),
+            neighbors=jnp.asarray(neighbors), shifts=as_dtype(slot_shifts), neighbor_mask=jnp.asarray(mask),
+            n_systems=systems_size,
+        )
+
+    def __call__(self, batch: SystemBatch, compute_stress: bool = False) -> ForceFieldOutput:
+        n_atoms, n_systems = len(batch.numbers), batch.n_systems
+        energy, forces, stress = self._evaluate(self.params, **self.padded_inputs(batch))
+        return ForceFieldOutput(
+            np.asarray(energy, np.float64)[:n_systems], np.asarray(forces, np.float64)[:n_atoms],
+            np.asarray(stress, np.float64)[:n_systems] if compute_stress else None,
+        )
