@@ -12,7 +12,7 @@ from jaxmat.forcefields.mace.convert import UnsupportedMACEError, check_structur
 from jaxmat.forcefields.mace.forcefield import MACEJax
 from jaxmat.forcefields.mace_torch import MACETorch, build_small_mace
 from jaxmat.heo.generate import rocksalt_heo
-from tests.conftest import shared_file
+from conftest import shared_file
 
 pytestmark = pytest.mark.usefixtures("x64")
 
