@@ -1,8 +1,10 @@
 """Relaxation throughput on rock-salt HEO supercells: ASE (one structure at a time), torch-sim batched
-FIRE and jaxmat (batched, MACE through the torch bridge), same MACE model, same process, same threads.
+FIRE and jaxmat (batched; MACE through the torch bridge, or jaxmat's JAX MACE for the jaxmat-jax-*
+contenders, compiled once before the timing), same MACE model, same process, same threads.
 
     python benchmarks/relax_throughput.py --workload W1 --model ../shared/models/mace_heo_chgnet_small.model
-        [--contenders ase-fire,ase-lbfgs,torch-sim-fire,jaxmat-fire,jaxmat-lbfgs] [--json out.json]
+        [--contenders ase-fire,ase-lbfgs,torch-sim-fire,jaxmat-fire,jaxmat-lbfgs,jaxmat-jax-fire,jaxmat-jax-lbfgs]
+        [--json out.json]
 
 W1 = 16 x 64-atom cells, W2 = 4 x 216-atom cells (MgO conventional cell a = 4.2 Å, cations drawn from
 Mg/Co/Ni/Cu/Zn, rattle 0.1 Å, seeds 0..k-1); fmax 0.05 eV/Å, at most 300 steps, float64.
@@ -66,11 +68,18 @@ def run_torch_sim(structures, model, fmax, max_steps):
             "converged": int(sum(f < fmax for f in fmax_per)), "force_evaluations": None}
 
 
-def run_jaxmat(structures, model, kind, fmax, max_steps):
-    from jaxmat.forcefields.mace_torch import MACETorch
+def run_jaxmat(structures, model, kind, fmax, max_steps, backend="torch"):
     from jaxmat.relax import relax
 
-    force_field = MACETorch(model)
+    if backend == "jax":
+        from jaxmat.forcefields.mace.forcefield import MACEJax
+
+        force_field = MACEJax.from_torch(model)
+        relax(structures[:1], force_field, kind, fmax=fmax, max_steps=2, progress=False)  # compile outside the timing
+    else:
+        from jaxmat.forcefields.mace_torch import MACETorch
+
+        force_field = MACETorch(model)
     stats: dict = {}
     started = time.perf_counter()
     results = relax(structures, force_field, kind, fmax=fmax, max_steps=max_steps, progress=False, stats=stats)
@@ -105,6 +114,8 @@ def main():
             results[name] = run_ase(structures, args.model, name[4:], args.fmax, args.max_steps)
         elif name == "torch-sim-fire":
             results[name] = run_torch_sim(structures, args.model, args.fmax, args.max_steps)
+        elif name.startswith("jaxmat-jax-"):
+            results[name] = run_jaxmat(structures, args.model, name[11:], args.fmax, args.max_steps, backend="jax")
         elif name.startswith("jaxmat-"):
             results[name] = run_jaxmat(structures, args.model, name[7:], args.fmax, args.max_steps)
         else:
@@ -115,12 +126,15 @@ def main():
         extra = f", {100 * r['outside_force_fraction']:.1f}% of time outside force calls" if "outside_force_fraction" in r else ""
         print(f"{name:15s} {r['seconds']:8.1f} s  {r['structures_per_s']:.3f} structures/s  {steps}  "
               f"converged {r['converged']}/{len(structures)}  force evaluations {r['force_evaluations']}{extra}", flush=True)
-    for mine, peer in (("jaxmat-fire", "ase-fire"), ("jaxmat-lbfgs", "ase-lbfgs")):
+    for mine, peer in (("jaxmat-fire", "ase-fire"), ("jaxmat-lbfgs", "ase-lbfgs"), ("jaxmat-jax-fire", "ase-fire"),
+                       ("jaxmat-jax-lbfgs", "ase-lbfgs")):
         if mine in results and peer in results:
             diff = np.abs(np.array(results[mine]["energies"]) - np.array(results[peer]["energies"]))
             print(f"final energies {mine} vs {peer}: max |dE| {diff.max():.2e} eV, mean {diff.mean():.2e} eV")
     ratios = []
-    for mine, peer in (("jaxmat-fire", "ase-fire"), ("jaxmat-lbfgs", "ase-lbfgs"), ("jaxmat-fire", "torch-sim-fire"), ("jaxmat-lbfgs", "torch-sim-fire")):
+    for mine, peer in (("jaxmat-fire", "ase-fire"), ("jaxmat-lbfgs", "ase-lbfgs"), ("jaxmat-fire", "torch-sim-fire"), ("jaxmat-lbfgs", "torch-sim-fire"),
+                       ("jaxmat-jax-fire", "ase-fire"), ("jaxmat-jax-lbfgs", "ase-lbfgs"), ("jaxmat-jax-fire", "jaxmat-fire"),
+                       ("jaxmat-jax-lbfgs", "jaxmat-lbfgs"), ("jaxmat-jax-fire", "torch-sim-fire")):
         if mine in results and peer in results:
             ratios.append(f"{mine}/{peer} {results[peer]['seconds'] / results[mine]['seconds']:.2f}x")
     if args.json:

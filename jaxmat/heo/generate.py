@@ -1,8 +1,13 @@
 """Rock-salt high-entropy-oxide supercells.
 
 Cations on the rock-salt cation sublattice of an n x n x n conventional MgO-type cell (8 atoms each,
-a in Å), either drawn i.i.d. from molar ratios (the reference's way) or assigned exactly equimolar
-in random order; then every atom is rattled (Gaussian, stdev in Å) with a seed.
+a in Å): drawn i.i.d. from molar ratios (mode 'random', the reference's way), assigned exactly
+equimolar in random order ('equimolar'), or arranged as a special quasirandom structure ('sqs', icet:
+the cluster vector of pairs and triplets made as close as possible to the random alloy's at the same
+counts); then every atom is rattled (Gaussian, stdev in Å) with a seed.
+
+    python -m jaxmat.heo.generate --n 2 --count 4 --mode sqs --out cells.extxyz [--cations Mg,Co,Ni,Cu,Zn]
+        [--ratios 1,1,1,1,1] [--rattle 0.1] [--seed 0] [--a 4.2]
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ def rocksalt_heo(
     rattle: float = 0.1,
     mode: str = "random",
     ratios: Sequence[float] | None = None,
+    sqs_steps: int = 3000,
 ):
-    """One supercell as ase.Atoms. mode: 'random' (i.i.d. from ``ratios``, default equal) or 'equimolar'
-    (counts differ by at most one, positions shuffled)."""
+    """One supercell as ase.Atoms. mode: 'random' (i.i.d. from ``ratios``, default equal), 'equimolar'
+    (counts differ by at most one, positions shuffled) or 'sqs' (counts from the ratios rounded to the
+    site count, arranged by icet's SQS Monte Carlo with ``sqs_steps`` trial swaps)."""
     repeat = (n, n, n) if isinstance(n, int) else tuple(n)
     atoms = bulk("MgO", "rocksalt", a=a, cubic=True) * repeat
     rng = np.random.default_rng(seed)
@@ -38,12 +45,49 @@ def rocksalt_heo(
     elif mode == "equimolar":
         assignment = np.resize(numbers, len(sites))
         atoms.numbers[sites] = rng.permutation(assignment)
+    elif mode == "sqs":
+        atoms.numbers[:] = sqs_numbers(atoms, cations, equimolar_counts(len(sites), len(cations), ratios), a, seed,
+                                       n_steps=sqs_steps)
     else:
-        raise ValueError(f"unknown mode {mode!r}: use random or equimolar")
+        raise ValueError(f"unknown mode {mode!r}: use random, equimolar or sqs")
     if rattle:
         atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
     atoms.info["generator"] = f"rocksalt_heo n={repeat} mode={mode} seed={seed} rattle={rattle}"
     return atoms
+
+
+def equimolar_counts(n_sites: int, n_cations: int, ratios=None) -> list[int]:
+    """Integer cation counts summing to n_sites, as close as possible to the ratios (default equal)."""
+    ratios = np.ones(n_cations) if ratios is None else np.asarray(ratios, float)
+    ideal = ratios / ratios.sum() * n_sites
+    counts = np.floor(ideal).astype(int)
+    for i in np.argsort(-(ideal - counts), kind="stable")[: n_sites - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+def cluster_space(a: float, cations: Sequence[str], cutoffs=(6.0, 4.5)):
+    """icet ClusterSpace of the rock-salt lattice: cations mix on one sublattice, O fixed on the other."""
+    from icet import ClusterSpace
+
+    primitive = bulk("MgO", "rocksalt", a=a)
+    return ClusterSpace(primitive, cutoffs=list(cutoffs), chemical_symbols=[list(cations), ["O"]])
+
+
+def sqs_numbers(supercell, cations: Sequence[str], counts, a: float, seed: int, n_steps: int = 3000):
+    """Atomic numbers of an SQS on this rock-salt supercell with the given cation counts (icet)."""
+    from icet.tools.structure_generation import generate_sqs_from_supercells
+
+    space = cluster_space(a, cations)
+    n_sites = int((supercell.numbers != 8).sum())
+    concentrations = {c: n / n_sites for c, n in zip(cations, counts) if n}
+    sublattice = space.get_sublattices(space.primitive_structure).active_sublattices[0].symbol
+    template = supercell.copy()
+    sqs = generate_sqs_from_supercells(space, supercells=[template], target_concentrations={sublattice: concentrations},
+                                       n_steps=n_steps, random_seed=seed)
+    if len(sqs) != len(supercell) or not np.allclose(sqs.positions, supercell.positions):
+        raise RuntimeError("icet returned an SQS on a different cell ordering")  # pragma: no cover
+    return sqs.numbers
 
 
 def workload(name: str):
@@ -53,3 +97,41 @@ def workload(name: str):
         raise ValueError(f"unknown workload {name!r}: {sorted(table)}")
     count, n = table[name]
     return [rocksalt_heo(n, seed=seed) for seed in range(count)]
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    import ase.io
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2, help="supercell size n (n x n x n conventional cells, 8n^3 atoms)")
+    parser.add_argument("--count", type=int, default=1, help="structures to write (seeds seed..seed+count-1)")
+    parser.add_argument("--mode", default="random", choices=["random", "equimolar", "sqs"])
+    parser.add_argument("--cations", default=",".join(DEFAULT_CATIONS))
+    parser.add_argument("--ratios", help="molar ratios, comma separated (default equal)")
+    parser.add_argument("--rattle", type=float, default=0.1, help="Gaussian rattle stdev (Å)")
+    parser.add_argument("--a", type=float, default=4.2, help="lattice parameter (Å)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sqs-steps", type=int, default=3000)
+    parser.add_argument("--out", required=True, help="extxyz file")
+    args = parser.parse_args(argv)
+    cations = [c.strip() for c in args.cations.split(",") if c.strip()]
+    unknown = [c for c in cations if c not in atomic_numbers]
+    if unknown:
+        print(f"error: unknown element(s) {unknown} in --cations", file=sys.stderr)
+        return 2
+    ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else None
+    if ratios is not None and len(ratios) != len(cations):
+        print(f"error: {len(ratios)} ratios for {len(cations)} cations", file=sys.stderr)
+        return 2
+    structures = [rocksalt_heo(args.n, cations, args.seed + i, args.a, args.rattle, args.mode, ratios, args.sqs_steps)
+                  for i in range(args.count)]
+    ase.io.write(args.out, structures, format="extxyz")
+    print(f"wrote {len(structures)} x {len(structures[0])}-atom {args.mode} cells to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,6 +17,7 @@ import numpy as np
 from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
 from jaxmat.forcefields.classical import neighbor_pairs_with_shifts
 from jaxmat.forcefields.mace.model import energy_forces_stress
+from jaxmat.forcefields.mace.ops import outgoing_slots
 
 
 def bucket(n: int, minimum: int = 8) -> int:
@@ -48,6 +49,18 @@ class MACEJax:
         self._species_of[np.asarray(config["atomic_numbers"])] = np.arange(len(config["atomic_numbers"]))
         self._evaluate = jax.jit(functools.partial(energy_forces_stress, config=config, head=self.head_index),
                                  static_argnames=("n_systems",))
+        self.compiled_shapes: list[tuple[int, int, int]] = []  # (atoms, neighbour slots, systems) seen so far
+
+    def _padded_shape(self, n_atoms: int, max_neighbors: int, n_systems: int) -> tuple[int, int, int]:
+        """Reuse a shape already compiled when it fits with at most 2x padding, else a new bucket:
+        a batch that shrinks as structures converge then costs a few compilations, not one per size."""
+        needed = (bucket(n_atoms + 1), bucket(max(max_neighbors, 1), 4), bucket(n_systems + 1, 2))
+        fitting = [shape for shape in self.compiled_shapes
+                   if all(have >= need for have, need in zip(shape, needed)) and shape[0] * shape[1] <= 2 * needed[0] * needed[1]]
+        if fitting:
+            return min(fitting, key=lambda shape: shape[0] * shape[1])
+        self.compiled_shapes.append(needed)
+        return needed
 
     @classmethod
     def from_torch(cls, path_or_module, **kwargs) -> "MACEJax":
@@ -79,8 +92,7 @@ class MACEJax:
         senders, receivers, shifts = senders[order], receivers[order], shifts[order]
         counts = np.bincount(receivers, minlength=n_atoms)
         slot = np.arange(len(receivers)) - np.repeat(np.cumsum(counts) - counts, counts)
-        atoms_size, systems_size = bucket(n_atoms + 1), bucket(n_systems + 1, 2)
-        slots = bucket(max(int(counts.max(initial=0)), 1), 4)
+        atoms_size, slots, systems_size = self._padded_shape(n_atoms, int(counts.max(initial=0)), n_systems)
         neighbors = np.full((atoms_size, slots), n_atoms, np.int32)  # padding slots point at a padding atom
         neighbors[receivers, slot] = senders
         slot_shifts = np.zeros((atoms_size, slots, 3))
@@ -96,6 +108,7 @@ class MACEJax:
             cells=as_dtype(np.concatenate([batch.cells, np.tile(np.eye(3), (systems_size - n_systems, 1, 1))])),
             system_index=jnp.asarray(np.concatenate([batch.system_index, np.full(pad_atoms, dummy_system)]).astype(np.int32)),
             neighbors=jnp.asarray(neighbors), shifts=as_dtype(slot_shifts), neighbor_mask=jnp.asarray(mask),
+            outgoing_slots=jnp.asarray(outgoing_slots(neighbors, mask)),
             n_systems=systems_size,
         )
 

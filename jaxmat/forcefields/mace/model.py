@@ -29,27 +29,28 @@ def _species_linear(blocks, species, spec, weights):
 
 
 def spherical_harmonics(vectors, lmax: int):
-    """e3nn's real spherical harmonics of the unit vectors, 'component' normalisation; list of (E, 1, 2l+1)."""
+    """e3nn's real spherical harmonics of the unit vectors, 'component' normalisation; list of (E, 2l+1)."""
     import e3nn_jax
 
     irreps = "+".join(f"{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
     sh = e3nn_jax.spherical_harmonics(irreps, vectors, normalize=True, normalization="component").array
-    return [sh[:, l * l:(l + 1) * (l + 1)][:, None, :] for l in range(lmax + 1)]
+    return [sh[:, l * l:(l + 1) * (l + 1)] for l in range(lmax + 1)]
 
 
-def node_energies(params, config, species, vectors, neighbors, neighbor_mask, head: int = 0):
+def node_energies(params, config, species, vectors, neighbors, neighbor_mask, head: int = 0, outgoing_slots=None):
     """Interaction energy of every atom (eV, after scale and shift, without the E0s).
 
     species (N,) index into config['atomic_numbers']; neighbors (N, K) the sending atom of each of
     the K neighbour slots of every (receiving) atom; vectors (N, K, 3) Å = r_receiver - r_sender +
-    periodic shift; neighbor_mask (N, K) False on padding slots.
+    periodic shift; neighbor_mask (N, K) False on padding slots; outgoing_slots (optional, from
+    :func:`ops.outgoing_slots`) makes the gradient of the neighbour gathers a gather instead of a scatter.
     """
     n_nodes, k_slots = neighbors.shape
     r_max = config["r_max"]
     far = jnp.asarray([2.0 * r_max, 0.0, 0.0], vectors.dtype)
     vectors = jnp.where(neighbor_mask[..., None], vectors, far).reshape(-1, 3)  # padding sits beyond the cutoff
     lengths = jnp.linalg.norm(vectors, axis=-1)
-    edge_sh = [y.reshape(n_nodes, k_slots, 1, -1) for y in spherical_harmonics(vectors, config["sh_lmax"])]
+    edge_sh = [y.reshape(n_nodes, k_slots, -1) for y in spherical_harmonics(vectors, config["sh_lmax"])]
     frequencies = jnp.asarray(config["bessel_frequencies"], vectors.dtype)
     radial = config["bessel_prefactor"] * (jnp.sin(frequencies * lengths[:, None]) / lengths[:, None])
     cutoff = ops.polynomial_cutoff(lengths, r_max, config["num_polynomial_cutoff"]) * neighbor_mask.reshape(-1, 1)
@@ -57,7 +58,7 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
 
     embedding = config["node_embedding"]
     (w_embed,) = params["node_embedding"]
-    node_feats = [embedding["path_weight"] * jnp.take(w_embed, species, axis=0)[:, :, None]]  # one-hot @ W
+    node_feats = [embedding["path_weight"] * jnp.take(w_embed, species, axis=0)[:, None, :]]  # one-hot @ W
 
     features_per_layer = []
     for layer, (inter_cfg, prod_cfg) in enumerate(zip(config["interactions"], config["products"])):
@@ -68,11 +69,12 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
         if not config["apply_cutoff"]:
             tp_weights = tp_weights * cutoff
         tp_weights = tp_weights.reshape(n_nodes, k_slots, -1)
-        messages = ops.convolution([b[neighbors] for b in up], edge_sh, tp_weights, inter_cfg["tp_paths"], config["cg"])
+        gathered = [b[neighbors] if outgoing_slots is None else ops.gather_neighbors(b, neighbors, outgoing_slots) for b in up]
+        messages = ops.convolution(gathered, edge_sh, tp_weights, inter_cfg["tp_paths"], config["cg"])
         messages = [m / inter_cfg["avg_num_neighbors"] for m in _linear(messages, inter_cfg["linear"], inter_params["linear"])]
         if not inter_cfg["residual"]:
             messages = _species_linear(messages, species, inter_cfg["skip"], inter_params["skip"])
-        coupled = jnp.concatenate(messages, axis=-1)  # (N, C, A), MACE's reshape_irreps
+        coupled = jnp.concatenate(messages, axis=1)  # (N, A, C): MACE's reshape_irreps, transposed
         product_species = jnp.zeros_like(species) if prod_cfg["agnostic"] else species
         blocks = ops.symmetric_contraction(coupled, product_species, prod_cfg["contractions"], prod_params["weights"])
         node_feats = _linear(blocks, prod_cfg["linear"], prod_params["linear"])
@@ -91,11 +93,11 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
             hidden = [jax.nn.silu(h) * readout_cfg["activation_scale"] for h in hidden]
             num_heads = readout_cfg["num_heads"]
             if num_heads > 1:
-                width = hidden[0].shape[1] // num_heads
-                keep = (jnp.arange(hidden[0].shape[1]) // width == head).astype(hidden[0].dtype)
-                hidden = [h * keep[None, :, None] for h in hidden]
+                width = hidden[0].shape[-1] // num_heads
+                keep = (jnp.arange(hidden[0].shape[-1]) // width == head).astype(hidden[0].dtype)
+                hidden = [h * keep for h in hidden]
             out = _linear(hidden, readout_cfg["linear_2"], readout_params["linear_2"])
-        energy = energy + out[0][:, head, 0]
+        energy = energy + out[0][:, 0, head]
     scale = jnp.asarray(config["scale"], vectors.dtype)[head]
     shift = jnp.asarray(config["shift"], vectors.dtype)[head]
     return scale * energy + shift
@@ -107,7 +109,7 @@ def reference_energies(config, species, head: int = 0):
 
 
 def energy_forces_stress(params, config, positions, species, cells, system_index, neighbors, shifts,
-                         neighbor_mask, n_systems: int, head: int = 0):
+                         neighbor_mask, n_systems: int, head: int = 0, outgoing_slots=None):
     """Total energies (S,) eV, forces (N, 3) eV/Å = -dE/dx and stress (S, 3, 3) eV/Å^3 = (1/V) dE/d(strain).
 
     neighbors (N, K) senders of each atom's neighbour slots; shifts (N, K, 3) Å the periodic image
@@ -119,8 +121,9 @@ def energy_forces_stress(params, config, positions, species, cells, system_index
         atom_deform = deform[system_index]
         pos = jnp.einsum("na,nab->nb", positions, atom_deform)
         shift = jnp.einsum("nka,nab->nkb", shifts, atom_deform)  # an edge belongs to its receiver's system
-        vectors = pos[:, None, :] - pos[neighbors] + shift
-        e_node = node_energies(params, config, species, vectors, neighbors, neighbor_mask, head)
+        senders = pos[neighbors] if outgoing_slots is None else ops.gather_neighbors(pos, neighbors, outgoing_slots)
+        vectors = pos[:, None, :] - senders + shift
+        e_node = node_energies(params, config, species, vectors, neighbors, neighbor_mask, head, outgoing_slots)
         return jax.ops.segment_sum(e_node, system_index, n_systems)
 
     strain = jnp.zeros((n_systems, 3, 3), positions.dtype)

@@ -1,8 +1,10 @@
 """The equivariant building blocks of MACE as pure functions on per-irrep blocks.
 
 Features are lists of blocks, one per irrep of an e3nn Irreps string: block ``i`` has shape
-(..., mul_i, 2 l_i + 1), the same numbers as e3nn's flat (mul, ir) layout reshaped. Every operation
-carries the normalisation of its e3nn (torch) counterpart so imported weights give the same outputs.
+(..., 2 l_i + 1, mul_i) - components first, channels last (the minor axis), so that linear maps are
+plain matrix products and channel-wise products vectorise over channels. The numbers are those of
+e3nn's flat (mul, ir) layout, transposed per block. Every operation carries the normalisation of its
+e3nn (torch) counterpart so imported weights give the same outputs.
 """
 
 from __future__ import annotations
@@ -26,18 +28,19 @@ def parse_irreps(irreps: str) -> list[tuple[int, int, int]]:
 
 
 def split_blocks(flat, irreps: str):
-    """Flat e3nn layout (..., dim) -> list of (..., mul, 2l+1) blocks."""
+    """Flat e3nn layout (..., dim) -> list of (..., 2l+1, mul) blocks."""
     blocks, start = [], 0
     for mul, l, _ in parse_irreps(irreps):
         size = mul * (2 * l + 1)
-        blocks.append(flat[..., start:start + size].reshape(flat.shape[:-1] + (mul, 2 * l + 1)))
+        block = flat[..., start:start + size].reshape(flat.shape[:-1] + (mul, 2 * l + 1))
+        blocks.append(jnp.swapaxes(block, -1, -2))
         start += size
     return blocks
 
 
 def join_blocks(blocks):
     """Inverse of split_blocks."""
-    return jnp.concatenate([b.reshape(b.shape[:-2] + (-1,)) for b in blocks], axis=-1)
+    return jnp.concatenate([jnp.swapaxes(b, -1, -2).reshape(b.shape[:-2] + (-1,)) for b in blocks], axis=-1)
 
 
 # ---- radial part ---------------------------------------------------------------------------------
@@ -73,9 +76,9 @@ def linear(blocks_in, paths, weights, out_shapes):
     lead = blocks_in[0].shape[:-2]
     out = [None] * len(out_shapes)
     for (i_in, i_out, path_weight), w in zip(paths, weights):
-        term = path_weight * jnp.einsum("uw,...ui->...wi", w, blocks_in[i_in])
+        term = path_weight * (blocks_in[i_in] @ w)
         out[i_out] = term if out[i_out] is None else out[i_out] + term
-    return [o if o is not None else jnp.zeros(lead + tuple(shape), blocks_in[0].dtype) for o, shape in zip(out, out_shapes)]
+    return [o if o is not None else jnp.zeros(lead + (shape[1], shape[0]), blocks_in[0].dtype) for o, shape in zip(out, out_shapes)]
 
 
 def species_linear(blocks_in, species, paths, weights, out_shapes):
@@ -85,9 +88,49 @@ def species_linear(blocks_in, species, paths, weights, out_shapes):
     out = [None] * len(out_shapes)
     for (i_in, i_out, path_weight), w in zip(paths, weights):  # w (mul_in, num_species, mul_out)
         per_atom = jnp.take(w, species, axis=1)  # (mul_in, N, mul_out)
-        term = path_weight * jnp.einsum("uaw,aui->awi", per_atom, blocks_in[i_in])
+        term = path_weight * jnp.einsum("uaw,aiu->aiw", per_atom, blocks_in[i_in])
         out[i_out] = term if out[i_out] is None else out[i_out] + term
-    return [o if o is not None else jnp.zeros(lead + tuple(shape), blocks_in[0].dtype) for o, shape in zip(out, out_shapes)]
+    return [o if o is not None else jnp.zeros(lead + (shape[1], shape[0]), blocks_in[0].dtype) for o, shape in zip(out, out_shapes)]
+
+
+# ---- neighbour gathers ---------------------------------------------------------------------------------
+
+@jax.custom_vjp
+def gather_neighbors(x, neighbors, outgoing_slots):
+    """x[neighbors] (N, K, ...) whose gradient is a gather too: outgoing_slots (N, K_out) lists, for every
+    atom, the flat slots (n * K + k) where it is the sender (N * K for none). Summing those rows replaces
+    the scatter-add that transposes a gather, which is slow on CPU."""
+    return x[neighbors]
+
+
+def _gather_forward(x, neighbors, outgoing_slots):
+    return x[neighbors], (outgoing_slots, x.shape[0])
+
+
+def _gather_backward(residuals, cotangent):
+    outgoing_slots, _ = residuals
+    flat = cotangent.reshape((-1,) + cotangent.shape[2:])
+    flat = jnp.concatenate([flat, jnp.zeros((1,) + flat.shape[1:], flat.dtype)])
+    return jnp.sum(flat[outgoing_slots], axis=1), None, None
+
+
+gather_neighbors.defvjp(_gather_forward, _gather_backward)
+
+
+def outgoing_slots(neighbors: np.ndarray, mask: np.ndarray, width: int | None = None) -> np.ndarray:
+    """For :func:`gather_neighbors`: (N, K_out) flat slots where each atom sends, N*K where none (host side).
+    K_out = width (default K: a full neighbour list is symmetric, so nobody sends more than K) or more if needed."""
+    n_atoms, k_slots = neighbors.shape
+    flat = np.flatnonzero(mask.ravel())
+    senders = neighbors.ravel()[flat]
+    order = np.argsort(senders, kind="stable")
+    flat, senders = flat[order], senders[order]
+    counts = np.bincount(senders, minlength=n_atoms)
+    column = np.arange(len(senders)) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = max(int(counts.max(initial=0)), k_slots if width is None else width, 1)
+    out = np.full((n_atoms, width), n_atoms * k_slots, np.int32)
+    out[senders, column] = flat
+    return out
 
 
 # ---- the edge tensor product -------------------------------------------------------------------------
@@ -95,27 +138,27 @@ def species_linear(blocks_in, species, paths, weights, out_shapes):
 def convolution(sender_blocks, edge_sh, edge_weights, paths, cg):
     """e3nn TensorProduct in 'uvu' mode with per-edge weights, summed over each atom's neighbours.
 
-    Edges are laid out per receiving atom: sender_blocks[i] (N, K, mul, 2l1+1) the features of the
-    K neighbours of each atom, edge_sh[j] (N, K, 1, 2l2+1), edge_weights (N, K, weight_numel) (zero on
+    Edges are laid out per receiving atom: sender_blocks[i] (N, K, 2l1+1, mul) the features of the
+    K neighbours of each atom, edge_sh[j] (N, K, 2l2+1), edge_weights (N, K, weight_numel) (zero on
     padding slots); paths = ((i1, i2, l_out, path_weight, weight_offset), ...) in output-block order;
     cg["l1_l2_l3"] e3nn's Wigner 3j symbol. Returns, per output block,
-    out[n, u, k] = path_weight sum_neighbours w[u] sum_ij x1[u, i] x2[j] C[i, j, k]  (N, mul, 2l3+1),
-    as a batched matrix product, so no (edges x channels x components) message tensor is formed.
+    out[n, k, u] = path_weight sum_neighbours w[u] sum_ij x1[i, u] x2[j] C[i, j, k]  (N, 2l3+1, mul),
+    as a batched matrix product, so no (edges x channels x components) message tensor is summed by scatter.
     """
     out = []
     for i1, i2, l_out, path_weight, offset in paths:
-        x1, x2 = sender_blocks[i1], edge_sh[i2][:, :, 0, :]
-        l1, l2 = (x1.shape[-1] - 1) // 2, (x2.shape[-1] - 1) // 2
+        x1, x2 = sender_blocks[i1], edge_sh[i2]
+        l1, l2 = (x1.shape[2] - 1) // 2, (x2.shape[-1] - 1) // 2
         coupled = jnp.einsum("nkj,ijl->nkil", x2, jnp.asarray(cg[f"{l1}_{l2}_{l_out}"], x2.dtype))
-        weighted = edge_weights[:, :, offset:offset + x1.shape[2], None] * x1
-        out.append(path_weight * jnp.einsum("nkui,nkil->nul", weighted, coupled))
+        weighted = edge_weights[:, :, None, offset:offset + x1.shape[3]] * x1  # (N, K, 2l1+1, mul)
+        out.append(path_weight * jnp.einsum("nkil,nkiu->nlu", coupled, weighted))
     return out
 
 
 # ---- the symmetric contraction (MACE's product basis) ------------------------------------------------
 #
 # For one output irrep and one correlation order nu, MACE computes
-#     out[n, c, m] = sum_{a1..anu, k} U[m, a1..anu, k] x[n, c, a1] ... x[n, c, anu] W[species_n, k, c].
+#     out[n, m, c] = sum_{a1..anu, k} U[m, a1..anu, k] x[n, a1, c] ... x[n, anu, c] W[species_n, k, c].
 # U is very sparse (e.g. 1,715 distinct nonzero products of 626,688 entries for 1o at nu=3 on 16
 # coupled components), so only its nonzero terms are visited: out is a sum of products of gathered
 # columns. The derivatives are the same kind of sparse sums (precomputed term lists), written as a
@@ -123,19 +166,20 @@ def convolution(sender_blocks, edge_sh, edge_weights, paths, cg):
 
 
 def _sparse_polynomial(columns, terms, n_groups):
-    """sum over the terms of each group of value * prod_j columns[j][..., index_j]; (..., n_groups)."""
+    """For one atom: sum over the terms of each group of value * prod_j columns[j][index_j, :], where
+    every column array is (rows, C) with channels last; returns (n_groups, C)."""
     out = []
     start = terms["start"]
     for group in range(n_groups):
         lo, hi = int(start[group]), int(start[group + 1])
         if hi == lo:
-            out.append(jnp.zeros(columns[0][0].shape[:-1], columns[0][0].dtype))
+            out.append(jnp.zeros(columns[0][0].shape[1:], columns[0][0].dtype))
             continue
-        product = jnp.asarray(terms["value"][lo:hi], columns[0][0].dtype)
+        product = jnp.asarray(terms["value"][lo:hi], columns[0][0].dtype)[:, None]
         for array, index in columns:
-            product = product * jnp.take(array, index[lo:hi], axis=-1)
-        out.append(jnp.sum(product, axis=-1))
-    return jnp.stack(out, axis=-1)
+            product = product * jnp.take(array, index[lo:hi], axis=0)
+        out.append(jnp.sum(product, axis=0))
+    return jnp.stack(out, axis=0)
 
 
 def contraction_terms(U: np.ndarray, nu: int, l_out: int) -> dict:
@@ -161,12 +205,13 @@ def contraction_terms(U: np.ndarray, nu: int, l_out: int) -> dict:
         return out
 
     forward = grouped(m, n_m, value=value, index=index, k=k)
-    # d/dx[a]: one term per position holding a; the other nu-1 features stay
-    positions = range(nu)
-    backward_x = grouped(np.concatenate([index[:, p] for p in positions]), n_a,
-                         value=np.concatenate([value for _ in positions]),
-                         index=np.concatenate([np.delete(index, p, axis=1) for p in positions]),
-                         m=np.concatenate([m for _ in positions]), k=np.concatenate([k for _ in positions]))
+    # d/dx[a]: one term per position holding a (the other nu-1 features stay); equal terms merged
+    rows = [np.concatenate([index[:, [p]], np.delete(index, p, axis=1), (m * n_k + k)[:, None]], axis=1) for p in range(nu)]
+    rows, row_values = np.concatenate(rows), np.concatenate([value] * nu)
+    unique_rows, inverse = np.unique(rows, axis=0, return_inverse=True)
+    merged = np.zeros(len(unique_rows))
+    np.add.at(merged, inverse.ravel(), row_values)
+    backward_x = grouped(unique_rows[:, 0], n_a, value=merged, index=unique_rows[:, 1:nu], mk=unique_rows[:, nu])
     backward_w = grouped(k, n_k, value=value, index=index, m=m)
     return {"nu": nu, "n_m": n_m, "n_a": n_a, "n_k": n_k, "forward": forward, "grad_x": backward_x, "grad_w": backward_w}
 
@@ -180,7 +225,7 @@ def _per_atom_chunks(fn, *arrays):
 
 
 def _contract(x, w, terms):
-    """out (N, C, M) of one correlation order; x (N, C, A), w (N, C, K) per-atom weights."""
+    """out (N, M, C) of one correlation order; x (N, A, C), w (N, K, C) per-atom weights."""
     f = terms["forward"]
 
     def one_atom(x, w):
@@ -201,13 +246,19 @@ def _make_contraction(terms):
     def backward(residuals, g):
         x, w = residuals
         gx, gw = terms["grad_x"], terms["grad_w"]
+        n_k = terms["n_k"]
 
-        def one_atom(x, w, g):
-            columns_x = [(w, gx["k"]), (g, gx["m"])] + [(x, gx["index"][:, j]) for j in range(terms["nu"] - 1)]
-            columns_w = [(g, gw["m"])] + [(x, gw["index"][:, j]) for j in range(terms["nu"])]
-            return _sparse_polynomial(columns_x, gx, terms["n_a"]), _sparse_polynomial(columns_w, gw, terms["n_k"])
+        def grad_x_one_atom(x, w, g):
+            weighted_g = (g[:, None, :] * w[None, :, :]).reshape(-1, w.shape[-1])  # (M * K, C): g[m] w[k]
+            columns = [(weighted_g, gx["mk"])] + [(x, gx["index"][:, j]) for j in range(terms["nu"] - 1)]
+            return _sparse_polynomial(columns, gx, terms["n_a"])
 
-        return _per_atom_chunks(one_atom, x, w, g)
+        def grad_w_one_atom(x, g):
+            columns = [(g, gw["m"])] + [(x, gw["index"][:, j]) for j in range(terms["nu"])]
+            return _sparse_polynomial(columns, gw, n_k)
+
+        # two separate maps: when only forces are wanted the weight gradient is dead code and vanishes
+        return _per_atom_chunks(grad_x_one_atom, x, w, g), _per_atom_chunks(grad_w_one_atom, x, g)
 
     contract.defvjp(forward, backward)
     return contract
@@ -224,8 +275,8 @@ def _contraction_fn(terms):
 
 
 def symmetric_contraction(x, species, contractions, weights):
-    """MACE SymmetricContraction. x (N, C, A): the coupled features side by side; contractions[o][nu-1]
-    the :func:`contraction_terms` of output irrep o; weights[o][nu-1] (S, K, C). One (N, C, 2l+1) block
+    """MACE SymmetricContraction. x (N, A, C): the coupled features stacked; contractions[o][nu-1]
+    the :func:`contraction_terms` of output irrep o; weights[o][nu-1] (S, K, C). One (N, 2l+1, C) block
     per output irrep."""
     blocks = []
     for terms_by_order, weights_by_order in zip(contractions, weights):
@@ -233,7 +284,7 @@ def symmetric_contraction(x, species, contractions, weights):
         for terms, w in zip(terms_by_order, weights_by_order):
             if len(terms["forward"]["value"]) == 0:
                 continue
-            per_atom = jnp.swapaxes(jnp.take(w, species, axis=0), 1, 2)  # (N, C, K)
+            per_atom = jnp.take(w, species, axis=0)  # (N, K, C)
             contribution = _contraction_fn(terms)(x, per_atom)
             total = contribution if total is None else total + contribution
         blocks.append(total)
