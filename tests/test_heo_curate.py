@@ -68,7 +68,7 @@ def test_split_is_seeded_and_complete():
     assert not np.array_equal(a["train"], c["train"])
     assert [len(a[k]) for k in ("train", "val", "test")] == [70, 20, 10]
     assert sorted(np.concatenate(list(a.values())).tolist()) == list(range(100))
-    with pytest.raises(JaxmatInputError, match="sum to 1"):
+    with pytest.raises(JaxmatInputError, match="summing to 1"):
         split_indices(10, (0.5, 0.2, 0.2))
 
 
@@ -79,11 +79,12 @@ def lemat_parquet(tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jaxmat.data.sources import load_structures
-    from jaxmat.data.structures import to_ase
-    from jaxmat.heo.curate import atoms_to_row
+    import ase.io
 
-    frames = [to_ase(r) for r in load_structures("embedded:heo", limit=30).records]
+    from jaxmat.heo.curate import atoms_to_row
+    from jaxmat.resources import resource_path
+
+    frames = ase.io.read(resource_path("lemat_heo_valid.xyz.gz"), index=":30", format="extxyz")
     rows = []
     for i, atoms in enumerate(frames):
         row = atoms_to_row(atoms, i)
