@@ -15,6 +15,7 @@ import numpy as np
 from jax_md import energy as jmd_energy
 
 from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
+from jaxmat.forcefields.strain import deformation, energies_forces_stress
 
 
 def neighbor_pairs_with_shifts(batch: SystemBatch, cutoff: float):
@@ -51,18 +52,14 @@ class PairPotential:
 
     def _energy_forces_stress(self, positions, cells, i, j, shift_frac, n_systems, pair_system, pair_mask, system_index):
         def total_energy(positions, strain):
-            deform = jnp.eye(3) + 0.5 * (strain + jnp.swapaxes(strain, -1, -2))  # (S, 3, 3)
+            deform = deformation(strain)  # (S, 3, 3)
             pos = jnp.einsum("na,nab->nb", positions, deform[system_index])
             shift = jnp.einsum("pa,pab->pb", shift_frac, deform[pair_system])
             r = jnp.linalg.norm(pos[j] + shift - pos[i] + jnp.where(pair_mask, 0.0, 1.0)[:, None], axis=-1)
             e_pair = jnp.where(pair_mask, self.phi(r), 0.0)
             return 0.5 * jax.ops.segment_sum(e_pair, pair_system, n_systems)
 
-        strain = jnp.zeros((n_systems, 3, 3), positions.dtype)
-        energies = total_energy(positions, strain)
-        grad_pos, grad_strain = jax.grad(lambda p, e: jnp.sum(total_energy(p, e)), argnums=(0, 1))(positions, strain)
-        volumes = jnp.abs(jnp.linalg.det(cells))
-        return energies, -grad_pos, grad_strain / volumes[:, None, None]
+        return energies_forces_stress(total_energy, positions, cells, n_systems)
 
     def __call__(self, batch: SystemBatch, compute_stress: bool = False) -> ForceFieldOutput:
         i, j, shifts, pair_system = neighbor_pairs_with_shifts(batch, self.cutoff)

@@ -203,12 +203,11 @@ def curate(source: str, out_dir, heo_filter: HEOFilter = HEOFilter(), seed: int 
         "splits": {name: int(len(indices)) for name, indices in splits.items()},
         "split_ids": {name: [kept[i].info["immutable_id"] for i in indices] for name, indices in splits.items()},
     }
-    (partial / "summary.json").write_text(json.dumps(summary, indent=2))
     if plots:
         from jaxmat.heo.plots import curation_plots
 
         summary["plots"] = curation_plots(kept, partial)
-        (partial / "summary.json").write_text(json.dumps(summary, indent=2))
+    (partial / "summary.json").write_text(json.dumps(summary, indent=2))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     partial.rename(out_dir)

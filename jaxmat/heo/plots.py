@@ -1,4 +1,4 @@
-"""Plots of the HEO pipeline (matplotlib, Agg): curation overview, parity plots, relaxation traces."""
+"""Plots of the HEO pipeline (matplotlib, Agg): the curation overview."""
 
 from __future__ import annotations
 
@@ -72,39 +72,3 @@ def curation_plots(frames, out_dir) -> list[str]:
     ax.set_title(f"{method} of compositions"), ax.legend(fontsize=7)
     fig.tight_layout(), fig.savefig(out_dir / "composition_map.png", dpi=120), plt.close(fig)
     return ["elements_per_sample.png", "element_frequency.png", "composition_map.png"]
-
-
-def parity_plot(reference, predicted, path, label: str, unit: str):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4, 4))
-    reference, predicted = np.asarray(reference).ravel(), np.asarray(predicted).ravel()
-    ax.scatter(reference, predicted, s=4, alpha=0.6)
-    lo, hi = float(min(reference.min(), predicted.min())), float(max(reference.max(), predicted.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel(f"DFT {label} ({unit})"), ax.set_ylabel(f"model {label} ({unit})")
-    fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
-
-
-def energy_traces(traces: dict, path, title: str):
-    """traces: model name -> list of per-structure energy-per-atom sequences (eV/atom)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (name, sequences) in enumerate(traces.items()):
-        for j, seq in enumerate(sequences):
-            seq = np.asarray(seq)
-            ax.plot(np.arange(len(seq)), seq - seq[-1], color=colors[i % len(colors)], alpha=0.5, lw=0.8,
-                    label=name if j == 0 else None)
-    ax.set_yscale("symlog", linthresh=1e-4), ax.set_xlabel("step"), ax.set_ylabel("E - E_final (eV/atom)")
-    ax.set_title(title), ax.legend()
-    fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
-
-
-def step_histogram(steps: dict, path, max_steps: int):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    bins = np.linspace(0, max_steps + 1, 21)
-    for name, values in steps.items():
-        ax.hist(values, bins=bins, alpha=0.6, label=name)
-    ax.set_xlabel("optimizer steps"), ax.set_ylabel("structures"), ax.legend()
-    fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)

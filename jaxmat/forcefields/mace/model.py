@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.mace import ops
+from jaxmat.forcefields.strain import deformation, energies_forces_stress
 
 
 def _out_shapes(irreps: str):
@@ -51,8 +52,7 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
     vectors = jnp.where(neighbor_mask[..., None], vectors, far).reshape(-1, 3)  # padding sits beyond the cutoff
     lengths = jnp.linalg.norm(vectors, axis=-1)
     edge_sh = [y.reshape(n_nodes, k_slots, -1) for y in spherical_harmonics(vectors, config["sh_lmax"])]
-    frequencies = jnp.asarray(config["bessel_frequencies"], vectors.dtype)
-    radial = config["bessel_prefactor"] * (jnp.sin(frequencies * lengths[:, None]) / lengths[:, None])
+    radial = ops.bessel_basis(lengths, jnp.asarray(config["bessel_frequencies"], vectors.dtype), config["bessel_prefactor"])
     cutoff = ops.polynomial_cutoff(lengths, r_max, config["num_polynomial_cutoff"]) * neighbor_mask.reshape(-1, 1)
     edge_feats = radial * cutoff if config["apply_cutoff"] else radial
 
@@ -117,8 +117,7 @@ def energy_forces_stress(params, config, positions, species, cells, system_index
     """
 
     def interaction_energy(positions, strain):
-        deform = jnp.eye(3, dtype=positions.dtype) + 0.5 * (strain + jnp.swapaxes(strain, -1, -2))
-        atom_deform = deform[system_index]
+        atom_deform = deformation(strain)[system_index]
         pos = jnp.einsum("na,nab->nb", positions, atom_deform)
         shift = jnp.einsum("nka,nab->nkb", shifts, atom_deform)  # an edge belongs to its receiver's system
         senders = pos[neighbors] if outgoing_slots is None else ops.gather_neighbors(pos, neighbors, outgoing_slots)
@@ -126,17 +125,6 @@ def energy_forces_stress(params, config, positions, species, cells, system_index
         e_node = node_energies(params, config, species, vectors, neighbors, neighbor_mask, head, outgoing_slots)
         return jax.ops.segment_sum(e_node, system_index, n_systems)
 
-    strain = jnp.zeros((n_systems, 3, 3), positions.dtype)
-    (grad_pos, grad_strain), e_inter = _value_and_grads(interaction_energy, positions, strain)
+    e_inter, forces, stress = energies_forces_stress(interaction_energy, positions, cells, n_systems)
     e0 = jax.ops.segment_sum(reference_energies(config, species, head).astype(positions.dtype), system_index, n_systems)
-    volumes = jnp.abs(jnp.linalg.det(cells))
-    return e0 + e_inter, -grad_pos, grad_strain / volumes[:, None, None]
-
-
-def _value_and_grads(energy_fn, positions, strain):
-    def total(p, s):
-        energies = energy_fn(p, s)
-        return jnp.sum(energies), energies
-
-    (_, energies), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(positions, strain)
-    return grads, energies
+    return e0 + e_inter, forces, stress

@@ -27,28 +27,11 @@ def parse_irreps(irreps: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def split_blocks(flat, irreps: str):
-    """Flat e3nn layout (..., dim) -> list of (..., 2l+1, mul) blocks."""
-    blocks, start = [], 0
-    for mul, l, _ in parse_irreps(irreps):
-        size = mul * (2 * l + 1)
-        block = flat[..., start:start + size].reshape(flat.shape[:-1] + (mul, 2 * l + 1))
-        blocks.append(jnp.swapaxes(block, -1, -2))
-        start += size
-    return blocks
-
-
-def join_blocks(blocks):
-    """Inverse of split_blocks."""
-    return jnp.concatenate([jnp.swapaxes(b, -1, -2).reshape(b.shape[:-2] + (-1,)) for b in blocks], axis=-1)
-
-
 # ---- radial part ---------------------------------------------------------------------------------
 
-def bessel_basis(lengths, r_max: float, num_basis: int):
-    """sqrt(2/r_max) sin(n pi r / r_max) / r for n = 1..num_basis; lengths (E,) Å -> (E, num_basis)."""
-    frequencies = np.pi / r_max * np.linspace(1.0, num_basis, num_basis)
-    return np.sqrt(2.0 / r_max) * (jnp.sin(frequencies * lengths[:, None]) / lengths[:, None])
+def bessel_basis(lengths, frequencies, prefactor: float):
+    """MACE's Bessel basis prefactor sin(w_n r) / r (w_n = n pi / r_max unless trained); lengths (E,) Å -> (E, n)."""
+    return prefactor * (jnp.sin(frequencies * lengths[:, None]) / lengths[:, None])
 
 
 def polynomial_cutoff(lengths, r_max: float, p: int):
