@@ -1,9 +1,10 @@
 """Curate high-entropy-oxide frames from LeMat-Bulk into seeded train/val/test extxyz splits.
 
-    python -m jaxmat.heo.curate --source lemat|PATH --out DIR [--seed 0] [--split 0.7,0.2,0.1]
+    python -m jaxmat.heo.curate --source lemat|embedded:heo|PATH --out DIR [--seed 0] [--split 0.7,0.2,0.1]
         [--min-entropy 1.5] [--equimolar] [--no-noble-metals] [--limit N]
 
 ``lemat`` streams ``LeMaterial/LeMat-Bulk`` (config ``compatible_pbe``) with Hugging Face ``datasets``;
+``embedded:heo`` the 1,292 LeMat-Bulk HEO frames shipped with jaxmat (CC-BY-4.0, LeMaterial);
 PATH is a local parquet file or folder in the LeMat-Bulk schema, or an extxyz file of frames with
 ``DFT_energy`` / ``DFT_forces`` (or ``energy`` / ``forces``). The HEO filter keeps rows that contain O,
 have at least 5 elements, whose other elements are all metals, and that carry finite forces of the right
@@ -137,7 +138,7 @@ def atoms_to_row(atoms, index: int) -> dict:
 
 
 def iter_rows(source: str):
-    """Rows in the LeMat-Bulk schema from 'lemat' (Hugging Face), a parquet file/folder, or an extxyz file."""
+    """Rows in the LeMat-Bulk schema from 'lemat' (Hugging Face), a parquet file/folder, 'embedded:heo' or an extxyz file."""
     if source == "lemat" or str(source).endswith(".parquet") or Path(source).is_dir():
         from jaxmat.data.sources import iter_lemat_rows
 
@@ -151,9 +152,13 @@ def iter_rows(source: str):
                 first = False
             yield row
         return
+    if source == "embedded:heo":  # the 1,292 LeMat-Bulk HEO frames shipped with jaxmat (CC-BY-4.0, LeMaterial)
+        from jaxmat.resources import resource_path
+
+        source = resource_path("lemat_heo_valid.xyz.gz")
     path = Path(source)
     if not path.exists():
-        raise JaxmatInputError(f"curation source {source} not found (use 'lemat', a parquet file/folder or an extxyz file)")
+        raise JaxmatInputError(f"curation source {source} not found (use 'lemat', 'embedded:heo', a parquet file/folder or an extxyz file)")
     import ase.io
 
     for index, atoms in enumerate(ase.io.iread(path, index=":")):
@@ -216,7 +221,7 @@ def curate(source: str, out_dir, heo_filter: HEOFilter = HEOFilter(), seed: int 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, help="lemat, a LeMat-schema parquet file/folder, or an extxyz file")
+    parser.add_argument("--source", required=True, help="lemat, a LeMat-schema parquet file/folder, embedded:heo (frames shipped with jaxmat) or an extxyz file")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="0.7,0.2,0.1", help="train,val,test fractions")

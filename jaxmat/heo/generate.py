@@ -7,7 +7,7 @@ the cluster vector of pairs and triplets made as close as possible to the random
 counts); then every atom is rattled (Gaussian, stdev in Å) with a seed.
 
     python -m jaxmat.heo.generate --n 2 --count 4 --mode sqs --out cells.extxyz [--cations Mg,Co,Ni,Cu,Zn]
-        [--ratios 1,1,1,1,1] [--rattle 0.1] [--seed 0] [--a 4.2]
+        [--ratios 1,1,1,1,1] [--rattle 0.1] [--rattles 1] [--seed 0] [--a 4.2]
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def workload(name: str):
 
 def main(argv=None) -> int:
     import argparse
+    import os
     import sys
 
     import ase.io
@@ -114,6 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rattle", type=float, default=0.1, help="Gaussian rattle stdev (Å)")
     parser.add_argument("--a", type=float, default=4.2, help="lattice parameter (Å)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rattles", type=int, default=1, help="re-rattled copies of each cation arrangement (the reference used 5)")
     parser.add_argument("--sqs-steps", type=int, default=3000)
     parser.add_argument("--out", required=True, help="extxyz file")
     args = parser.parse_args(argv)
@@ -126,10 +128,20 @@ def main(argv=None) -> int:
     if ratios is not None and len(ratios) != len(cations):
         print(f"error: {len(ratios)} ratios for {len(cations)} cations", file=sys.stderr)
         return 2
-    structures = [rocksalt_heo(args.n, cations, args.seed + i, args.a, args.rattle, args.mode, ratios, args.sqs_steps)
-                  for i in range(args.count)]
-    ase.io.write(args.out, structures, format="extxyz")
-    print(f"wrote {len(structures)} x {len(structures[0])}-atom {args.mode} cells to {args.out}")
+    structures = []
+    for i in range(args.count):
+        ideal = rocksalt_heo(args.n, cations, args.seed + i, args.a, 0.0, args.mode, ratios, args.sqs_steps)
+        for k in range(args.rattles):  # the same cation arrangement, re-rattled
+            atoms = ideal.copy()
+            rng = np.random.default_rng([args.seed + i, k])
+            atoms.positions += rng.normal(scale=args.rattle, size=atoms.positions.shape)
+            atoms.info.update(arrangement=i, rattle_index=k, rattle=args.rattle,
+                              generator=f"rocksalt_heo n={args.n} mode={args.mode} seed={args.seed + i} rattle={args.rattle} rattle_index={k}")
+            structures.append(atoms)
+    tmp = f"{args.out}.partial"
+    ase.io.write(tmp, structures, format="extxyz")
+    os.replace(tmp, args.out)
+    print(f"wrote {len(structures)} x {len(structures[0])}-atom {args.mode} cells ({args.count} arrangements x {args.rattles} rattles) to {args.out}")
     return 0
 
 

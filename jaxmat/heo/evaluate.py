@@ -1,0 +1,331 @@
+"""Evaluate MACE potentials on high-entropy oxides: pretrained (base) vs finetuned, side by side.
+
+    python -m jaxmat.heo.evaluate --models base.model finetuned.model --data CURATED_DIR \\
+        --structures cells.extxyz --out REPORT [--config configs/heo_eval.yaml] [--set KEY=VALUE]
+
+Three tasks, every relaxation through jaxmat's batched runner (``jaxmat.relax.relax``):
+1. test-split errors: energy (meV/atom) and force (meV/Å) RMSE/MAE against the DFT labels;
+2. in-distribution: DFT structures of the test split rattled (seeded), relaxed with each model at fixed
+   cell; RMSD to the DFT geometry (Å, minimum image, mean displacement removed) and energy differences;
+3. random substitution: the given rock-salt supercells (``python -m jaxmat.heo.generate``) relaxed with
+   each model (cell too, as in the reference); convergence ratio, steps, final energies, and the energy
+   of every final geometry under an independent reference model (CHGNet offline, with the MP2020
+   corrections removed so its energies sit on the DFT scale; or a MACE model path such as MACE-OMAT).
+
+Raw outputs (extxyz/JSON under REPORT/test, REPORT/in_distribution, REPORT/substitution) are written
+first, each under a temporary name and renamed when complete; a rerun skips the parts already there.
+The tables, metrics.json, plots and report.md are then computed from those files alone
+(``python -m jaxmat.heo.report REPORT`` recomputes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxmat.config import apply_overrides, check_keys, load_config
+from jaxmat.errors import ConfigError, JaxmatInputError
+
+DEFAULTS = {
+    "backend": "torch",         # MACE implementation: torch (mace-torch, batched) or jax (jaxmat's JAX MACE)
+    "dtype": "float64",
+    "seed": 0,
+    "reference": "chgnet",      # independent reference model: chgnet, a MACE .model path, or none
+    "unsupported": "skip",      # frames with elements a model lacks: skip (counted in the report) or error
+    "max_atoms": None,          # atom budget of one relaxation batch (default: the runner's)
+    "test": {"split": "test", "max_frames": None, "batch_atoms": 2048},
+    "in_distribution": {"split": "test", "count": 24, "rattle": 0.05, "optimizer": "lbfgs", "fmax": 0.05, "max_steps": 200},
+    "substitution": {"optimizer": "lbfgs", "fmax": 0.05, "max_steps": 100, "relax_cell": True},
+}
+
+
+def resolve_config(config: dict) -> dict:
+    config = check_keys(config, DEFAULTS, "evaluation config")
+    for section in ("test", "in_distribution", "substitution"):
+        config[section] = check_keys(config[section], DEFAULTS[section], section)
+    if config["unsupported"] not in ("skip", "error"):
+        raise ConfigError(f"unsupported must be 'skip' or 'error', got {config['unsupported']!r}")
+    return config
+
+
+def model_labels(paths) -> list[str]:
+    """Short unique names of the models (file stems, numbered when they repeat)."""
+    stems = [Path(p).stem if Path(p).suffix else Path(p).name for p in paths]
+    return [s if stems.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(stems)]
+
+
+def _write_frames(path: Path, frames) -> None:
+    import ase.io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    ase.io.write(tmp, frames, format="extxyz")
+    tmp.replace(path)
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _plain(atoms):
+    """A copy without calculator or per-atom extras other than the ones listed later."""
+    copy = atoms.copy()
+    copy.calc = None
+    return copy
+
+
+def predict(force_field, frames, batch_atoms: int = 2048):
+    """Energies (eV) and forces (eV/Å, one array per frame) of frames, in batches of about batch_atoms atoms."""
+    from jaxmat.forcefields.base import batch_from_atoms
+
+    energies, forces, start = [], [], 0
+    while start < len(frames):
+        stop, atoms_in_batch = start, 0
+        while stop < len(frames) and (stop == start or atoms_in_batch + len(frames[stop]) <= batch_atoms):
+            atoms_in_batch += len(frames[stop])
+            stop += 1
+        chunk = frames[start:stop]
+        out = force_field(batch_from_atoms(chunk))
+        offsets = np.cumsum([0] + [len(a) for a in chunk])
+        energies += [float(e) for e in np.asarray(out.energy)]
+        forces += [np.asarray(out.forces)[offsets[i]:offsets[i + 1]] for i in range(len(chunk))]
+        start = stop
+    return np.array(energies), forces
+
+
+def supported_frames(frames, force_fields: dict, what: str, policy: str):
+    """(kept frames, kept indices, {model: {element: frames}}) for frames every model supports."""
+    from jaxmat.forcefields.base import unsupported_elements
+    from ase.data import chemical_symbols
+
+    keep, missing = [], {}
+    for i, atoms in enumerate(frames):
+        ok = True
+        for label, ff in force_fields.items():
+            lacking = unsupported_elements(ff, atoms.numbers)
+            for z in lacking:
+                counts = missing.setdefault(label, {})
+                counts[chemical_symbols[z]] = counts.get(chemical_symbols[z], 0) + 1
+            ok &= not lacking
+        if ok:
+            keep.append(i)
+    if missing and policy == "error":
+        raise JaxmatInputError(f"{what}: model(s) lack elements of the data (model: element: frames) {missing}; "
+                               f"set unsupported=skip to leave those frames out")
+    if missing:
+        print(f"{what}: leaving out {len(frames) - len(keep)} of {len(frames)} frames with elements a model lacks {missing}",
+              file=sys.stderr)
+    return [frames[i] for i in keep], keep, missing
+
+
+def minimum_image_rmsd(positions, reference, cell) -> float:
+    """RMSD (Å) between two sets of positions in one periodic cell, minimum image, mean displacement removed."""
+    cell = np.asarray(cell)
+    fractional = (np.asarray(positions) - np.asarray(reference)) @ np.linalg.inv(cell)
+    fractional -= np.round(fractional)
+    displacement = fractional @ cell
+    displacement -= displacement.mean(axis=0)
+    return float(np.sqrt(np.mean(np.sum(displacement**2, axis=1))))
+
+
+def run_test_errors(config, data_dir: Path, force_fields: dict, out: Path, skipped: dict) -> None:
+    from jaxmat.heo.finetune import read_split
+
+    frames = read_split(data_dir, config["test"]["split"], "DFT_energy", "DFT_forces")
+    if config["test"]["max_frames"]:
+        frames = frames[:config["test"]["max_frames"]]
+    frames, _, missing = supported_frames(frames, force_fields, f"{config['test']['split']} split", config["unsupported"])
+    skipped["test"] = {"left_out": missing, "kept": len(frames)}
+    for label, ff in force_fields.items():
+        path = out / "test" / f"{label}.extxyz"
+        if path.exists():
+            continue
+        print(f"test errors: {label} on {len(frames)} frames", file=sys.stderr)
+        energies, forces = predict(ff, frames, config["test"]["batch_atoms"])
+        written = []
+        for atoms, energy, force in zip(frames, energies, forces):
+            atoms = _plain(atoms)
+            atoms.info["pred_energy"] = float(energy)
+            atoms.arrays["pred_forces"] = np.asarray(force)
+            written.append(atoms)
+        _write_frames(path, written)
+
+
+def in_distribution_starts(config, data_dir: Path, force_fields: dict, skipped: dict):
+    from jaxmat.heo.finetune import read_split
+
+    section = config["in_distribution"]
+    frames = read_split(data_dir, section["split"], "DFT_energy", "DFT_forces")
+    frames, _, missing = supported_frames(frames, force_fields, f"in-distribution ({section['split']} split)", config["unsupported"])
+    skipped["in_distribution"] = {"left_out": missing}
+    rng = np.random.default_rng(config["seed"])
+    chosen = sorted(rng.permutation(len(frames))[:section["count"]].tolist())
+    starts = []
+    for i in chosen:
+        atoms = _plain(frames[i])
+        atoms.arrays["dft_positions"] = atoms.positions.copy()
+        atoms.positions = atoms.positions + rng.normal(0.0, section["rattle"], atoms.positions.shape)
+        starts.append(atoms)
+    return starts
+
+
+def run_relaxations(starts, force_fields: dict, section: dict, out_dir: Path, config: dict, relax_cell: bool,
+                    model_energy_at: str | None = None) -> None:
+    """Relax the starts with every model; OUT_DIR/{model}.extxyz (final frames) and {model}_traces.json."""
+    from jaxmat.relax.runner import relax
+
+    for label, ff in force_fields.items():
+        path = out_dir / f"{label}.extxyz"
+        if path.exists():
+            continue
+        print(f"{out_dir.name}: relaxing {len(starts)} structures with {label} ({section['optimizer']}, fmax "
+              f"{section['fmax']} eV/Å, at most {section['max_steps']} steps)", file=sys.stderr)
+        stats: dict = {}
+        names = [f"{out_dir.name} structure {i}" for i in range(len(starts))]
+        results = relax([_plain(a) for a in starts], ff, section["optimizer"], section["fmax"], section["max_steps"],
+                        config["max_atoms"], keep_trajectory=True, names=names, stats=stats, relax_cell=relax_cell)
+        at_start = None
+        if model_energy_at == "dft":
+            reference_geometry = []
+            for a in starts:
+                b = _plain(a)
+                b.positions = a.arrays["dft_positions"]
+                reference_geometry.append(b)
+            at_start, _ = predict(ff, reference_geometry)
+        frames, traces = [], []
+        for i, (result, start) in enumerate(zip(results, starts)):
+            atoms = _plain(result.atoms)
+            atoms.info.update({key: value for key, value in start.info.items() if key not in atoms.info})
+            for key in ("dft_positions",):
+                if key in start.arrays:
+                    atoms.arrays[key] = start.arrays[key]
+            atoms.info.update(status=result.status, n_steps=int(result.n_steps), model_energy=float(result.energy),
+                              fmax=float(result.fmax))
+            if result.message:
+                atoms.info["message"] = result.message
+            if at_start is not None:
+                atoms.info["model_energy_at_dft"] = float(at_start[i])
+            frames.append(atoms)
+            traces.append([float(step[1]) for step in result.trajectory])
+        _write_json(out_dir / f"{label}_traces.json", {"energies_eV": traces, "stats": stats})
+        _write_frames(path, frames)
+
+
+def add_reference_energies(reference, out_dir: Path, names) -> None:
+    """Reference-model energy (eV) in info['reference_energy'] of every structure of OUT_DIR/{name}.extxyz."""
+    import ase.io
+
+    for name in names:
+        path = out_dir / f"{name}.extxyz"
+        frames = ase.io.read(path, index=":", format="extxyz")
+        todo = [i for i, a in enumerate(frames) if "reference_energy" not in a.info and a.info.get("status") != "failed"]
+        if not todo:
+            continue
+        print(f"{out_dir.name}: reference energies of {len(todo)} {name} structures", file=sys.stderr)
+        energies, _ = predict(reference, [frames[i] for i in todo])
+        for i, energy in zip(todo, energies):
+            frames[i].info["reference_energy"] = float(energy)
+        _write_frames(path, frames)
+
+
+def load_reference(spec: str, dtype: str):
+    if spec in (None, "none"):
+        return None
+    if spec == "chgnet":
+        from jaxmat.forcefields.chgnet import CHGNetForceField
+
+        return CHGNetForceField()
+    from jaxmat.relax.__main__ import load_force_field
+
+    return load_force_field(spec, "torch", dtype)
+
+
+def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
+    """Run the three tasks (raw outputs in OUT), then write the report; returns OUT/report.md."""
+    import ase.io
+
+    from jaxmat.heo.report import write_report
+    from jaxmat.relax.__main__ import load_force_field
+
+    config = resolve_config(config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data_dir)
+    labels = model_labels(models)
+    force_fields = {label: load_force_field(str(path), config["backend"], config["dtype"]) for label, path in zip(labels, models)}
+    skipped: dict = {}
+    timings = {}
+    started = time.perf_counter()
+    run_test_errors(config, data_dir, force_fields, out, skipped)
+    timings["test_seconds"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    starts = in_distribution_starts(config, data_dir, force_fields, skipped)
+    start_path = out / "in_distribution" / "start.extxyz"
+    if not start_path.exists():
+        _write_frames(start_path, starts)
+    run_relaxations(starts, force_fields, config["in_distribution"], out / "in_distribution", config, relax_cell=False,
+                    model_energy_at="dft")
+    timings["in_distribution_seconds"] = time.perf_counter() - started
+
+    if structures_path:
+        started = time.perf_counter()
+        path = Path(structures_path)
+        if not path.exists():
+            raise JaxmatInputError(f"substitution structures {path} not found (python -m jaxmat.heo.generate writes them)")
+        cells = ase.io.read(path, index=":")
+        if not cells:
+            raise JaxmatInputError(f"{path} holds no structures")
+        cells, _, missing = supported_frames(cells, force_fields, f"substitution structures {path}", config["unsupported"])
+        skipped["substitution"] = {"left_out": missing}
+        if not (out / "substitution" / "start.extxyz").exists():
+            _write_frames(out / "substitution" / "start.extxyz", [_plain(a) for a in cells])
+        run_relaxations(cells, force_fields, config["substitution"], out / "substitution", config,
+                        relax_cell=config["substitution"]["relax_cell"])
+        reference = load_reference(config["reference"], config["dtype"])
+        if reference is not None:
+            add_reference_energies(reference, out / "substitution", ["start", *labels])
+        timings["substitution_seconds"] = time.perf_counter() - started
+
+    meta_path = out / "evaluation.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update({"models": dict(zip(labels, map(str, models))), "data": str(data_dir), "structures": str(structures_path),
+                 "config": config, "left_out": skipped})
+    previous = meta.setdefault("timings", {})
+    for key, seconds in timings.items():  # a resumed run adds the time it spent
+        previous[key] = previous.get(key, 0.0) + seconds
+    _write_json(meta_path, meta)
+    return write_report(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", required=True, help="mace-torch .model files (or converted JAX MACE dirs with backend jax)")
+    parser.add_argument("--data", required=True, help="curated folder with train/val/test.extxyz (python -m jaxmat.heo.curate)")
+    parser.add_argument("--structures", help="rock-salt supercells for the random-substitution task (python -m jaxmat.heo.generate)")
+    parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--config", help="YAML (configs/heo_eval.yaml); defaults otherwise")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        config = apply_overrides(load_config(args.config) if args.config else {}, args.set)
+        for model in args.models:
+            if not Path(model).exists():
+                raise JaxmatInputError(f"model {model} not found")
+        report = evaluate(args.models, args.data, args.structures, args.out, config)
+    except JaxmatInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
