@@ -68,3 +68,21 @@ def test_generate_cli(tmp_path):
     cells = ase.io.read(out, index=":")
     assert len(cells) == 3 and all(len(c) == 8 for c in cells)
     assert main(["--cations", "Mg,Xx", "--out", str(out)]) == 2
+
+
+def test_generate_cli_rerattles_share_the_cation_arrangement(tmp_path):
+    import ase.io
+
+    from jaxmat.heo.generate import main
+
+    out = tmp_path / "cells.extxyz"
+    assert main(["--n", "2", "--count", "2", "--rattles", "3", "--rattle", "0.1", "--out", str(out)]) == 0
+    cells = ase.io.read(out, index=":")
+    assert [c.info["arrangement"] for c in cells] == [0, 0, 0, 1, 1, 1]
+    assert all((c.numbers == cells[0].numbers).all() for c in cells[:3])
+    assert not (cells[0].numbers == cells[3].numbers).all()
+    ideal = rocksalt_heo(2, seed=0, rattle=0.0)
+    displacements = [np.linalg.norm(c.positions - ideal.positions, axis=1) for c in cells[:3]]
+    assert all(0.1 < d.mean() < 0.25 for d in displacements)  # 3D Gaussian of stdev 0.1 Å: mean norm 0.16 Å
+    assert not np.allclose(cells[0].positions, cells[1].positions)
+    assert not (tmp_path / "cells.extxyz.partial").exists()

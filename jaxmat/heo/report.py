@@ -145,8 +145,10 @@ def make_plots(report: Path, labels) -> list[str]:
             f_pred = np.concatenate([a.arrays["pred_forces"].ravel() for a in frames])
             axes[1].scatter(f_dft, f_pred, s=3, alpha=0.4, label=label)
         for ax, what in zip(axes, ("energy (eV/atom)", "force component (eV/Å)")):
-            lo, hi = ax.get_xlim()
+            (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+            lo, hi = min(x0, y0), max(x1, y1)
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_xlim(lo, hi), ax.set_ylim(lo, hi)
             ax.set_xlabel(f"DFT {what}"), ax.set_ylabel(f"model {what}"), ax.legend()
         fig.suptitle("test split parity"), fig.tight_layout()
         fig.savefig(report / "parity.png", dpi=120), plt.close(fig)
