@@ -1,1 +1,2 @@
-"""High-entropy oxides: structure generation (and, later, curation, finetuning and evaluation)."""
+"""High-entropy oxides: curation (curate), MACE finetuning (finetune), rock-salt supercells (generate),
+evaluation of potentials through the batched relaxer (evaluate) and its report (report)."""

@@ -185,7 +185,7 @@ def run_mace_train(options: dict, stage_dir: Path, progress: bool = True) -> Pat
         process = subprocess.Popen(command, cwd=stage_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
             log.write(line)
-            if progress and ("Epoch" in line or "Error" in line or "error" in line.lower() and "rmse" not in line.lower()):
+            if progress and any(key in line for key in ("Epoch", "Error", "Traceback")):
                 print(f"[{options['name']}] {line.rstrip()}", file=sys.stderr)
         code = process.wait()
     model = Path(options["work_dir"]) / f"{options['name']}.model"
