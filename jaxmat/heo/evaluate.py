@@ -75,7 +75,7 @@ def _write_json(path: Path, data) -> None:
 
 
 def _plain(atoms):
-    """A copy without calculator or per-atom extras other than the ones listed later."""
+    """A copy without the calculator (info and per-atom arrays kept)."""
     copy = atoms.copy()
     copy.calc = None
     return copy
