@@ -49,6 +49,37 @@ def unsupported_elements(force_field, numbers) -> list[int]:
     return sorted(set(int(z) for z in np.unique(numbers)) - set(supported))
 
 
+def missing_element_counts(supported_numbers, frames) -> dict[str, int]:
+    """Element -> number of frames containing it, for elements outside supported_numbers (None: any element)."""
+    from collections import Counter
+
+    from ase.data import chemical_symbols
+
+    if supported_numbers is None:
+        return {}
+    known = set(int(z) for z in supported_numbers)
+    counts = Counter(chemical_symbols[z] for a in frames for z in set(a.numbers.tolist()) if z not in known)
+    return dict(counts.most_common())
+
+
+def evaluate_frames(force_field, frames, batch_atoms: int = 2048):
+    """Energies (eV, array) and forces (eV/Å, one array per frame) of ase.Atoms frames, in batches of at most
+    batch_atoms atoms (a larger frame gets a batch of its own)."""
+    energies, forces, start = [], [], 0
+    while start < len(frames):
+        stop, atoms_in_batch = start, 0
+        while stop < len(frames) and (stop == start or atoms_in_batch + len(frames[stop]) <= batch_atoms):
+            atoms_in_batch += len(frames[stop])
+            stop += 1
+        chunk = frames[start:stop]
+        out = force_field(batch_from_atoms(chunk))
+        offsets = np.cumsum([0] + [len(a) for a in chunk])
+        energies += [float(e) for e in np.asarray(out.energy)]
+        forces += [np.asarray(out.forces)[offsets[i]:offsets[i + 1]] for i in range(len(chunk))]
+        start = stop
+    return np.array(energies), forces
+
+
 def batch_from_atoms(structures) -> SystemBatch:
     """SystemBatch of a list of ase.Atoms (atoms grouped by structure)."""
     structures = list(structures)

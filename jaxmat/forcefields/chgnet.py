@@ -90,19 +90,18 @@ def label(frames, force_field=None, energy_key: str = "REF_energy", forces_key: 
 
     from tqdm import tqdm
 
-    from jaxmat.forcefields.base import batch_from_atoms
+    from jaxmat.forcefields.base import evaluate_frames
 
     force_field = force_field or CHGNetForceField()
     labelled = []
     with tqdm(total=len(frames), desc="CHGNet labels", unit="frame", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(frames), batch_size):
             chunk = [a.copy() for a in frames[start:start + batch_size]]
-            out = force_field(batch_from_atoms(chunk))
-            offsets = np.cumsum([0] + [len(a) for a in chunk])
-            for i, atoms in enumerate(chunk):
+            energies, forces = evaluate_frames(force_field, chunk, batch_atoms=sum(len(a) for a in chunk))
+            for atoms, energy, force in zip(chunk, energies, forces):
                 atoms.calc = None
-                atoms.info[energy_key] = float(out.energy[i])
-                atoms.arrays[forces_key] = out.forces[offsets[i]:offsets[i + 1]].copy()
+                atoms.info[energy_key] = float(energy)
+                atoms.arrays[forces_key] = force.copy()
                 labelled.append(atoms)
             bar.update(len(chunk))
     return labelled

@@ -30,6 +30,8 @@ import numpy as np
 
 from jaxmat.config import apply_overrides, check_keys, load_config
 from jaxmat.errors import ConfigError, JaxmatInputError
+from jaxmat.files import write_frames, write_json
+from jaxmat.forcefields.base import evaluate_frames, missing_element_counts
 
 DEFAULTS = {
     "backend": "torch",         # MACE implementation: torch (mace-torch, batched) or jax (jaxmat's JAX MACE)
@@ -59,21 +61,6 @@ def model_labels(paths) -> list[str]:
     return [s if stems.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(stems)]
 
 
-def _write_frames(path: Path, frames) -> None:
-    import ase.io
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    ase.io.write(tmp, frames, format="extxyz")
-    tmp.replace(path)
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def _plain(atoms):
     """A copy without the calculator (info and per-atom arrays kept)."""
     copy = atoms.copy()
@@ -81,48 +68,20 @@ def _plain(atoms):
     return copy
 
 
-def predict(force_field, frames, batch_atoms: int = 2048):
-    """Energies (eV) and forces (eV/Å, one array per frame) of frames, in batches of about batch_atoms atoms."""
-    from jaxmat.forcefields.base import batch_from_atoms
-
-    energies, forces, start = [], [], 0
-    while start < len(frames):
-        stop, atoms_in_batch = start, 0
-        while stop < len(frames) and (stop == start or atoms_in_batch + len(frames[stop]) <= batch_atoms):
-            atoms_in_batch += len(frames[stop])
-            stop += 1
-        chunk = frames[start:stop]
-        out = force_field(batch_from_atoms(chunk))
-        offsets = np.cumsum([0] + [len(a) for a in chunk])
-        energies += [float(e) for e in np.asarray(out.energy)]
-        forces += [np.asarray(out.forces)[offsets[i]:offsets[i + 1]] for i in range(len(chunk))]
-        start = stop
-    return np.array(energies), forces
-
-
 def supported_frames(frames, force_fields: dict, what: str, policy: str):
-    """(kept frames, kept indices, {model: {element: frames}}) for frames every model supports."""
+    """(frames every model supports, {model: {element: frames}} of the elements some model lacks)."""
     from jaxmat.forcefields.base import unsupported_elements
-    from ase.data import chemical_symbols
 
-    keep, missing = [], {}
-    for i, atoms in enumerate(frames):
-        ok = True
-        for label, ff in force_fields.items():
-            lacking = unsupported_elements(ff, atoms.numbers)
-            for z in lacking:
-                counts = missing.setdefault(label, {})
-                counts[chemical_symbols[z]] = counts.get(chemical_symbols[z], 0) + 1
-            ok &= not lacking
-        if ok:
-            keep.append(i)
+    missing = {label: counts for label, ff in force_fields.items()
+               if (counts := missing_element_counts(getattr(ff, "supported_numbers", None), frames))}
+    keep = [atoms for atoms in frames if not any(unsupported_elements(ff, atoms.numbers) for ff in force_fields.values())]
     if missing and policy == "error":
         raise JaxmatInputError(f"{what}: model(s) lack elements of the data (model: element: frames) {missing}; "
                                f"set unsupported=skip to leave those frames out")
     if missing:
         print(f"{what}: leaving out {len(frames) - len(keep)} of {len(frames)} frames with elements a model lacks {missing}",
               file=sys.stderr)
-    return [frames[i] for i in keep], keep, missing
+    return keep, missing
 
 
 def minimum_image_rmsd(positions, reference, cell) -> float:
@@ -141,21 +100,21 @@ def run_test_errors(config, data_dir: Path, force_fields: dict, out: Path, skipp
     frames = read_split(data_dir, config["test"]["split"], "DFT_energy", "DFT_forces")
     if config["test"]["max_frames"]:
         frames = frames[:config["test"]["max_frames"]]
-    frames, _, missing = supported_frames(frames, force_fields, f"{config['test']['split']} split", config["unsupported"])
+    frames, missing = supported_frames(frames, force_fields, f"{config['test']['split']} split", config["unsupported"])
     skipped["test"] = {"left_out": missing, "kept": len(frames)}
     for label, ff in force_fields.items():
         path = out / "test" / f"{label}.extxyz"
         if path.exists():
             continue
         print(f"test errors: {label} on {len(frames)} frames", file=sys.stderr)
-        energies, forces = predict(ff, frames, config["test"]["batch_atoms"])
+        energies, forces = evaluate_frames(ff, frames, config["test"]["batch_atoms"])
         written = []
         for atoms, energy, force in zip(frames, energies, forces):
             atoms = _plain(atoms)
             atoms.info["pred_energy"] = float(energy)
             atoms.arrays["pred_forces"] = np.asarray(force)
             written.append(atoms)
-        _write_frames(path, written)
+        write_frames(path, written)
 
 
 def in_distribution_starts(config, data_dir: Path, force_fields: dict, skipped: dict):
@@ -163,7 +122,7 @@ def in_distribution_starts(config, data_dir: Path, force_fields: dict, skipped: 
 
     section = config["in_distribution"]
     frames = read_split(data_dir, section["split"], "DFT_energy", "DFT_forces")
-    frames, _, missing = supported_frames(frames, force_fields, f"in-distribution ({section['split']} split)", config["unsupported"])
+    frames, missing = supported_frames(frames, force_fields, f"in-distribution ({section['split']} split)", config["unsupported"])
     skipped["in_distribution"] = {"left_out": missing}
     rng = np.random.default_rng(config["seed"])
     chosen = sorted(rng.permutation(len(frames))[:section["count"]].tolist())
@@ -176,9 +135,9 @@ def in_distribution_starts(config, data_dir: Path, force_fields: dict, skipped: 
     return starts
 
 
-def run_relaxations(starts, force_fields: dict, section: dict, out_dir: Path, config: dict, relax_cell: bool,
-                    model_energy_at: str | None = None) -> None:
-    """Relax the starts with every model; OUT_DIR/{model}.extxyz (final frames) and {model}_traces.json."""
+def run_relaxations(starts, force_fields: dict, section: dict, out_dir: Path, config: dict, relax_cell: bool) -> None:
+    """Relax the starts with every model; OUT_DIR/{model}.extxyz (final frames, carrying the starts' info and
+    arrays) and {model}_traces.json. Starts with arrays['dft_positions'] also get the model's energy there."""
     from jaxmat.relax.runner import relax
 
     for label, ff in force_fields.items():
@@ -189,33 +148,29 @@ def run_relaxations(starts, force_fields: dict, section: dict, out_dir: Path, co
               f"{section['fmax']} eV/Å, at most {section['max_steps']} steps)", file=sys.stderr)
         stats: dict = {}
         names = [f"{out_dir.name} structure {i}" for i in range(len(starts))]
-        results = relax([_plain(a) for a in starts], ff, section["optimizer"], section["fmax"], section["max_steps"],
+        results = relax(starts, ff, section["optimizer"], section["fmax"], section["max_steps"],
                         config["max_atoms"], keep_trajectory=True, names=names, stats=stats, relax_cell=relax_cell)
-        at_start = None
-        if model_energy_at == "dft":
-            reference_geometry = []
-            for a in starts:
-                b = _plain(a)
-                b.positions = a.arrays["dft_positions"]
-                reference_geometry.append(b)
-            at_start, _ = predict(ff, reference_geometry)
+        at_dft = None
+        if "dft_positions" in starts[0].arrays:
+            dft_geometries = []
+            for start in starts:
+                atoms = _plain(start)
+                atoms.positions = start.arrays["dft_positions"]
+                dft_geometries.append(atoms)
+            at_dft, _ = evaluate_frames(ff, dft_geometries)
         frames, traces = [], []
-        for i, (result, start) in enumerate(zip(results, starts)):
-            atoms = _plain(result.atoms)
-            atoms.info.update({key: value for key, value in start.info.items() if key not in atoms.info})
-            for key in ("dft_positions",):
-                if key in start.arrays:
-                    atoms.arrays[key] = start.arrays[key]
+        for i, result in enumerate(results):
+            atoms = _plain(result.atoms)  # the runner's copy of the start: its info and arrays come along
             atoms.info.update(status=result.status, n_steps=int(result.n_steps), model_energy=float(result.energy),
                               fmax=float(result.fmax))
             if result.message:
                 atoms.info["message"] = result.message
-            if at_start is not None:
-                atoms.info["model_energy_at_dft"] = float(at_start[i])
+            if at_dft is not None:
+                atoms.info["model_energy_at_dft"] = float(at_dft[i])
             frames.append(atoms)
             traces.append([float(step[1]) for step in result.trajectory])
-        _write_json(out_dir / f"{label}_traces.json", {"energies_eV": traces, "stats": stats})
-        _write_frames(path, frames)
+        write_json(out_dir / f"{label}_traces.json", {"energies_eV": traces, "stats": stats})
+        write_frames(path, frames)
 
 
 def add_reference_energies(reference, out_dir: Path, names) -> None:
@@ -229,10 +184,10 @@ def add_reference_energies(reference, out_dir: Path, names) -> None:
         if not todo:
             continue
         print(f"{out_dir.name}: reference energies of {len(todo)} {name} structures", file=sys.stderr)
-        energies, _ = predict(reference, [frames[i] for i in todo])
+        energies, _ = evaluate_frames(reference, [frames[i] for i in todo])
         for i, energy in zip(todo, energies):
             frames[i].info["reference_energy"] = float(energy)
-        _write_frames(path, frames)
+        write_frames(path, frames)
 
 
 def load_reference(spec: str, dtype: str):
@@ -270,9 +225,8 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
     starts = in_distribution_starts(config, data_dir, force_fields, skipped)
     start_path = out / "in_distribution" / "start.extxyz"
     if not start_path.exists():
-        _write_frames(start_path, starts)
-    run_relaxations(starts, force_fields, config["in_distribution"], out / "in_distribution", config, relax_cell=False,
-                    model_energy_at="dft")
+        write_frames(start_path, starts)
+    run_relaxations(starts, force_fields, config["in_distribution"], out / "in_distribution", config, relax_cell=False)
     timings["in_distribution_seconds"] = time.perf_counter() - started
 
     if structures_path:
@@ -283,10 +237,10 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
         cells = ase.io.read(path, index=":")
         if not cells:
             raise JaxmatInputError(f"{path} holds no structures")
-        cells, _, missing = supported_frames(cells, force_fields, f"substitution structures {path}", config["unsupported"])
+        cells, missing = supported_frames(cells, force_fields, f"substitution structures {path}", config["unsupported"])
         skipped["substitution"] = {"left_out": missing}
         if not (out / "substitution" / "start.extxyz").exists():
-            _write_frames(out / "substitution" / "start.extxyz", [_plain(a) for a in cells])
+            write_frames(out / "substitution" / "start.extxyz", [_plain(a) for a in cells])
         run_relaxations(cells, force_fields, config["substitution"], out / "substitution", config,
                         relax_cell=config["substitution"]["relax_cell"])
         reference = load_reference(config["reference"], config["dtype"])
@@ -301,7 +255,7 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
     previous = meta.setdefault("timings", {})
     for key, seconds in timings.items():  # a resumed run adds the time it spent
         previous[key] = previous.get(key, 0.0) + seconds
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta)
     return write_report(out)
 
 
@@ -316,9 +270,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         config = apply_overrides(load_config(args.config) if args.config else {}, args.set)
-        for model in args.models:
-            if not Path(model).exists():
-                raise JaxmatInputError(f"model {model} not found")
         report = evaluate(args.models, args.data, args.structures, args.out, config)
     except JaxmatInputError as error:
         print(f"error: {error}", file=sys.stderr)

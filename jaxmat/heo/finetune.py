@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ import numpy as np
 
 from jaxmat.config import apply_overrides, check_keys, load_config
 from jaxmat.errors import ConfigError, JaxmatInputError
+from jaxmat.files import copy_file, write_frames, write_json
+from jaxmat.forcefields.base import missing_element_counts
 
 MACE_MP_NAMES = ("small", "medium", "large", "small-0b", "medium-0b", "small-0b2", "medium-0b2", "large-0b2",
                  "medium-0b3", "medium-mpa-0", "medium-omat-0", "mace-matpes-pbe-0", "mace-matpes-r2scan-0")
@@ -102,15 +103,6 @@ def read_split(data_dir, name: str, energy_key: str, forces_key: str):
     if not frames:
         raise JaxmatInputError(f"{path} holds no frames")
     return frames
-
-
-def elements_missing(model_numbers, frames) -> dict[str, int]:
-    """Element -> number of frames containing it, for elements not in model_numbers."""
-    from ase.data import chemical_symbols
-
-    known = set(int(z) for z in model_numbers)
-    counts = Counter(chemical_symbols[z] for a in frames for z in set(a.numbers.tolist()) if z not in known)
-    return dict(counts.most_common())
 
 
 def covering_subset(frames, size: int, seed: int) -> list[int]:
@@ -233,10 +225,12 @@ def plot_curves(curves: dict, title: str, path: Path) -> None:
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
 
 
-def _publish(source: Path, target: Path) -> None:
-    partial = target.with_name(target.name + ".partial")
-    shutil.copyfile(source, partial)
-    partial.replace(target)
+def publish_stage(model: Path, stage: Path, title: str, plot_path: Path, target: Path) -> Path:
+    """STAGE/curves.json and the loss-curve PNG of a finished mace_run_train stage; its model copied to target."""
+    curves = training_curves(stage / "mace")
+    (stage / "curves.json").write_text(json.dumps(curves))
+    plot_curves(curves, title, plot_path)
+    return copy_file(model, target)
 
 
 def _model_numbers(path: Path) -> list[int]:
@@ -248,8 +242,6 @@ def _model_numbers(path: Path) -> list[int]:
 
 def build_base(config: dict, pool, out: Path, progress: bool = True) -> Path:
     """CHGNet-labelled base set (OUT/base/train.extxyz) and the base MACE (OUT/base.model)."""
-    import ase.io
-
     from jaxmat.forcefields.chgnet import label
 
     stage = out / "base"
@@ -257,24 +249,15 @@ def build_base(config: dict, pool, out: Path, progress: bool = True) -> Path:
     labelled_path = stage / "train.extxyz"
     if not labelled_path.exists():
         structures = base_structures(pool, config["base"], config["seed"])
-        labelled = label(structures, energy_key="REF_energy", forces_key="REF_forces",
-                         batch_size=config["base"]["chgnet_batch_size"], progress=progress)
-        tmp = labelled_path.with_name(labelled_path.name + ".partial")
-        ase.io.write(tmp, labelled, format="extxyz")
-        tmp.replace(labelled_path)
+        write_frames(labelled_path, label(structures, energy_key="REF_energy", forces_key="REF_forces",
+                                          batch_size=config["base"]["chgnet_batch_size"], progress=progress))
     options = mace_options("base", config, {"work": stage / "mace", "train": labelled_path})
-    model = run_mace_train(options, stage, progress)
-    curves = training_curves(stage / "mace")
-    (stage / "curves.json").write_text(json.dumps(curves))
-    plot_curves(curves, "base model (CHGNet labels)", out / "loss_base.png")
-    _publish(model, out / "base.model")
-    return out / "base.model"
+    return publish_stage(run_mace_train(options, stage, progress), stage, "base model (CHGNet labels)",
+                         out / "loss_base.png", out / "base.model")
 
 
 def finetune(config: dict, progress: bool = True) -> dict:
     """Run the stages named by the config; returns the summary (also OUT/summary.json)."""
-    import ase.io
-
     config = resolve_config(config)
     out = Path(config["out"]).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -302,25 +285,23 @@ def finetune(config: dict, progress: bool = True) -> dict:
     dropped_test = {}
     if isinstance(foundation_path, Path):
         model_numbers = _model_numbers(foundation_path)
-        missing = elements_missing(model_numbers, splits["train"] + splits["val"])
+        missing = missing_element_counts(model_numbers, splits["train"] + splits["val"])
         if missing:
             raise JaxmatInputError(f"foundation model {foundation_path} lacks element(s) of the finetuning data "
                                    f"(element: frames) {missing}")
-        dropped_test = elements_missing(model_numbers, splits["test"])
+        dropped_test = missing_element_counts(model_numbers, splits["test"])
         if dropped_test:  # mace_run_train's final test table cannot include them
             print(f"test frames with elements the foundation model lacks are left out of mace's test table: {dropped_test}",
                   file=sys.stderr)
             known = set(model_numbers)
             splits["test"] = [a for a in splits["test"] if set(a.numbers.tolist()) <= known]
     stage = out / "finetune"
-    stage.mkdir(parents=True, exist_ok=True)
-    paths = {"work": stage / "mace", "foundation": foundation_path}
-    for name, key in (("train", "train"), ("val", "valid"), ("test", "test")):
-        paths[key] = stage / f"{name}.extxyz"
-        ase.io.write(paths[key], splits[name], format="extxyz")
     finetuned = out / "finetuned.model"
     if not finetuned.exists():
         started = time.perf_counter()
+        paths = {"work": stage / "mace", "foundation": foundation_path}
+        for name, key in (("train", "train"), ("val", "valid"), ("test", "test")):
+            paths[key] = write_frames(stage / f"{name}.extxyz", splits[name])
         try:
             model = run_mace_train(mace_options("finetune", config, paths), stage, progress)
         except RuntimeError as error:
@@ -328,10 +309,7 @@ def finetune(config: dict, progress: bool = True) -> dict:
                 raise RuntimeError(f"{error}\nfoundation model {foundation_path!r} is downloaded by mace-torch; without network "
                                    f"give its local path as foundation.model") from error
             raise
-        curves = training_curves(stage / "mace")
-        (stage / "curves.json").write_text(json.dumps(curves))
-        plot_curves(curves, f"finetuning on {data['energy_key']}/{data['forces_key']}", out / "loss_finetune.png")
-        _publish(model, finetuned)
+        publish_stage(model, stage, f"finetuning on {data['energy_key']}/{data['forces_key']}", out / "loss_finetune.png", finetuned)
         timings["finetune_seconds"] = time.perf_counter() - started
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -341,9 +319,7 @@ def finetune(config: dict, progress: bool = True) -> dict:
     if foundation == "base":
         summary["models"]["base"] = str(out / "base.model")
     summary.setdefault("timings", {}).update(timings)
-    tmp = summary_path.with_name("summary.json.partial")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(summary_path)
+    write_json(summary_path, summary, indent=2)
     return summary
 
 

@@ -101,10 +101,9 @@ def workload(name: str):
 
 def main(argv=None) -> int:
     import argparse
-    import os
     import sys
 
-    import ase.io
+    from jaxmat.files import write_frames
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2, help="supercell size n (n x n x n conventional cells, 8n^3 atoms)")
@@ -138,9 +137,7 @@ def main(argv=None) -> int:
             atoms.info.update(arrangement=i, rattle_index=k, rattle=args.rattle,
                               generator=f"rocksalt_heo n={args.n} mode={args.mode} seed={args.seed + i} rattle={args.rattle} rattle_index={k}")
             structures.append(atoms)
-    tmp = f"{args.out}.partial"
-    ase.io.write(tmp, structures, format="extxyz")
-    os.replace(tmp, args.out)
+    write_frames(args.out, structures)
     print(f"wrote {len(structures)} x {len(structures[0])}-atom {args.mode} cells ({args.count} arrangements x {args.rattles} rattles) to {args.out}")
     return 0
 

@@ -21,8 +21,22 @@ def _read(path: Path):
     return ase.io.read(path, index=":", format="extxyz") if path.exists() else None
 
 
-def _labels(report: Path) -> list[str]:
-    return list(json.loads((report / "evaluation.json").read_text())["models"])
+TASKS = ("test", "in_distribution", "substitution")
+
+
+def load_outputs(report: Path) -> dict:
+    """The saved outputs of an evaluation: per task {model: frames} (tasks/models without output left out),
+    the substitution starts and the substitution energy traces {model: [[eV per step]]}."""
+    labels = list(json.loads((report / "evaluation.json").read_text())["models"])
+    outputs = {"models": labels, "start": _read(report / "substitution" / "start.extxyz"), "traces": {}}
+    for task in TASKS:
+        frames = {label: _read(report / task / f"{label}.extxyz") for label in labels}
+        outputs[task] = {label: f for label, f in frames.items() if f}
+    for label in labels:
+        path = report / "substitution" / f"{label}_traces.json"
+        if path.exists():
+            outputs["traces"][label] = json.loads(path.read_text())["energies_eV"]
+    return outputs
 
 
 def test_metrics(frames) -> dict:
@@ -67,9 +81,9 @@ def substitution_metrics(frames, start=None) -> dict:
     with_reference = [a for a in ok if "reference_energy" in a.info]
     if with_reference:
         metrics["reference_energy_final_mean_eV_per_atom"] = float(np.mean([a.info["reference_energy"] / len(a) for a in with_reference]))
-        if start is not None:
-            lowering = [(a.info["reference_energy"] - start[a.info["input_index"]].info["reference_energy"]) / len(a)
-                        for a in with_reference if "reference_energy" in start[a.info["input_index"]].info]
+        if start is not None:  # frames and starts are in the same (input) order
+            lowering = [(a.info["reference_energy"] - s.info["reference_energy"]) / len(a) for a, s in zip(frames, start)
+                        if a.info["status"] != "failed" and "reference_energy" in a.info and "reference_energy" in s.info]
             metrics["reference_energy_change_mean_meV_per_atom"] = 1000 * float(np.mean(lowering))
     return metrics
 
@@ -94,24 +108,13 @@ def lowest_reference_counts(per_model: dict, tie_tolerance: float = 1e-4) -> dic
     return {"compared": compared, "lowest": counts, "ties": ties, "tie_tolerance_eV": tie_tolerance}
 
 
-def compute_metrics(report: Path) -> dict:
-    report = Path(report)
-    labels = _labels(report)
-    metrics: dict = {"models": labels, "test": {}, "in_distribution": {}, "substitution": {}}
-    for label in labels:
-        frames = _read(report / "test" / f"{label}.extxyz")
-        if frames:
-            metrics["test"][label] = test_metrics(frames)
-        frames = _read(report / "in_distribution" / f"{label}.extxyz")
-        if frames:
-            metrics["in_distribution"][label] = in_distribution_metrics(frames)
-    start = _read(report / "substitution" / "start.extxyz")
-    finals = {label: _read(report / "substitution" / f"{label}.extxyz") for label in labels}
-    finals = {label: frames for label, frames in finals.items() if frames}
-    for label, frames in finals.items():
-        for i, atoms in enumerate(frames):
-            atoms.info.setdefault("input_index", i)
-        metrics["substitution"][label] = substitution_metrics(frames, start)
+def compute_metrics(outputs: dict) -> dict:
+    """All report numbers from load_outputs(REPORT)."""
+    labels, start, finals = outputs["models"], outputs["start"], outputs["substitution"]
+    metrics: dict = {"models": labels,
+                     "test": {label: test_metrics(frames) for label, frames in outputs["test"].items()},
+                     "in_distribution": {label: in_distribution_metrics(frames) for label, frames in outputs["in_distribution"].items()},
+                     "substitution": {label: substitution_metrics(frames, start) for label, frames in finals.items()}}
     if start and any("reference_energy" in a.info for a in start):
         metrics["substitution_start_reference_energy_mean_eV_per_atom"] = float(
             np.mean([a.info["reference_energy"] / len(a) for a in start if "reference_energy" in a.info]))
@@ -128,13 +131,13 @@ def _fmt(value, digits: int = 1) -> str:
     return str(value)
 
 
-def make_plots(report: Path, labels) -> list[str]:
+def make_plots(report: Path, outputs: dict) -> list[str]:
+    """parity.png, steps_histogram.png, energy_traces.png in REPORT (those with data); returns the names."""
     from jaxmat.heo.plots import _pyplot
 
     plt = _pyplot()
     written = []
-    test = {label: _read(report / "test" / f"{label}.extxyz") for label in labels}
-    test = {k: v for k, v in test.items() if v}
+    test = outputs["test"]
     if test:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
         for label, frames in test.items():
@@ -156,21 +159,17 @@ def make_plots(report: Path, labels) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     any_steps = False
     for ax, task in zip(axes, ("in_distribution", "substitution")):
-        for label in labels:
-            frames = _read(report / task / f"{label}.extxyz")
-            if frames:
-                any_steps = True
-                steps = [a.info["n_steps"] for a in frames]
-                ax.hist(steps, bins=np.linspace(0, max(steps) + 1, 21), alpha=0.5, label=label)
+        for label, frames in outputs[task].items():
+            any_steps = True
+            steps = [a.info["n_steps"] for a in frames]
+            ax.hist(steps, bins=np.linspace(0, max(steps) + 1, 21), alpha=0.5, label=label)
         ax.set_xlabel("optimizer steps"), ax.set_ylabel("structures"), ax.set_title(task.replace("_", "-")), ax.legend()
     if any_steps:
         fig.tight_layout(), fig.savefig(report / "steps_histogram.png", dpi=120)
         written.append("steps_histogram.png")
     plt.close(fig)
-    traces = {label: report / "substitution" / f"{label}_traces.json" for label in labels}
-    traces = {k: json.loads(v.read_text())["energies_eV"] for k, v in traces.items() if v.exists()}
+    traces, start = outputs["traces"], outputs["start"]
     if traces:
-        start = _read(report / "substitution" / "start.extxyz")
         fig, axes = plt.subplots(1, len(traces), figsize=(5 * len(traces), 3.6), squeeze=False)
         for ax, (label, energies) in zip(axes[0], traces.items()):
             for i, trace in enumerate(energies):
@@ -248,8 +247,9 @@ def write_report(report) -> Path:
     """metrics.json, plots and report.md of REPORT from its raw outputs; returns the report.md path."""
     report = Path(report)
     evaluation = json.loads((report / "evaluation.json").read_text())
-    metrics = compute_metrics(report)
-    plots = make_plots(report, metrics["models"])
+    outputs = load_outputs(report)
+    metrics = compute_metrics(outputs)
+    plots = make_plots(report, outputs)
     (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
     path = report / "report.md"
     path.write_text(render(metrics, evaluation, plots))
