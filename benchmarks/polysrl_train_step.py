@@ -24,14 +24,14 @@ import time
 import numpy as np
 
 
-def build_batches(batch_size: int, seed: int):
+def build_batches(batch_size: int, seed: int, limit: int | None = None):
     """The same rows as a jaxmat batch (equivalent periodic edges merged, the default) and with every edge
-    kept (the reference graph, for PyTorch)."""
+    kept (the reference graph, for PyTorch). limit: use only the first structures of the embedded data."""
     from jaxmat.polysrl.dataset import build_dataset
 
     batches = []
     for merge in (True, False):
-        config = {"source": "embedded", "path": None, "limit": None, "cutoff": 8.0, "max_neighbors": 12, "merge_equivalent_edges": merge}
+        config = {"source": "embedded", "path": None, "limit": limit, "cutoff": 8.0, "max_neighbors": 12, "merge_equivalent_edges": merge}
         dataset = build_dataset(config)
         chunk = np.random.default_rng(seed).permutation(len(dataset))[:batch_size]
         batches.append(dataset.batch(chunk, batch_size, np.float32, dataset.padding([chunk])))
@@ -186,15 +186,19 @@ def load_jax_params(models, params):
             target.copy_(torch.tensor(np.asarray(flat[key]).reshape(target.shape)))
 
 
-def time_torch(inputs, params, eps, repeats: int):
+def time_torch(inputs, params, eps, repeats: int, device: str = "cpu"):
+    """Loss with the jaxmat parameters and noise, first-step and per-step seconds of the PyTorch step on device."""
     import torch
 
     models = torch_model()
     load_jax_params(models, params)
+    models = tuple(m.to(device) for m in models)
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     sto, struct, loss_module = models
     parameters = [p for m in (struct, loss_module, sto) for p in m.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=5e-5)
-    eps_t = torch.tensor(eps[: inputs["same"].shape[0]])
+    eps_t = torch.tensor(eps[: inputs["same"].shape[0]], device=device)
+    synchronize = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
 
     def forward(noise):
         mu, logsigma = sto(inputs["sto_x"], inputs["sto_edge_index"], inputs["sto_counts"], inputs["sto_batch"])
@@ -208,10 +212,11 @@ def time_torch(inputs, params, eps, repeats: int):
     for i in range(repeats + 1):
         started = time.perf_counter()
         optimizer.zero_grad()
-        loss = forward(torch.normal(0.0, 1.0, eps_t.shape))
+        loss = forward(torch.normal(0.0, 1.0, eps_t.shape, device=device, dtype=eps_t.dtype))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 2.0)
         optimizer.step()
+        synchronize()
         times.append(time.perf_counter() - started)
     return loss_value, times[0], times[1:]
 

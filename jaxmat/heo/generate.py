@@ -91,8 +91,9 @@ def sqs_numbers(supercell, cations: Sequence[str], counts, a: float, seed: int, 
 
 
 def workload(name: str):
-    """Benchmark workloads: W1 = 16 x 64-atom cells, W2 = 4 x 216-atom cells (seeds 0..k-1, rattle 0.1 Å)."""
-    table = {"W1": (16, 2), "W2": (4, 3)}
+    """Benchmark workloads (seeds 0..k-1, rattle 0.1 Å): W1 = 16 x 64-atom cells, W2 = 4 x 216, W3 = 256 x 64,
+    W4 = 32 x 512."""
+    table = {"W1": (16, 2), "W2": (4, 3), "W3": (256, 2), "W4": (32, 4)}
     if name not in table:
         raise ValueError(f"unknown workload {name!r}: {sorted(table)}")
     count, n = table[name]

@@ -1,0 +1,192 @@
+"""Tables and a plot from the GPU benchmark's record: results.json, results.md, results.png.
+
+Cross-contender checks (force parity, relaxed energies agreeing) are computed here from the arrays the
+units saved, and stored in the record, so results.json alone holds every number that results.md shows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+MIB = 2**20
+
+
+def _arrays(folder: Path, name: str) -> dict | None:
+    path = folder / f"{name}.npz"
+    return dict(np.load(path)) if path.exists() else None
+
+
+def parity_rows(record: dict, folder: Path) -> list[dict]:
+    """JAX MACE vs mace-torch at the same dtype, and each float32 result vs mace-torch float64."""
+    rows = []
+    for model in ("small", "medium"):
+        reference = _arrays(folder, f"forces-{model}-float64-mace-torch")
+        for dtype in ("float64", "float32"):
+            torch_arrays = _arrays(folder, f"forces-{model}-{dtype}-mace-torch")
+            jax_arrays = _arrays(folder, f"forces-{model}-{dtype}-jaxmat-jax")
+            pairs = [("jaxmat-jax vs mace-torch", jax_arrays, torch_arrays)]
+            if dtype == "float32":
+                pairs += [("mace-torch float32 vs float64", torch_arrays, reference), ("jaxmat-jax float32 vs mace-torch float64", jax_arrays, reference)]
+            for label, a, b in pairs:
+                if a is None or b is None:
+                    continue
+                for workload in sorted({k.split("/")[0] for k in a} & {k.split("/")[0] for k in b}):
+                    rows.append({"model": model, "dtype": dtype, "comparison": label, "workload": workload,
+                                 "max_abs_energy_per_atom_eV": float(np.abs(a[f"{workload}/energy_per_atom"] - b[f"{workload}/energy_per_atom"]).max()),
+                                 "max_abs_force_eV_per_A": float(np.abs(a[f"{workload}/forces"] - b[f"{workload}/forces"]).max())})
+    return rows
+
+
+def relax_agreement_rows(record: dict, folder: Path) -> list[dict]:
+    """Final energies of each relaxation contender vs jaxmat-jax on the structures both relaxed (eV)."""
+    rows = []
+    for name, entry in record["units"].items():
+        if entry["kind"] != "relax" or entry["status"] != "ok" or entry["spec"]["contender"] == "jaxmat-jax":
+            continue
+        spec = entry["spec"]
+        mine = _arrays(folder, f"relax-{spec['workload']}-{spec['optimizer']}-jaxmat-jax")
+        theirs = _arrays(folder, name)
+        if mine is None or theirs is None:
+            continue
+        k = min(len(mine["energies"]), len(theirs["energies"]))
+        diff = np.abs(mine["energies"][:k] - theirs["energies"][:k])
+        rows.append({"workload": spec["workload"], "optimizer": spec["optimizer"], "contender": spec["contender"], "structures": k,
+                     "max_abs_dE_eV": float(diff.max()), "mean_abs_dE_eV": float(diff.mean())})
+    return rows
+
+
+def _ms(values) -> str:
+    return f"{1000 * float(np.median(values)):.1f}" if values else "–"
+
+
+def _mib(value) -> str:
+    return f"{value / MIB:.0f}" if value else "–"
+
+
+def _ok(record, name):
+    entry = record["units"].get(name)
+    return entry["result"] if entry and entry["status"] == "ok" else None
+
+
+def render(record: dict) -> str:
+    env = _ok(record, "env") or {}
+    lines = ["# GPU benchmark results", ""]
+    lines.append(f"Device: {env.get('gpu') or env.get('jax_backend', '?')} ({env.get('nvidia_smi') or 'no nvidia-smi'}); "
+                 f"{env.get('cpu_count', '?')} CPU cores; Python {env.get('python', '?')}; jax {env.get('jax', '?')} "
+                 f"({env.get('jax_backend', '?')}), torch {env.get('torch', '?')} (CUDA {env.get('torch_cuda')}), "
+                 f"mace-torch {env.get('mace', '?')}, torch-sim {env.get('torch_sim', '?')}, ase {env.get('ase', '?')}.")
+    lines.append(f"Started {record['started']}; budget {record['budget_s']:.0f} s; model {record['model'] or 'none (medium shape stands in)'}"
+                 f"{'; SMOKE RUN (toy sizes)' if record['smoke'] else ''}.")
+    lines += ["", "## Parity (max absolute differences)", "", "| model | dtype | comparison | workload | energy (eV/atom) | forces (eV/Å) |", "|---|---|---|---|---|---|"]
+    for row in record.get("parity", []):
+        lines.append(f"| {row['model']} | {row['dtype']} | {row['comparison']} | {row['workload']} | {row['max_abs_energy_per_atom_eV']:.1e} | {row['max_abs_force_eV_per_A']:.1e} |")
+    lines += ["", "## One force call (energies + forces), median ms", "",
+              "`call`: as the relaxer makes it, host neighbour lists / graphs and copies included; `model`: the model alone on "
+              "inputs already on the device. Peak: device memory (torch: max allocated in the call; JAX: process peak so far).", "",
+              "| model | dtype | workload | atoms | mace-torch call | mace-torch model | jaxmat call | jaxmat model | jaxmat first call (s) | "
+              "speed-up call | speed-up model | peak MiB torch / jax |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model in ("small", "medium"):
+        for dtype in ("float64", "float32"):
+            torch_result = _ok(record, f"forces-{model}-{dtype}-mace-torch")
+            jax_result = _ok(record, f"forces-{model}-{dtype}-jaxmat-jax")
+            if not torch_result and not jax_result:
+                continue
+            for workload in ("W1", "W3", "W4"):
+                t = (torch_result or {}).get("workloads", {}).get(workload, {})
+                j = (jax_result or {}).get("workloads", {}).get(workload, {})
+                if not t and not j:
+                    continue
+                ratio = lambda key: f"{np.median(t[key]) / np.median(j[key]):.2f}x" if t.get(key) and j.get(key) else "–"
+                lines.append(f"| {model} | {dtype} | {workload} | {t.get('atoms') or j.get('atoms')} | {_ms(t.get('call_s'))} | {_ms(t.get('model_s'))} | "
+                             f"{_ms(j.get('call_s'))} | {_ms(j.get('model_s'))} | {j.get('first_call_s', float('nan')):.1f} | {ratio('call_s')} | "
+                             f"{ratio('model_s')} | {_mib(t.get('peak_device_bytes'))} / {_mib(j.get('peak_device_bytes'))} |")
+    lines += ["", "## Relaxation (float64, fmax 0.05 eV/Å, all structures in one batch; ASE one at a time on the first few)", "",
+              "| workload | optimizer | contender | structures | seconds | structures/s | steps mean / max | converged | "
+              "outside force calls | cold run (s) / compiled shapes |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rates = {}
+    for name, entry in record["units"].items():
+        if entry["kind"] != "relax" or entry["status"] != "ok":
+            continue
+        r, spec = entry["result"], entry["spec"]
+        rates[(spec["workload"], spec["optimizer"], spec["contender"])] = r["structures_per_s"]
+        steps = f"{np.mean(r['steps']):.1f} / {max(r['steps'])}" if r.get("steps") else "n/a"
+        outside = f"{100 * r['outside_force_fraction']:.1f} %" if "outside_force_fraction" in r else "–"
+        cold = f"{r['cold_seconds']:.1f} / {r['compiled_shapes']}" if "cold_seconds" in r else "–"
+        lines.append(f"| {spec['workload']} | {spec['optimizer']} | {spec['contender']} | {r['structures']} | {r['seconds']:.2f} | "
+                     f"{r['structures_per_s']:.2f} | {steps} | {r['converged']}/{r['structures']} | {outside} | {cold} |")
+    ratios = []
+    for (workload, optimizer, contender), rate in sorted(rates.items()):
+        if contender != "jaxmat-jax":
+            ratios.append(f"{workload} {optimizer}: jaxmat-jax / {contender} {rates.get((workload, optimizer, 'jaxmat-jax'), float('nan')) / rate:.2f}x")
+    if ratios:
+        lines += ["", "Structures/s ratios (warm jaxmat-jax over each peer): " + "; ".join(ratios) + "."]
+    if record.get("relax_agreement"):
+        lines += ["", "| workload | optimizer | final energies vs jaxmat-jax | structures | max abs dE (eV) | mean abs dE (eV) |", "|---|---|---|---|---|---|"]
+        for row in record["relax_agreement"]:
+            lines.append(f"| {row['workload']} | {row['optimizer']} | {row['contender']} | {row['structures']} | {row['max_abs_dE_eV']:.1e} | {row['mean_abs_dE_eV']:.1e} |")
+    polysrl = _ok(record, "polysrl")
+    if polysrl:
+        lines += ["", "## PolySRL train step (float32)", "", "| batch | atoms | jaxmat s/step | PyTorch + PyG s/step | speed-up | loss rel. diff | peak MiB torch / jax |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| {polysrl['batch_size']} | {polysrl['atoms']} | {np.median(polysrl['jax_step_s']):.4f} | {np.median(polysrl['torch_step_s']):.4f} | "
+                  f"{np.median(polysrl['torch_step_s']) / np.median(polysrl['jax_step_s']):.2f}x | {polysrl['loss_rel_diff']:.1e} | "
+                  f"{_mib(polysrl.get('torch_peak_device_bytes'))} / {_mib(polysrl.get('jax_peak_device_bytes'))} |"]
+    lines += ["", "## Units", "", "| unit | status | wall (s) | note |", "|---|---|---|---|"]
+    for name, entry in record["units"].items():
+        lines.append(f"| {name} | {entry['status']} | {entry.get('wall_s', 0):.1f} | {entry.get('note', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    force_labels, force_ratios = [], []
+    for name, entry in record["units"].items():
+        if entry["status"] != "ok" or entry["kind"] != "forces" or not name.endswith("jaxmat-jax"):
+            continue
+        peer = _ok(record, name.replace("jaxmat-jax", "mace-torch"))
+        if not peer:
+            continue
+        for workload, j in entry["result"]["workloads"].items():
+            t = peer["workloads"].get(workload)
+            if t and t["call_s"] and j["call_s"]:
+                force_labels.append(f"{entry['spec']['model'] if entry['spec']['model'] == 'medium' else 'small'} {entry['spec']['dtype'][-2:]} {workload}")
+                force_ratios.append(np.median(t["call_s"]) / np.median(j["call_s"]))
+    relax = {}
+    for entry in record["units"].values():
+        if entry["status"] == "ok" and entry["kind"] == "relax":
+            spec = entry["spec"]
+            relax.setdefault(f"{spec['workload']} {spec['optimizer']}", {})[spec["contender"]] = entry["result"]["structures_per_s"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.barh(force_labels, force_ratios, color="tab:blue")
+    left.axvline(1.0, color="k", lw=0.8)
+    left.set_xlabel("force call speed-up, jaxmat JAX MACE / mace-torch")
+    contenders = ["jaxmat-jax", "jaxmat-torch", "torch-sim", "ase"]
+    groups = list(relax)
+    for k, contender in enumerate(contenders):
+        values = [relax[g].get(contender, 0.0) for g in groups]
+        right.bar(np.arange(len(groups)) + 0.2 * k, values, width=0.2, label=contender)
+    right.set_xticks(np.arange(len(groups)) + 0.3, groups)
+    if any(v > 0 for g in groups for v in relax[g].values()):
+        right.set_yscale("log")
+    right.set_ylabel("structures / s")
+    right.legend(fontsize=8)
+    figure.suptitle("jaxmat GPU benchmark" + (" (smoke)" if record["smoke"] else ""))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_outputs(record: dict, folder: Path, out: Path) -> None:
+    """Derived checks into the record, then results.json, results.md and results.png in out."""
+    record["parity"] = parity_rows(record, folder)
+    record["relax_agreement"] = relax_agreement_rows(record, folder)
+    (out / "results.json").write_text(json.dumps(record, indent=1, default=float))
+    (out / "results.md").write_text(render(record))
+    plot(record, out / "results.png")

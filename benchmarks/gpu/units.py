@@ -1,0 +1,320 @@
+"""The measurements of the GPU benchmark, one unit per process (run by harness.py, never imported by jaxmat).
+
+Each unit takes a spec (dict) and returns a JSON-able dict; arrays for the cross-contender checks
+(energies, forces) go to an .npz beside the result. Every contender gets the same weights, dtype,
+structures and device; timings are wall-clock seconds with the device synchronised (a numpy copy of the
+outputs, ``block_until_ready`` or ``torch.cuda.synchronize``). Units:
+
+- ``env``: device, driver, versions.
+- ``forces``: one force call (energies + forces) per workload for one contender (mace-torch through
+  jaxmat's bridge, or jaxmat's JAX MACE), model and dtype: the call as the relaxer makes it (host
+  neighbour lists / graphs included) and the model alone on inputs already on the device; first call
+  (compilation), peak device memory.
+- ``relax``: one relaxation contender (jaxmat with either backend, torch-sim's batched optimizer, ASE one
+  structure at a time) on one workload with FIRE or L-BFGS.
+- ``polysrl``: the PolySRL train step, jaxmat (jit) vs the PyTorch + torch-geometric expression of
+  benchmarks/polysrl_train_step.py, same parameters and noise.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mace  # noqa: F401  (before e3nn)
+import numpy as np
+
+BENCHMARKS = Path(__file__).resolve().parents[1]
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer package this unit measures is not installed (reported as unavailable, not as a failure)."""
+
+
+# --- shared helpers -----------------------------------------------------------------------------------
+
+
+def torch_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def jax_peak_bytes() -> int | None:
+    """Peak bytes JAX has held on its first device in this process (None where the backend does not say)."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def torch_peak_bytes() -> int | None:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+def reset_torch_peak():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def structures(workload: str, smoke: bool):
+    """The HEO rock-salt cells of a workload; smoke: the same kind of cells at toy sizes."""
+    from jaxmat.heo.generate import rocksalt_heo, workload as full_workload
+
+    if smoke:
+        count, n = {"W1": (2, 1), "W3": (3, 1), "W4": (1, 2)}[workload]
+        return [rocksalt_heo(n, seed=seed) for seed in range(count)]
+    return full_workload(workload)
+
+
+def load_model(model: str, smoke: bool):
+    """A mace-torch module: a model file, or the MACE-MP-0 "medium" shape with random weights
+    (smoke: the same architecture at 16 channels)."""
+    import torch
+
+    if model != "medium":
+        return torch.load(model, map_location="cpu", weights_only=False)
+    from jaxmat.forcefields.mace_torch import build_small_mace
+
+    channels = 16 if smoke else 128
+    return build_small_mace(list(range(1, 90)), seed=0, hidden_irreps=f"{channels}x0e+{channels}x1o", max_ell=3, correlation=3,
+                            r_max=6.0, num_bessel=10, avg_num_neighbors=61.96, scale_shift=(0.8, 0.1))
+
+
+def timed(function, repeats: int):
+    """(first-call seconds, list of later-call seconds, last output)."""
+    started = time.perf_counter()
+    out = function()
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = function()
+        times.append(time.perf_counter() - started)
+    return first, times, out
+
+
+# --- units --------------------------------------------------------------------------------------------
+
+
+def unit_env(spec, arrays):
+    import jax
+    import torch
+
+    info = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "jax": jax.__version__, "jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
+            "torch": torch.__version__, "torch_cuda": torch.version.cuda, "torch_device": torch_device(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "smoke": bool(spec.get("smoke"))}
+    for name in ("mace", "e3nn", "e3nn_jax", "jax_md", "ase", "vesin", "torch_sim", "flax"):
+        try:
+            module = __import__(name)
+            info[name] = getattr(module, "__version__", "installed")
+        except Exception as exc:  # a missing peer is reported, not fatal
+            info[name] = f"missing ({type(exc).__name__})"
+    try:
+        query = "name,memory.total,driver_version,clocks.max.sm"
+        info["nvidia_smi"] = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        info["nvidia_smi"] = None
+    return info
+
+
+def unit_forces(spec, arrays):
+    """One contender, model and dtype over the workloads (smallest first: JAX's peak is per process)."""
+    import torch
+
+    from jaxmat.forcefields.base import batch_from_atoms
+
+    smoke, dtype, contender = spec["smoke"], spec["dtype"], spec["contender"]
+    device = torch_device()
+    model = load_model(spec["model"], smoke)
+    results = {}
+    for workload in spec["workloads"]:
+        batch = batch_from_atoms(structures(workload, smoke))
+        n_atoms = len(batch.numbers)
+        reset_torch_peak()
+        if contender == "mace-torch":
+            from jaxmat.forcefields.mace_torch import MACETorch
+            from mace.tools import torch_geometric
+
+            force_field = MACETorch(model, device=device, dtype=dtype)
+            first, call_times, out = timed(lambda: force_field(batch), spec["repeats"])
+            collated = torch_geometric.Batch.from_data_list(force_field._graphs(batch)).to(device).to_dict()
+
+            def model_only():
+                result = force_field.model(collated, compute_stress=False, training=False)
+                synchronize()
+                return result
+
+            _, model_times, _ = timed(model_only, spec["repeats"])
+            peak = torch_peak_bytes()
+            n_edges = int(collated["edge_index"].shape[1])
+        else:
+            import jax
+
+            from jaxmat.forcefields.mace.forcefield import MACEJax
+
+            force_field = MACEJax.from_torch(model, dtype=dtype)
+            first, call_times, out = timed(lambda: force_field(batch), spec["repeats"])
+            inputs = force_field.padded_inputs(batch)
+            _, model_times, _ = timed(lambda: jax.block_until_ready(force_field._evaluate(force_field.params, **inputs)), spec["repeats"])
+            peak = jax_peak_bytes()
+            n_edges = int(np.asarray(inputs["neighbor_mask"]).sum())
+        arrays[f"{workload}/energy_per_atom"] = out.energy / np.bincount(batch.system_index)
+        arrays[f"{workload}/forces"] = out.forces
+        results[workload] = {"atoms": n_atoms, "systems": batch.n_systems, "edges": n_edges, "first_call_s": first,
+                             "call_s": call_times, "model_s": model_times, "peak_device_bytes": peak}
+        del force_field
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return {"device": device, "workloads": results}
+
+
+def unit_relax(spec, arrays):
+    smoke, workload, optimizer, contender = spec["smoke"], spec["workload"], spec["optimizer"], spec["contender"]
+    cells = structures(workload, smoke)
+    model_path = spec["model"]
+    fmax, max_steps = spec["fmax"], spec["max_steps"]
+    runner = {"jaxmat-jax": relax_jaxmat, "jaxmat-torch": relax_jaxmat, "torch-sim": relax_torch_sim, "ase": relax_ase}[contender]
+    result = runner(cells, model_path, contender, optimizer, fmax, max_steps, spec)
+    arrays["energies"] = np.asarray(result.pop("energies"), np.float64)
+    result["structures_per_s"] = result["structures"] / result["seconds"]
+    return result
+
+
+def relax_jaxmat(cells, model_path, contender, optimizer, fmax, max_steps, spec):
+    """jaxmat's batched relaxer, every structure in one batch; the JAX backend runs twice (cold: compilation
+    inside the timing, as a user's first run; warm: the shapes compiled)."""
+    from jaxmat.relax import relax
+
+    max_atoms = sum(len(a) for a in cells)
+    if contender == "jaxmat-jax":
+        from jaxmat.forcefields.mace.forcefield import MACEJax
+
+        force_field = MACEJax.from_torch(model_path)
+    else:
+        from jaxmat.forcefields.mace_torch import MACETorch
+
+        force_field = MACETorch(model_path, device=torch_device())
+        force_field(_batch(cells[:1]))  # CUDA context and kernels loaded outside the timing
+    runs = []
+    for _ in range(2 if contender == "jaxmat-jax" else 1):
+        stats: dict = {}
+        started = time.perf_counter()
+        results = relax(cells, force_field, optimizer, fmax=fmax, max_steps=max_steps, max_atoms=max_atoms,
+                        progress=False, stats=stats)
+        runs.append((time.perf_counter() - started, stats, results))
+    seconds, stats, results = runs[-1]
+    out = {"structures": len(cells), "seconds": seconds, "steps": [r.n_steps for r in results],
+           "converged": sum(r.status == "converged" for r in results), "force_calls": stats["force_calls"],
+           "outside_force_fraction": 1 - stats["force_seconds"] / stats["total_seconds"],
+           "energies": [r.energy for r in results]}
+    if contender == "jaxmat-jax":
+        out["cold_seconds"] = runs[0][0]
+        out["compiled_shapes"] = len(force_field.compiled_shapes)
+    return out
+
+
+def _batch(cells):
+    from jaxmat.forcefields.base import batch_from_atoms
+
+    return batch_from_atoms(cells)
+
+
+def relax_torch_sim(cells, model_path, contender, optimizer, fmax, max_steps, spec):
+    """torch-sim's batched optimizer (ASE-flavoured FIRE, or L-BFGS), all structures in one batch, MACE
+    through torch-sim's own MaceModel with its default neighbour list and its default convergence checks
+    (every 5 steps)."""
+    import torch
+
+    try:
+        import torch_sim as ts
+        from torch_sim.models.mace import MaceModel
+    except ImportError as exc:
+        raise PeerUnavailable(f"torch-sim is not installed ({exc}); pip install 'jaxmat[bench]'") from exc
+
+    from importlib.metadata import version
+
+    torch_sim_version = version("torch-sim-atomistic")
+    device = torch.device(torch_device())
+    model = MaceModel(model=torch.load(model_path, map_location=device, weights_only=False), device=device,
+                      dtype=torch.float64, compute_forces=True, compute_stress=False)
+    if hasattr(ts, "Optimizer"):  # torch-sim >= 0.4
+        chosen = {"fire": ts.Optimizer.fire, "lbfgs": ts.Optimizer.lbfgs}[optimizer]
+    else:  # 0.3.x (Python 3.11): FIRE only
+        if optimizer != "fire":
+            raise PeerUnavailable(f"torch-sim {torch_sim_version} has no batched {optimizer}")
+        chosen = ts.optimizers.fire
+    convergence = ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False)
+    ts.optimize(system=[a.copy() for a in cells[:1]], model=model, optimizer=chosen, convergence_fn=convergence,
+                max_steps=2)  # warm-up: CUDA context and kernels outside the timing
+    synchronize()
+    started = time.perf_counter()
+    state = ts.optimize(system=[a.copy() for a in cells], model=model, optimizer=chosen, convergence_fn=convergence,
+                        max_steps=max_steps)
+    synchronize()
+    seconds = time.perf_counter() - started
+    out = model(state)
+    forces = out["forces"].detach().cpu().numpy()
+    system_index = state.system_idx.cpu().numpy() if hasattr(state, "system_idx") else state.batch.cpu().numpy()
+    fmax_per = [np.linalg.norm(forces[system_index == i], axis=1).max() for i in range(len(cells))]
+    return {"structures": len(cells), "seconds": seconds, "steps": None, "converged": int(sum(f < fmax for f in fmax_per)),
+            "energies": out["energy"].detach().cpu().numpy().tolist(), "torch_sim": torch_sim_version}
+
+
+def relax_ase(cells, model_path, contender, optimizer, fmax, max_steps, spec):
+    """ASE's optimizer with mace-torch's calculator on the same device, one structure at a time, for the
+    first spec['ase_structures'] structures (the rate is per structure)."""
+    from ase.optimize import FIRE, LBFGS
+    from mace.calculators import MACECalculator
+
+    calculator = MACECalculator(model_paths=str(model_path), device=torch_device(), default_dtype="float64")
+    warm = cells[0].copy()
+    warm.calc = calculator
+    warm.get_forces()  # CUDA context and kernels outside the timing
+    chosen = cells[: spec["ase_structures"]]
+    steps, energies, converged = [], [], 0
+    started = time.perf_counter()
+    for atoms in chosen:
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        dynamics = (FIRE if optimizer == "fire" else LBFGS)(atoms, logfile=None)
+        converged += bool(dynamics.run(fmax=fmax, steps=max_steps))
+        steps.append(dynamics.nsteps)
+        energies.append(atoms.get_potential_energy())
+    return {"structures": len(chosen), "seconds": time.perf_counter() - started, "steps": steps,
+            "converged": converged, "energies": energies}
+
+
+def unit_polysrl(spec, arrays):
+    sys.path.insert(0, str(BENCHMARKS))
+    from polysrl_train_step import build_batches, time_jax, time_torch, torch_inputs
+
+    chunk, batch, full_batch = build_batches(spec["batch_size"], seed=0, limit=spec.get("limit"))
+    params, eps, jax_loss, jax_compile, jax_times = time_jax(batch, spec["repeats"], seed=0)
+    out = {"batch_size": len(chunk), "atoms": int(batch.crystal.n_node[: len(chunk)].sum()), "jax_compile_s": jax_compile,
+           "jax_step_s": jax_times, "jax_loss": jax_loss, "jax_peak_device_bytes": jax_peak_bytes()}
+    reset_torch_peak()
+    torch_loss, torch_first, torch_times = time_torch(torch_inputs(full_batch, chunk), params, eps, spec["repeats"], device=torch_device())
+    out.update({"torch_first_s": torch_first, "torch_step_s": torch_times, "torch_loss": torch_loss,
+                "torch_peak_device_bytes": torch_peak_bytes(), "loss_rel_diff": abs(torch_loss - jax_loss) / abs(jax_loss)})
+    return out
+
+
+UNITS = {"env": unit_env, "forces": unit_forces, "relax": unit_relax, "polysrl": unit_polysrl}
