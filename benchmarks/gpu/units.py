@@ -174,7 +174,7 @@ def unit_forces(spec, arrays):
             force_field = MACEJax.from_torch(model, dtype=dtype)
             first, call_times, out = timed(lambda: force_field(batch), spec["repeats"])
             inputs = force_field.padded_inputs(batch)
-            _, model_times, _ = timed(lambda: jax.block_until_ready(force_field._evaluate(force_field.params, **inputs)), spec["repeats"])
+            _, model_times, _ = timed(lambda: jax.block_until_ready(force_field.evaluate_padded(inputs)), spec["repeats"])
             peak = jax_peak_bytes()
             n_edges = int(np.asarray(inputs["neighbor_mask"]).sum())
         arrays[f"{workload}/energy_per_atom"] = out.energy / np.bincount(batch.system_index)
