@@ -5,14 +5,16 @@
 # on PYTHONPATH, and runs harness.py within a hard budget. Environment:
 #   JAXMAT_GPU_BUDGET   seconds for all units (default 420)      JAXMAT_GPU_CASES  unit-name prefixes to run
 #   JAXMAT_GPU_SMOKE=1  the same code at toy sizes (CPU is fine: how it is tested here and in CI)
+#   JAXMAT_GPU_WHEELS   folder of wheels to install first (default .whl; empty: use the Python as it is)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUTDIR=${1:?usage: bash benchmarks/gpu/run.sh OUTDIR}
 mkdir -p "$OUTDIR"
 PYTHON=${PYTHON:-python3}
-if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
+WHEELS=${JAXMAT_GPU_WHEELS-$ROOT/.whl}
+if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
   SITE=${JAXMAT_GPU_SITE:-/tmp/jaxmat-gpu-site}
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$ROOT"/.whl/*.whl \
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl \
     || { echo "installing the carried wheels failed" >&2; exit 1; }
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi

@@ -1,0 +1,112 @@
+"""The GPU benchmark harness (benchmarks/gpu) at toy sizes on CPU: the same code the device runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HARNESS = REPO / "benchmarks/gpu"
+sys.path.insert(0, str(HARNESS))
+
+import harness  # noqa: E402
+
+
+def _smoke_env(**extra):
+    env = dict(os.environ, JAXMAT_GPU_SMOKE="1", PYTHON=sys.executable, JAXMAT_GPU_WHEELS="")  # this Python as it is
+    env.update(extra)
+    return env
+
+
+@pytest.mark.slow
+def test_smoke_run_measures_every_kind_of_unit(tmp_path):
+    out = tmp_path / "gpu"
+    cases = ("forces-small-float64," if harness.find_model() else "") + "forces-medium-float64,relax-W3-lbfgs,polysrl"
+    done = subprocess.run(["bash", str(HARNESS / "run.sh"), str(out)], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env=_smoke_env(JAXMAT_GPU_BUDGET="600", JAXMAT_GPU_CASES=cases))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    record = json.loads((out / "results.json").read_text())
+    units = record["units"]
+    assert record["smoke"] is True
+    for name, entry in units.items():  # a peer that is not installed is reported, nothing else may fail
+        assert entry["status"] == "ok" or (entry["status"] == "unavailable" and "torch-sim" in name), (name, entry)
+    assert units["env"]["result"]["torch_device"] in ("cpu", "cuda")
+    # parity: the JAX MACE and mace-torch on the same structures, float64
+    parity = [r for r in record["parity"] if r["dtype"] == "float64" and r["comparison"] == "jaxmat-jax vs mace-torch"]
+    assert parity and all(r["max_abs_energy_per_atom_eV"] < 1e-6 and r["max_abs_force_eV_per_A"] < 1e-5 for r in parity)
+    for name in ("forces-small-float64-mace-torch", "forces-small-float64-jaxmat-jax"):
+        if name in units:
+            timing = units[name]["result"]["workloads"]["W1"]
+            assert timing["call_s"] and timing["model_s"] and timing["atoms"] == 16 and timing["edges"] > 0
+    # relaxation: jaxmat takes ASE's steps and ends at ASE's energies
+    jax_relax = units["relax-W3-lbfgs-jaxmat-jax"]["result"]
+    ase_relax = units["relax-W3-lbfgs-ase"]["result"]
+    assert jax_relax["steps"][: len(ase_relax["steps"])] == ase_relax["steps"]
+    assert jax_relax["structures"] == 3 and jax_relax["cold_seconds"] > 0 and jax_relax["compiled_shapes"] >= 1
+    agreement = {row["contender"]: row for row in record["relax_agreement"] if row["workload"] == "W3"}
+    assert agreement["ase"]["max_abs_dE_eV"] < 1e-6 and agreement["jaxmat-torch"]["max_abs_dE_eV"] < 1e-6
+    polysrl = units["polysrl"]["result"]
+    assert polysrl["loss_rel_diff"] < 1e-4 and len(polysrl["jax_step_s"]) == len(polysrl["torch_step_s"]) == 2
+    text = (out / "results.md").read_text()
+    assert "## Parity" in text and "relax-W3-lbfgs-jaxmat-jax" in text and "SMOKE RUN" in text
+    assert (out / "results.png").stat().st_size > 1000 and (out / "harness.log").exists()
+
+
+def test_units_past_the_budget_are_skipped_and_finished_units_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXMAT_GPU_SMOKE", "1")
+    out = tmp_path / "gpu"
+    assert harness.main(["--out", str(out), "--budget", "0"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["units"] and all(e["status"] == "skipped" and "budget" in e["note"] for e in record["units"].values())
+    assert "| polysrl | skipped |" in (out / "results.md").read_text()
+    # a finished unit survives a later call into the same folder (the second device call completes the plan)
+    record["units"]["polysrl"] = {"status": "ok", "kind": "polysrl", "spec": {}, "wall_s": 1.0,
+                                  "result": {"batch_size": 8, "atoms": 60, "jax_step_s": [0.1], "torch_step_s": [0.2], "loss_rel_diff": 1e-8}}
+    (out / "results.json").write_text(json.dumps(record))
+    assert harness.main(["--out", str(out), "--budget", "0"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["units"]["polysrl"]["status"] == "ok" and again["units"]["env"]["status"] == "skipped"
+    assert "| 8 | 60 | 0.1000 | 0.2000 | 2.00x |" in (out / "results.md").read_text()
+    assert harness.main(["--out", str(out), "--budget", "0", "--fresh"]) == 0
+    assert json.loads((out / "results.json").read_text())["units"]["polysrl"]["status"] == "skipped"
+
+
+def test_a_unit_over_its_limit_is_killed_and_reported(tmp_path):
+    unit = {"name": "env", "kind": "env", "spec": {"smoke": True}}
+    with open(tmp_path / "log.txt", "w") as log:
+        entry = harness.run_unit(unit, tmp_path, timeout=0.3, log=log)  # importing jax and torch takes longer
+    assert entry["status"] == "timeout" and "killed" in entry["note"]
+    assert not (tmp_path / "env.json").exists()
+
+
+def test_unknown_case_prefix_is_named(monkeypatch):
+    monkeypatch.setenv("JAXMAT_GPU_SMOKE", "1")
+    with pytest.raises(SystemExit, match="relax-W9"):
+        harness.main(["--out", "unused", "--cases", "relax-W9"])
+
+
+def test_plan_order_and_sizes():
+    plan = harness.build_plan(smoke=False, model="model.file")
+    names = [u["name"] for u in plan]
+    assert names[0] == "env" and names[1:3] == ["forces-small-float64-mace-torch", "forces-small-float64-jaxmat-jax"]
+    assert names.index("relax-W3-lbfgs-jaxmat-jax") < names.index("forces-small-float32-jaxmat-jax") < names.index("polysrl")
+    relax = [u for u in plan if u["kind"] == "relax"]
+    assert {u["spec"]["workload"] for u in relax} == {"W3", "W4"} and all(u["spec"]["max_steps"] == 300 for u in relax)
+    assert not any(u["spec"]["smoke"] for u in plan)
+    # without the shared model there is no relaxation on the real device run, and the medium shape stands in
+    bare = harness.build_plan(smoke=False, model=None)
+    assert not any(u["kind"] == "relax" for u in bare) and bare[1]["spec"]["model"] == "medium"
+
+
+def test_workloads_have_the_documented_sizes():
+    from jaxmat.heo.generate import workload
+
+    w3, w4 = workload("W3"), workload("W4")
+    assert [len(a) for a in w3] == [64] * 256 and [len(a) for a in w4] == [512] * 32
+    assert not np.allclose(w3[0].positions, w3[1].positions)
