@@ -77,7 +77,7 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
     if model:
         plan += forces("medium", "medium", "float32") + forces("medium", "medium", "float64")
     plan.append({"name": "polysrl", "kind": "polysrl", "min_s": 40, "cap_s": 200,
-                 "spec": {"batch_size": 8 if smoke else 256, "limit": 40 if smoke else None, "repeats": 2 if smoke else 5}})
+                 "spec": {"batch_size": 8 if smoke else 256, "limit": 40 if smoke else 640, "repeats": 2 if smoke else 5}})
     for unit in plan:
         unit["spec"]["smoke"] = smoke
     return plan
