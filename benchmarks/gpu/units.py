@@ -281,25 +281,12 @@ def relax_torch_sim(cells, model_path, contender, optimizer, fmax, max_steps, sp
 def relax_ase(cells, model_path, contender, optimizer, fmax, max_steps, spec):
     """ASE's optimizer with mace-torch's calculator on the same device, one structure at a time, for the
     first spec['ase_structures'] structures (the rate is per structure)."""
-    from ase.optimize import FIRE, LBFGS
-    from mace.calculators import MACECalculator
+    sys.path.insert(0, str(BENCHMARKS))
+    from relax_throughput import run_ase
 
-    calculator = MACECalculator(model_paths=str(model_path), device=torch_device(), default_dtype="float64")
-    warm = cells[0].copy()
-    warm.calc = calculator
-    warm.get_forces()  # CUDA context and kernels outside the timing
     chosen = cells[: spec["ase_structures"]]
-    steps, energies, converged = [], [], 0
-    started = time.perf_counter()
-    for atoms in chosen:
-        atoms = atoms.copy()
-        atoms.calc = calculator
-        dynamics = (FIRE if optimizer == "fire" else LBFGS)(atoms, logfile=None)
-        converged += bool(dynamics.run(fmax=fmax, steps=max_steps))
-        steps.append(dynamics.nsteps)
-        energies.append(atoms.get_potential_energy())
-    return {"structures": len(chosen), "seconds": time.perf_counter() - started, "steps": steps,
-            "converged": converged, "energies": energies}
+    result = run_ase(chosen, model_path, optimizer, fmax, max_steps, device=torch_device())
+    return {"structures": len(chosen), **{key: result[key] for key in ("seconds", "steps", "converged", "energies")}}
 
 
 def unit_polysrl(spec, arrays):
