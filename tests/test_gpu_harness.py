@@ -52,7 +52,13 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     agreement = {row["contender"]: row for row in record["relax_agreement"] if row["workload"] == "W3"}
     assert agreement["ase"]["max_abs_dE_eV"] < 1e-6 and agreement["jaxmat-torch"]["max_abs_dE_eV"] < 1e-6
     polysrl = units["polysrl"]["result"]
-    assert polysrl["loss_rel_diff"] < 1e-4 and len(polysrl["jax_step_s"]) == len(polysrl["torch_step_s"]) == 2
+    assert len(polysrl["jax_step_s"]) == 2 and polysrl["jax_loss"] > 0
+    try:
+        import torch_geometric  # noqa: F401  (the bench extra: the PyTorch contender runs too)
+    except ImportError:
+        assert "torch-geometric" in polysrl["torch_unavailable"]
+    else:
+        assert polysrl["loss_rel_diff"] < 1e-4 and len(polysrl["torch_step_s"]) == 2
     text = (out / "results.md").read_text()
     assert "## Parity" in text and "relax-W3-lbfgs-jaxmat-jax" in text and "SMOKE RUN" in text
     assert (out / "results.png").stat().st_size > 1000 and (out / "harness.log").exists()

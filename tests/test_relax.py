@@ -57,11 +57,12 @@ def test_relaxes_to_the_perfect_lattice(lj, optimizer):
     np.testing.assert_allclose(shift - shift.mean(0), 0.0, atol=2e-3)
 
 
+@pytest.mark.parametrize("loop", ["host", "device"])
 @pytest.mark.parametrize("optimizer, seed, atol", [("fire", 6, 1e-8), ("lbfgs", 8, 1e-7)])
-def test_takes_the_same_steps_as_ase(lj, optimizer, seed, atol):
+def test_takes_the_same_steps_as_ase(lj, optimizer, seed, atol, loop):
     atoms = argon(seed=seed)
     ours = "fire" if optimizer == "fire" else LBFGS(curvature_check=False)
-    mine = relax([atoms], lj, ours, fmax=1e-3, max_steps=500, progress=False)[0]
+    mine = relax([atoms], lj, ours, fmax=1e-3, max_steps=500, progress=False, loop=loop)[0]
     theirs = atoms.copy()
     theirs.calc = ase_calculator(lj)
     runner = (ASEFIRE if optimizer == "fire" else ASELBFGS)(theirs, logfile=None)
@@ -70,14 +71,15 @@ def test_takes_the_same_steps_as_ase(lj, optimizer, seed, atol):
     np.testing.assert_allclose(mine.atoms.positions, theirs.positions, atol=atol)
 
 
+@pytest.mark.parametrize("loop", ["host", "device"])
 @pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
-def test_batch_equals_one_by_one(lj, optimizer):
+def test_batch_equals_one_by_one(lj, optimizer, loop):
     structures = mixed_structures()
-    batched = relax(structures, lj, optimizer, fmax=1e-3, max_steps=400, progress=False)
+    batched = relax(structures, lj, optimizer, fmax=1e-3, max_steps=400, progress=False, loop=loop)
     # a tight atom budget forces in-flight swapping: systems leave and join mid-run
-    swapped = relax(structures, lj, optimizer, fmax=1e-3, max_steps=400, max_atoms=40, progress=False)
+    swapped = relax(structures, lj, optimizer, fmax=1e-3, max_steps=400, max_atoms=40, progress=False, loop=loop)
     for i, s in enumerate(structures):
-        [alone] = relax([s], lj, optimizer, fmax=1e-3, max_steps=400, progress=False)
+        [alone] = relax([s], lj, optimizer, fmax=1e-3, max_steps=400, progress=False, loop="host")
         for other in (batched[i], swapped[i]):
             assert other.status == alone.status == "converged"
             assert other.n_steps == alone.n_steps
@@ -193,7 +195,7 @@ from test_relax import mixed_structures
 from jaxmat.forcefields.classical import lennard_jones
 from jaxmat.relax import relax
 jax.config.update("jax_enable_x64", True)
-results = relax(mixed_structures(), lennard_jones(3.4, 0.0104, 8.5), {optimizer!r}, fmax=1e-3, progress=False)
+results = relax(mixed_structures(), lennard_jones(3.4, 0.0104, 8.5), {optimizer!r}, fmax=1e-3, progress=False, loop="host")
 print(json.dumps({{"devices": jax.device_count(), "steps": [r.n_steps for r in results],
                   "positions": [r.atoms.positions.tolist() for r in results]}}))
 """
@@ -212,7 +214,7 @@ def test_sharded_over_four_cpu_devices_matches_one_device(lj, optimizer):
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout
     sharded = json.loads(output.strip().splitlines()[-1])
     assert sharded["devices"] == 4
-    single = relax(mixed_structures(), lj, optimizer, fmax=1e-3, progress=False)
+    single = relax(mixed_structures(), lj, optimizer, fmax=1e-3, progress=False, loop="host")
     assert sharded["steps"] == [r.n_steps for r in single]
     for positions, r in zip(sharded["positions"], single):
         np.testing.assert_allclose(positions, r.atoms.positions, atol=1e-9)

@@ -129,11 +129,18 @@ def render(record: dict) -> str:
             lines.append(f"| {row['workload']} | {row['optimizer']} | {row['contender']} | {row['structures']} | {row['max_abs_dE_eV']:.1e} | {row['mean_abs_dE_eV']:.1e} |")
     polysrl = _ok(record, "polysrl")
     if polysrl:
+        jax_step = np.median(polysrl["jax_step_s"])
+        if polysrl.get("torch_step_s"):
+            torch_step = np.median(polysrl["torch_step_s"])
+            torch_cells = f"{torch_step:.4f} | {torch_step / jax_step:.2f}x | {polysrl['loss_rel_diff']:.1e}"
+        else:
+            torch_cells = "– | – | –"
         lines += ["", "## PolySRL train step (float32)", "", "| batch | atoms | jaxmat s/step | PyTorch + PyG s/step | speed-up | loss rel. diff | peak MiB torch / jax |",
                   "|---|---|---|---|---|---|---|",
-                  f"| {polysrl['batch_size']} | {polysrl['atoms']} | {np.median(polysrl['jax_step_s']):.4f} | {np.median(polysrl['torch_step_s']):.4f} | "
-                  f"{np.median(polysrl['torch_step_s']) / np.median(polysrl['jax_step_s']):.2f}x | {polysrl['loss_rel_diff']:.1e} | "
+                  f"| {polysrl['batch_size']} | {polysrl['atoms']} | {jax_step:.4f} | {torch_cells} | "
                   f"{_mib(polysrl.get('torch_peak_device_bytes'))} / {_mib(polysrl.get('jax_peak_device_bytes'))} |"]
+        if polysrl.get("torch_unavailable"):
+            lines.append(f"\nPyTorch contender: {polysrl['torch_unavailable']}.")
     lines += ["", "## Units", "", "| unit | status | wall (s) | note |", "|---|---|---|---|"]
     for name, entry in record["units"].items():
         lines.append(f"| {name} | {entry['status']} | {entry.get('wall_s', 0):.1f} | {entry.get('note', '')} |")

@@ -1,8 +1,9 @@
 """Pure-JAX pair potentials (jax-md's Lennard-Jones and Morse) on batches of periodic systems.
 
 Neighbour pairs (with periodic shifts, so cells narrower than twice the cutoff work) come from
-vesin on the host; energies, forces (-dE/dx) and stress (strain derivative) are computed by one
-jit-compiled JAX function. Meant for tests and fast experiments.
+:mod:`jaxmat.forcefields.neighbors`; energies, forces (-dE/dx) and stress (strain derivative) are
+computed by one jit-compiled JAX function. Meant for tests and fast experiments. The same energy on
+the neighbour-matrix layout (:meth:`PairPotential.device_model`) runs inside the device relaxation loop.
 """
 
 from __future__ import annotations
@@ -15,23 +16,8 @@ import numpy as np
 from jax_md import energy as jmd_energy
 
 from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
+from jaxmat.forcefields.neighbors import pair_list, pair_shift_vectors, slot_shifts
 from jaxmat.forcefields.strain import deformation, energies_forces_stress
-
-
-def neighbor_pairs_with_shifts(batch: SystemBatch, cutoff: float):
-    """Full pair list over all systems: (i, j, shift vectors (P, 3) Å, system of each pair)."""
-    from vesin import NeighborList
-
-    calculator = NeighborList(cutoff=cutoff, full_list=True)
-    pairs_i, pairs_j, shifts, systems = [], [], [], []
-    for s in range(batch.n_systems):
-        atoms = np.flatnonzero(batch.system_index == s)
-        periodic = bool(batch.pbc[s].all())
-        i, j, S = calculator.compute(batch.positions[atoms], batch.cells[s] if periodic else np.zeros((3, 3)), periodic, "ijS")
-        pairs_i.append(atoms[i]), pairs_j.append(atoms[j])
-        shifts.append(S.astype(np.float64) @ batch.cells[s]), systems.append(np.full(len(i), s))
-    cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)
-    return cat(pairs_i, (0,)).astype(np.int32), cat(pairs_j, (0,)).astype(np.int32), cat(shifts, (0, 3)), cat(systems, (0,)).astype(np.int32)
 
 
 def _pad(array, size, value=0):
@@ -61,8 +47,35 @@ class PairPotential:
 
         return energies_forces_stress(total_energy, positions, cells, n_systems)
 
+    supports_device_loop = True
+
+    def device_species(self, numbers) -> np.ndarray:
+        """Per-atom species indices for :meth:`device_model` (unused by a pair potential)."""
+        return np.zeros(len(numbers), np.int32)
+
+    def device_model(self):
+        """(params, energy_forces_stress(params, graph)) on the neighbour-matrix layout of the device loop
+        (graph: positions, cells, species, system_index, neighbors, translations, mask, outgoing)."""
+
+        def evaluate(params, graph):
+            n_systems = graph["cells"].shape[0]
+            system_index, neighbors, mask = graph["system_index"], graph["neighbors"], graph["mask"]
+
+            def total_energy(positions, strain):
+                deform = deformation(strain)[system_index]
+                pos = jnp.einsum("na,nab->nb", positions, deform)
+                shift = jnp.einsum("nka,nab->nkb", slot_shifts(graph["translations"], graph["cells"], system_index), deform)
+                r = jnp.linalg.norm(pos[:, None, :] - pos[neighbors] + shift + jnp.where(mask, 0.0, 1.0)[..., None], axis=-1)
+                e_atom = 0.5 * jnp.sum(jnp.where(mask, self.phi(r), 0.0), axis=1)
+                return jax.ops.segment_sum(e_atom, system_index, n_systems)
+
+            return energies_forces_stress(total_energy, graph["positions"], graph["cells"], n_systems)
+
+        return {}, evaluate
+
     def __call__(self, batch: SystemBatch, compute_stress: bool = False) -> ForceFieldOutput:
-        i, j, shifts, pair_system = neighbor_pairs_with_shifts(batch, self.cutoff)
+        i, j, translations, pair_system = pair_list(batch, self.cutoff)
+        shifts = pair_shift_vectors(batch, translations, pair_system)
         size = max(64, int(2 ** np.ceil(np.log2(len(i) + 1))))  # few compiled shapes
         mask = _pad(np.ones(len(i), bool), size, False)
         energy, forces, stress = self._evaluate(

@@ -131,6 +131,9 @@ def relax(
     stats: dict | None = None,
     float64: bool = True,
     relax_cell: bool = False,
+    loop: str = "auto",
+    skin: float = 0.5,
+    max_inner: int = 50,
 ) -> list[RelaxResult]:
     """Relax ASE Atoms (or pymatgen Structures) with per-system convergence; results in input order.
 
@@ -140,6 +143,12 @@ def relax(
     and total_seconds. float64 (default): optimizer arithmetic in double precision (enables JAX x64).
     relax_cell: relax the cell too, through ASE's FrechetCellFilter per system (needs stress); then
     fmax also bounds the filter's cell forces, as in ASE.
+    loop: "device" runs evaluation, checks and optimizer steps in one compiled loop on the accelerator
+    (:mod:`jaxmat.relax.device_loop`; JAX force fields: JAX MACE, pair potentials; fixed cells, no
+    trajectories), "host" the host-driven loop (any force field), "auto" (default) the device loop where
+    it applies. skin (Å): neighbour-list margin of the device loop, rebuilt when an atom moved skin / 2;
+    max_inner: most iterations per device call (results and progress are reported between calls).
+    stats then also holds loop_calls, iterations, rebuilds, compilations, device_seconds, host_seconds.
     """
     import time
 
@@ -188,6 +197,29 @@ def relax(
             on_result(result)
 
     from ase.stress import full_3x3_to_voigt_6_stress
+
+    if loop not in ("auto", "device", "host"):
+        raise ValueError(f"loop must be auto, device or host, not {loop!r}")
+    device_capable = getattr(force_field, "supports_device_loop", False) and not relax_cell and not keep_trajectory
+    if loop == "device" and not device_capable:
+        raise ValueError("the device loop needs a JAX force field (JAX MACE or a pair potential), fixed cells and no trajectory")
+    if queue and device_capable and loop != "host":
+        from jaxmat.relax.device_loop import DeviceRelaxation
+
+        def finish_device(index, atoms, status, n_steps, energy, forces, message):
+            atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+            results[index] = RelaxResult(index, atoms, status, n_steps, energy, forces, None, message)
+            if on_result:
+                on_result(results[index])
+
+        device = DeviceRelaxation(force_field, opt, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, MAX_FORCE)
+        counters.update(device.run(structures, queue, sizes, finish_device, progress=bar.update))
+        counters["force_calls"] = counters["iterations"]
+        counters["force_seconds"] = counters["device_seconds"]
+        bar.close()
+        if stats is not None:
+            stats.update(counters, total_seconds=time.perf_counter() - started)
+        return results
 
     step_fn = jax.jit(opt.step)
     place_rows, place_systems = _placements()

@@ -1,8 +1,9 @@
 """The JAX MACE as a jaxmat force field: many periodic systems per call, one compiled program.
 
-Neighbour lists come from vesin on the host (full list, periodic images, so cells smaller than
-the cutoff work); atoms, edges and systems are padded to a few bucket sizes so a relaxation whose
-batch changes (systems leaving and joining) reuses the same compiled shapes.
+Neighbour lists come from :mod:`jaxmat.forcefields.neighbors` (full list, periodic images, so cells
+smaller than the cutoff work); atoms, edges and systems are padded to a few bucket sizes so a
+relaxation whose batch changes (systems leaving and joining) reuses the same compiled shapes.
+:meth:`MACEJax.device_model` is the same energy for the device relaxation loop.
 """
 
 from __future__ import annotations
@@ -15,16 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
-from jaxmat.forcefields.classical import neighbor_pairs_with_shifts
+from jaxmat.forcefields.neighbors import bucket, neighbor_matrix, pad_neighbor_matrix, slot_shifts
 from jaxmat.forcefields.mace.model import energy_forces_stress
 from jaxmat.forcefields.mace.ops import outgoing_slots
-
-
-def bucket(n: int, minimum: int = 8) -> int:
-    """Round up to the next size of the form m * 2^k with m in 8..15 (at most 12.5 % padding)."""
-    n = max(int(n), minimum)
-    step = 2 ** max(int(np.floor(np.log2(n))) - 3, 0)
-    return int(-(-n // step) * step)
 
 
 class MACEJax:
@@ -94,28 +88,20 @@ class MACEJax:
         """Device arrays for ``energy_forces_stress``: a neighbour matrix (K slots per atom, receivers
         as rows) with atoms, slots and systems padded to bucket sizes."""
         n_atoms, n_systems = len(batch.numbers), batch.n_systems
-        senders, receivers, shifts, _ = neighbor_pairs_with_shifts(batch, self.r_max)
-        order = np.argsort(receivers, kind="stable")
-        senders, receivers, shifts = senders[order], receivers[order], shifts[order]
-        counts = np.bincount(receivers, minlength=n_atoms)
-        slot = np.arange(len(receivers)) - np.repeat(np.cumsum(counts) - counts, counts)
-        atoms_size, slots, systems_size = self._padded_shape(n_atoms, int(counts.max(initial=0)), n_systems)
-        neighbors = np.full((atoms_size, slots), n_atoms, np.int32)  # padding slots point at a padding atom
-        neighbors[receivers, slot] = senders
-        slot_shifts = np.zeros((atoms_size, slots, 3))
-        slot_shifts[receivers, slot] = shifts
-        mask = np.zeros((atoms_size, slots), bool)
-        mask[receivers, slot] = True
+        matrix = neighbor_matrix(batch, self.r_max, n_atoms + 1)
+        atoms_size, slots, systems_size = self._padded_shape(n_atoms, matrix.slots_needed, n_systems)
+        matrix = pad_neighbor_matrix(matrix, n_atoms, atoms_size, slots)
         pad_atoms = atoms_size - n_atoms
         dummy_system = systems_size - 1  # padding atoms belong to a system nobody reads
+        system_index = np.concatenate([batch.system_index, np.full(pad_atoms, dummy_system)]).astype(np.int32)
+        cells = np.concatenate([batch.cells, np.tile(np.eye(3), (systems_size - n_systems, 1, 1))])
         as_dtype = lambda a: jnp.asarray(a, self.dtype)
         return dict(
             positions=as_dtype(np.concatenate([batch.positions, np.zeros((pad_atoms, 3))])),
             species=jnp.asarray(np.concatenate([self.species(batch.numbers), np.zeros(pad_atoms, np.int32)])),
-            cells=as_dtype(np.concatenate([batch.cells, np.tile(np.eye(3), (systems_size - n_systems, 1, 1))])),
-            system_index=jnp.asarray(np.concatenate([batch.system_index, np.full(pad_atoms, dummy_system)]).astype(np.int32)),
-            neighbors=jnp.asarray(neighbors), shifts=as_dtype(slot_shifts), neighbor_mask=jnp.asarray(mask),
-            outgoing_slots=jnp.asarray(outgoing_slots(neighbors, mask)),
+            cells=as_dtype(cells), system_index=jnp.asarray(system_index), neighbors=jnp.asarray(matrix.neighbors),
+            shifts=as_dtype(np.asarray(slot_shifts(matrix.translations, cells, system_index))),
+            neighbor_mask=jnp.asarray(matrix.mask), outgoing_slots=jnp.asarray(outgoing_slots(matrix.neighbors, matrix.mask)),
             n_systems=systems_size,
         )
 
@@ -124,6 +110,27 @@ class MACEJax:
         (padding rows included), traced at this force field's matmul precision (a scoped setting)."""
         with jax.default_matmul_precision(self.matmul_precision):
             return self._evaluate(self.params, **inputs)
+
+    supports_device_loop = True
+
+    def device_species(self, numbers) -> np.ndarray:
+        """Per-atom species indices (into the model's element list) for :meth:`device_model`."""
+        return self.species(numbers)
+
+    def device_model(self):
+        """(params, energy_forces_stress(params, graph)) for the device relaxation loop: graph holds
+        positions, cells, species, system_index, neighbors, translations, mask, outgoing (padded)."""
+        config, head, precision, dtype = self.config, self.head_index, self.matmul_precision, self.dtype
+
+        def evaluate(params, graph):
+            with jax.default_matmul_precision(precision):
+                positions, cells = graph["positions"].astype(dtype), graph["cells"].astype(dtype)
+                shifts = slot_shifts(graph["translations"], cells, graph["system_index"])
+                out = energy_forces_stress(params, config, positions, graph["species"], cells, graph["system_index"],
+                                           graph["neighbors"], shifts, graph["mask"], cells.shape[0], head, graph["outgoing"])
+                return tuple(x.astype(graph["positions"].dtype) for x in out)
+
+        return self.params, evaluate
 
     def __call__(self, batch: SystemBatch, compute_stress: bool = False) -> ForceFieldOutput:
         n_atoms, n_systems = len(batch.numbers), batch.n_systems

@@ -1,0 +1,160 @@
+"""The device relaxation loop: neighbour matrices, rebuilds and re-allocation, failures, MACE, compilations."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+from jaxmat.forcefields.base import batch_from_atoms
+from jaxmat.forcefields.neighbors import moved_too_far, neighbor_matrix, pair_list, slot_shifts
+from jaxmat.relax import relax
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+
+@pytest.fixture(scope="module")
+def lj(x64):
+    from jaxmat.forcefields.classical import lennard_jones
+
+    return lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
+
+
+def _triclinic():
+    atoms = Atoms("Ar3", scaled_positions=[[0, 0, 0], [0.4, 0.3, 0.2], [0.7, 0.6, 0.9]],
+                  cell=[[4.0, 0.0, 0.0], [1.5, 3.8, 0.0], [0.9, 1.1, 4.2]], pbc=True)
+    atoms.rattle(0.02, seed=3)
+    return atoms
+
+
+@pytest.mark.parametrize("name", ["small", "triclinic", "large"])
+def test_neighbor_matrix_holds_exactly_vesins_pairs(name):
+    """Every (receiver, sender, image) within the cutoff appears once, with the right vector, also for cells
+    narrower than twice the cutoff (many images of one neighbour) and skewed cells."""
+    from vesin import NeighborList
+
+    atoms = {"small": bulk("Ar", "fcc", a=5.3) * (2, 1, 1), "triclinic": _triclinic(),
+             "large": bulk("Ar", "fcc", a=5.3, cubic=True) * (4, 4, 4)}[name]
+    atoms.rattle(0.05, seed=1)
+    cutoff = 6.0
+    batch = batch_from_atoms([atoms])
+    matrix = neighbor_matrix(batch, cutoff, len(atoms) + 5)
+    i, j, d, shifts = NeighborList(cutoff=cutoff, full_list=True).compute(atoms.positions, atoms.cell[:], True, "ijdS")
+    expected = sorted(zip(j.tolist(), i.tolist(), map(tuple, shifts.tolist())))
+    rows, cols = np.nonzero(matrix.mask)
+    found = sorted(zip(rows.tolist(), matrix.neighbors[rows, cols].tolist(), map(tuple, matrix.translations[rows, cols].tolist())))
+    assert found == expected and len(found) > 0
+    system_index = np.zeros(matrix.neighbors.shape[0], int)
+    shifts_cart = np.asarray(slot_shifts(matrix.translations, atoms.cell[:][None], system_index))
+    positions = np.concatenate([atoms.positions, np.zeros((5, 3))])
+    vectors = positions[:, None, :] - positions[matrix.neighbors] + shifts_cart
+    lengths = np.linalg.norm(vectors[matrix.mask], axis=-1)
+    assert sorted(lengths) == pytest.approx(sorted(d), abs=1e-10)
+    assert matrix.slots_needed == np.bincount(j).max()
+    if name == "small":  # one neighbour is seen through several images
+        assert len(set(zip(rows.tolist(), matrix.neighbors[rows, cols].tolist()))) < len(found)
+    with pytest.raises(ValueError, match="slots"):
+        neighbor_matrix(batch, cutoff, len(atoms) + 1, matrix.slots_needed - 1)
+
+
+def test_moved_too_far_is_half_the_skin():
+    reference = np.zeros((3, 3))
+    moved = reference.copy()
+    moved[1, 0] = 0.26
+    real = np.array([True, True, False])
+    assert bool(moved_too_far(moved, reference, real, skin=0.5))
+    assert not bool(moved_too_far(moved, reference, real, skin=0.6))
+    moved[1, 0], moved[2, 0] = 0.0, 5.0  # a padding row never counts
+    assert not bool(moved_too_far(moved, reference, real, skin=0.5))
+
+
+def test_pair_list_agrees_with_the_pair_potential(lj):
+    atoms = bulk("Ar", "fcc", a=5.3) * (2, 1, 1)
+    i, j, t, systems = pair_list(batch_from_atoms([atoms, atoms]), 8.5)
+    assert len(i) % 2 == 0 and set(systems.tolist()) == {0, 1} and t.dtype.kind == "i"
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_rebuilds_keep_the_host_loops_steps(lj, optimizer):
+    """A skin of 0.02 Å forces many list rebuilds mid-relaxation; steps and positions stay the host loop's."""
+    structures = []
+    for seed in range(3):
+        atoms = bulk("Ar", "fcc", a=5.3, cubic=True) * (2, 2, 2)
+        atoms.rattle(0.1, seed=seed)
+        structures.append(atoms)
+    stats = {}
+    host = relax(structures, lj, optimizer, fmax=1e-3, max_steps=300, progress=False, loop="host")
+    device = relax(structures, lj, optimizer, fmax=1e-3, max_steps=300, progress=False, loop="device", skin=0.02,
+                   max_systems=2, stats=stats)
+    assert [r.n_steps for r in device] == [r.n_steps for r in host]
+    assert [r.status for r in device] == ["converged"] * 3
+    for a, b in zip(device, host):
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-10)
+        assert a.energy == pytest.approx(b.energy, abs=1e-10)
+        np.testing.assert_allclose(a.forces, b.forces, atol=1e-10)
+    assert stats["rebuilds"] >= 3 and stats["refills"] >= 2 and stats["compilations"] == 1
+    assert stats["structure_evaluations"] == sum(r.n_steps + 1 for r in device)
+
+
+def test_neighbour_growth_reallocates_and_matches_the_host_loop(lj):
+    """Eight argon atoms 4.6 Å apart condense: new neighbours come within the list radius, the slot capacity
+    grows (a second compiled shape) and nothing is dropped."""
+    from jaxmat.forcefields.classical import lennard_jones
+
+    short = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=5.0)
+    grid = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float) * 4.6 + 5.0
+    gas = Atoms("Ar8", positions=grid, cell=[20.0, 20.0, 20.0], pbc=True)
+    gas.rattle(0.05, seed=2)
+    stats = {}
+    [device] = relax([gas], short, "fire", fmax=1e-3, max_steps=2000, progress=False, loop="device", skin=0.6, stats=stats)
+    [host] = relax([gas], short, "fire", fmax=1e-3, max_steps=2000, progress=False, loop="host")
+    assert device.status == host.status == "converged" and device.n_steps == host.n_steps
+    np.testing.assert_allclose(device.atoms.positions, host.atoms.positions, atol=1e-9)
+    assert stats["compilations"] == 2 and stats["rebuilds"] >= 1
+
+
+def test_exploding_system_fails_alone(lj):
+    good = bulk("Ar", "fcc", a=5.3, cubic=True) * (2, 2, 2)
+    good.rattle(0.1, seed=4)
+    bad = good.copy()
+    bad.positions[1] = bad.positions[0] + [0.6, 0.0, 0.0]  # not overlapping (> 0.5 Å) but forces ~1e6 eV/Å
+    device = relax([good, bad, good], lj, "fire", fmax=1e-3, progress=False, loop="device")
+    host = relax([good, bad, good], lj, "fire", fmax=1e-3, progress=False, loop="host")
+    assert [r.status for r in device] == [r.status for r in host] == ["converged", "failed", "converged"]
+    assert "exploding forces" in device[1].message and device[1].n_steps == 0
+    assert device[0].n_steps == host[0].n_steps
+
+
+def test_mace_device_loop_equals_host_loop_and_compiles_once():
+    import mace  # noqa: F401
+
+    from jaxmat.forcefields.mace.forcefield import MACEJax
+    from jaxmat.forcefields.mace_torch import build_small_mace
+    from jaxmat.heo.generate import rocksalt_heo
+    from jaxmat.relax.device_loop import compiled_loop
+    from jaxmat.relax.optimizers import LBFGS
+
+    force_field = MACEJax.from_torch(build_small_mace([8, 12, 27, 28, 29, 30], seed=1, hidden_irreps="8x0e+8x1o", r_max=4.5,
+                                                      scale_shift=(5.0, 0.0)))  # forces of about 1 eV/Å
+    cells = [rocksalt_heo(1, seed=s) for s in range(3)] + [rocksalt_heo(2, seed=9)]
+    host = relax(cells, force_field, "lbfgs", fmax=0.05, max_steps=12, progress=False, loop="host")
+    stats = {}
+    device = relax(cells, force_field, "lbfgs", fmax=0.05, max_steps=12, progress=False, loop="device", stats=stats, max_systems=3)
+    assert [r.n_steps for r in device] == [r.n_steps for r in host] == [12] * 4
+    assert [r.status for r in device] == [r.status for r in host]
+    for a, b in zip(device, host):
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-8)
+        assert a.energy == pytest.approx(b.energy, abs=1e-8)
+    assert stats["compilations"] == 1
+    loop = compiled_loop(force_field, LBFGS(), None)
+    cached = loop._cache_size()
+    again = relax(cells, force_field, "lbfgs", fmax=0.05, max_steps=12, progress=False, loop="device", max_systems=3)
+    assert loop._cache_size() == cached  # a second run with the same shapes compiles nothing
+    assert [r.n_steps for r in again] == [r.n_steps for r in device]
+
+
+def test_device_loop_refuses_what_it_cannot_do(lj):
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
+    with pytest.raises(ValueError, match="device loop"):
+        relax([atoms], lj, "fire", progress=False, loop="device", relax_cell=True)
+    with pytest.raises(ValueError, match="loop must be"):
+        relax([atoms], lj, "fire", progress=False, loop="gpu")
