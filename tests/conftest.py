@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("JAXMAT_COMPILATION_CACHE", "0")  # commands run by tests keep no XLA cache in the user's home
 SHARED = Path(os.environ.get("JAXMAT_SHARED", REPO.parent / "shared"))
 
 

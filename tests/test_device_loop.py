@@ -144,11 +144,12 @@ def test_mace_device_loop_equals_host_loop_and_compiles_once():
     for a, b in zip(device, host):
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-8)
         assert a.energy == pytest.approx(b.energy, abs=1e-8)
-    assert stats["compilations"] == 1
-    loop = compiled_loop(force_field, LBFGS(), None)
-    cached = loop._cache_size()
-    again = relax(cells, force_field, "lbfgs", fmax=0.05, max_steps=12, progress=False, loop="device", max_systems=3)
-    assert loop._cache_size() == cached  # a second run with the same shapes compiles nothing
+    assert stats["compilations"] == 1 and stats["compile_seconds"] > 0 and stats["device_seconds"] > 0
+    assert len(compiled_loop(force_field, LBFGS(), None).executables) == 1
+    again_stats = {}
+    again = relax(cells, force_field, "lbfgs", fmax=0.05, max_steps=12, progress=False, loop="device", max_systems=3,
+                  stats=again_stats)
+    assert again_stats["compilations"] == 0 and again_stats["compile_seconds"] == 0  # same shapes: nothing compiled
     assert [r.n_steps for r in again] == [r.n_steps for r in device]
 
 
@@ -158,3 +159,38 @@ def test_device_loop_refuses_what_it_cannot_do(lj):
         relax([atoms], lj, "fire", progress=False, loop="device", relax_cell=True)
     with pytest.raises(ValueError, match="loop must be"):
         relax([atoms], lj, "fire", progress=False, loop="gpu")
+
+
+def test_cli_reuses_the_persistent_compilation_cache(tmp_path):
+    """A second `python -m jaxmat.relax` with the same shapes finds every program in the cache (writes none);
+    JAXMAT_COMPILATION_CACHE=0 keeps nothing on disk."""
+    import os
+    import subprocess
+    import sys
+
+    import ase.io
+
+    structures = []
+    for seed in range(2):
+        atoms = bulk("Ar", "fcc", a=5.3, cubic=True) * (2, 1, 1)
+        atoms.rattle(0.1, seed=seed)
+        structures.append(atoms)
+    ase.io.write(tmp_path / "in.extxyz", structures)
+    cache = tmp_path / "cache"
+
+    def run(out, cache_setting):
+        env = dict(os.environ, JAXMAT_COMPILATION_CACHE=cache_setting, JAX_PLATFORMS="cpu")
+        done = subprocess.run([sys.executable, "-m", "jaxmat.relax", str(tmp_path / "in.extxyz"), "--model", "lj:3.4,0.0104,6.0",
+                               "--out", str(tmp_path / out), "--optimizer", "lbfgs", "--fmax", "1e-3", "--no-progress"],
+                              capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return sorted(p.name for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+
+    first = run("a.extxyz", str(cache))
+    assert first  # the device loop (and its helpers) were written to the cache
+    assert run("b.extxyz", str(cache)) == first  # nothing new compiled
+    energies = lambda name: [a.get_potential_energy() for a in ase.io.read(tmp_path / name, index=":")]
+    assert energies("a.extxyz") == pytest.approx(energies("b.extxyz"), abs=1e-12)
+    cache_off = tmp_path / "unused"
+    cache = cache_off
+    assert run("c.extxyz", "0") == [] and not cache_off.exists()

@@ -268,6 +268,9 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="YAML (configs/heo_eval.yaml); defaults otherwise")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    from jaxmat import compile_cache
+
+    compile_cache.enable()  # relaxations rerun with the same shapes compile nothing ($JAXMAT_COMPILATION_CACHE=0: off)
     try:
         config = apply_overrides(load_config(args.config) if args.config else {}, args.set)
         report = evaluate(args.models, args.data, args.structures, args.out, config)

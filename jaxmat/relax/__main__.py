@@ -83,7 +83,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    from jaxmat import compile_cache
     from jaxmat.relax.runner import relax
+
+    compile_cache.enable()  # a rerun with the same shapes compiles nothing ($JAXMAT_COMPILATION_CACHE=0: off)
 
     try:
         if args.input == "embedded:heo":  # the LeMat-Bulk HEO frames shipped with jaxmat

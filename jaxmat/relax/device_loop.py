@@ -11,7 +11,8 @@ host loop's and ASE's. The loop returns to the host after ``max_inner`` iteratio
 left running, when a system finished while others wait in the queue (retire and refill), or when an
 atom moved more than half the neighbour-list skin (the host rebuilds the list before any evaluation
 with a stale one, so no neighbour is ever dropped). Capacities change only when a rebuilt list needs
-more slots, so a run compiles once or a few times.
+more slots, so a run compiles once or a few times; ``stats`` counts compilations and their seconds,
+the device loop's seconds (compilation excluded) and the host's.
 """
 
 from __future__ import annotations
@@ -84,15 +85,36 @@ def make_loop(optimizer, evaluate):
     return run
 
 
+class CompiledLoop:
+    """The loop of one force field and optimizer, compiled ahead of time once per shape of the state and
+    kept with the force field (later runs of the same shapes compile nothing); with a persistent XLA cache
+    (:mod:`jaxmat.compile_cache`) a new process reuses the compiled programs too."""
+
+    def __init__(self, optimizer, evaluate):
+        self.jitted = jax.jit(make_loop(optimizer, evaluate))
+        self.executables: dict = {}
+
+    def __call__(self, params, state, limits, exit_on_finish: bool, counters: dict):
+        leaves, structure = jax.tree_util.tree_flatten(state)
+        key = (structure, tuple((leaf.shape, np.dtype(leaf.dtype).str) for leaf in leaves))
+        executable = self.executables.get(key)
+        if executable is None:
+            started = time.perf_counter()
+            executable = self.jitted.lower(params, state, limits, exit_on_finish).compile()
+            counters["compilations"] += 1
+            counters["compile_seconds"] += time.perf_counter() - started
+            self.executables[key] = executable
+        return executable(params, state, limits, exit_on_finish)
+
+
 _LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_loop(force_field, optimizer, evaluate):
-    """The jit-compiled loop of this force field and optimizer, kept with the force field so later runs of the
-    same shapes compile nothing."""
+def compiled_loop(force_field, optimizer, evaluate) -> CompiledLoop:
+    """The compiled loop of this force field and optimizer (one per pair, kept as long as the force field)."""
     loops = _LOOPS.setdefault(force_field, {})
     if optimizer not in loops:
-        loops[optimizer] = jax.jit(make_loop(optimizer, evaluate))
+        loops[optimizer] = CompiledLoop(optimizer, evaluate)
     return loops[optimizer]
 
 
@@ -120,9 +142,8 @@ class DeviceRelaxation:
         self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "max_steps": int(max_steps),
                        "max_inner": int(max_inner)}
         self.loop = compiled_loop(force_field, optimizer, evaluate)
-        self.shapes_seen: set = set()
         self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "refills": 0, "structure_evaluations": 0,
-                         "device_seconds": 0.0, "host_seconds": 0.0}
+                         "compilations": 0, "compile_seconds": 0.0, "device_seconds": 0.0, "host_seconds": 0.0}
 
     # --- packing -------------------------------------------------------------------------------------
 
@@ -182,10 +203,9 @@ class DeviceRelaxation:
                 if not running:
                     break
                 state = jax.device_put(state)
-            self.shapes_seen.add((self.rows, self.slots, self.outgoing_width, self.systems))
             self.counters["host_seconds"] += time.perf_counter() - host_started
             started = time.perf_counter()
-            state, iterations, rebuild = self.loop(self.params, state, self.limits, bool(queue))
+            state, iterations, rebuild = self.loop(self.params, state, self.limits, bool(queue), self.counters)
             status, active = np.asarray(state["status"]), np.asarray(state["active"])  # waits for the device
             self.counters["device_seconds"] += time.perf_counter() - started
             host_started = time.perf_counter()
@@ -205,7 +225,7 @@ class DeviceRelaxation:
                 state = jax.device_put(host)
                 self.counters["rebuilds"] += 1
             self.counters["host_seconds"] += time.perf_counter() - host_started
-        self.counters["compilations"] = len(self.shapes_seen)
+        self.counters["device_seconds"] -= self.counters["compile_seconds"]
         return self.counters
 
     def repack(self, structures, queue, sizes, running, state, done):

@@ -132,7 +132,7 @@ def relax(
     float64: bool = True,
     relax_cell: bool = False,
     loop: str = "auto",
-    skin: float = 0.5,
+    skin: float = 0.3,
     max_inner: int = 50,
 ) -> list[RelaxResult]:
     """Relax ASE Atoms (or pymatgen Structures) with per-system convergence; results in input order.
