@@ -218,3 +218,51 @@ def test_sharded_over_four_cpu_devices_matches_one_device(lj, optimizer):
     assert sharded["steps"] == [r.n_steps for r in single]
     for positions, r in zip(sharded["positions"], single):
         np.testing.assert_allclose(positions, r.atoms.positions, atol=1e-9)
+
+
+def test_cli_resume_keeps_saved_frames_and_drops_a_truncated_tail(tmp_path, x64, capsys):
+    """A kill during an append leaves half a frame: the rerun drops it with a warning, keeps the complete
+    frames as they are (not relaxed again) and relaxes the rest."""
+    from jaxmat.relax.__main__ import main
+
+    structures = mixed_structures()
+    source = tmp_path / "in.extxyz"
+    ase.io.write(source, structures)
+    args = [str(source), "--model", "lj:3.4,0.0104,8.5", "--fmax", "1e-3", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "full.extxyz")]) == 0
+    full = ase.io.read(tmp_path / "full.extxyz", index=":")
+    partial = tmp_path / "cut.extxyz.partial"
+    for k in (0, 2):
+        full[k].info["marker"] = "saved before the kill"
+    ase.io.write(partial, [full[0], full[2]], format="extxyz")
+    whole = partial.read_text()
+    ase.io.write(tmp_path / "third.extxyz", full[3], format="extxyz")
+    third = (tmp_path / "third.extxyz").read_text()
+    partial.write_text(whole + third[: len(third) // 2])  # the append of structure 3, cut short
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "cut.extxyz")]) == 0
+    err = capsys.readouterr().err
+    assert "dropped a truncated last frame" in err and "resuming: 2 of 4" in err
+    out = ase.io.read(tmp_path / "cut.extxyz", index=":")
+    assert [f.info.get("marker") for f in out] == ["saved before the kill", None, "saved before the kill", None]
+    assert [f.info["n_steps"] for f in out] == [f.info["n_steps"] for f in full]
+    for a, b in zip(out, full):
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-9)
+    assert not partial.exists()
+
+
+def test_frame_log_keeps_complete_frames(tmp_path):
+    from jaxmat.files import append_frame, read_frame_log
+
+    log = tmp_path / "log.extxyz"
+    frames = mixed_structures()[:3]
+    for atoms in frames:
+        append_frame(log, atoms)
+    read, dropped = read_frame_log(log)
+    assert dropped == 0 and [len(a) for a in read] == [len(a) for a in frames]
+    text = log.read_text()
+    log.write_text(text[:-5])  # the last line cut
+    read, dropped = read_frame_log(log)
+    assert dropped > 0 and len(read) == 2 and log.read_text() == text[: len(text) - 5 - dropped]
+    append_frame(log, frames[2])  # appends go on after the clean prefix
+    assert len(read_frame_log(log)[0]) == 3

@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from jaxmat import compile_cache
+    from jaxmat.files import append_frame, read_frame_log
     from jaxmat.relax.runner import relax
 
     compile_cache.enable()  # a rerun with the same shapes compiles nothing ($JAXMAT_COMPILATION_CACHE=0: off)
@@ -103,7 +104,11 @@ def main(argv=None) -> int:
         partial = out.with_name(out.name + ".partial")
         done = {}
         if partial.exists():
-            for atoms in ase.io.read(partial, index=":", format="extxyz"):
+            frames, dropped = read_frame_log(partial)
+            if dropped:
+                print(f"warning: dropped a truncated last frame ({dropped} bytes, an interrupted write) from {partial}; "
+                      f"that structure is relaxed again", file=sys.stderr)
+            for atoms in frames:
                 done[int(atoms.info["input_index"])] = atoms
             print(f"resuming: {len(done)} of {len(structures)} structures already done in {partial}", file=sys.stderr)
         todo = [i for i in range(len(structures)) if i not in done]
@@ -114,8 +119,7 @@ def main(argv=None) -> int:
         def on_result(result):
             index = todo[result.index]
             frame = _frame(result, index)
-            with open(partial, "a") as fh:
-                ase.io.write(fh, frame, format="extxyz")
+            append_frame(partial, frame)  # one write: a kill leaves whole frames, or a tail the rerun drops
             done[index] = frame
             if traj_dir and result.trajectory:
                 from ase import Atoms
