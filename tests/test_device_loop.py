@@ -6,7 +6,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from jaxmat.forcefields.base import batch_from_atoms
-from jaxmat.forcefields.neighbors import moved_too_far, neighbor_matrix, pair_list, slot_shifts
+from jaxmat.forcefields.neighbors import list_is_stale, neighbor_matrix, pair_list, slot_shifts
 from jaxmat.relax import relax
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -56,15 +56,22 @@ def test_neighbor_matrix_holds_exactly_vesins_pairs(name):
         neighbor_matrix(batch, cutoff, len(atoms) + 1, matrix.slots_needed - 1)
 
 
-def test_moved_too_far_is_half_the_skin():
+def test_list_is_stale_at_half_the_skin_or_a_cell_change():
     reference = np.zeros((3, 3))
     moved = reference.copy()
     moved[1, 0] = 0.26
     real = np.array([True, True, False])
-    assert bool(moved_too_far(moved, reference, real, skin=0.5))
-    assert not bool(moved_too_far(moved, reference, real, skin=0.6))
+    assert bool(list_is_stale(moved, reference, real, skin=0.5))
+    assert not bool(list_is_stale(moved, reference, real, skin=0.6))
     moved[1, 0], moved[2, 0] = 0.0, 5.0  # a padding row never counts
-    assert not bool(moved_too_far(moved, reference, real, skin=0.5))
+    assert not bool(list_is_stale(moved, reference, real, skin=0.5))
+    cells = np.stack([np.eye(3) * 4.0, np.eye(3)])
+    strained = cells.copy()
+    strained[0, 0, 0] += 0.1  # images two cells away (reach 3) move by up to 0.3 Å
+    running = np.array([True, False])
+    stale = lambda c, skin, mask=running: bool(list_is_stale(reference, reference, real, skin, c, cells, np.array([3.0, 3.0]), mask))
+    assert stale(strained, 0.25) and not stale(strained, 0.35) and not stale(cells, 0.01)
+    assert not stale(strained, 0.25, np.array([False, True]))  # a system that stopped does not count
 
 
 def test_pair_list_agrees_with_the_pair_potential(lj):
@@ -156,7 +163,7 @@ def test_mace_device_loop_equals_host_loop_and_compiles_once():
 def test_device_loop_refuses_what_it_cannot_do(lj):
     atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
     with pytest.raises(ValueError, match="device loop"):
-        relax([atoms], lj, "fire", progress=False, loop="device", relax_cell=True)
+        relax([atoms], lj, "fire", progress=False, loop="device", keep_trajectory=True)
     with pytest.raises(ValueError, match="loop must be"):
         relax([atoms], lj, "fire", progress=False, loop="gpu")
 
@@ -194,3 +201,30 @@ def test_cli_reuses_the_persistent_compilation_cache(tmp_path):
     cache_off = tmp_path / "unused"
     cache = cache_off
     assert run("c.extxyz", "0") == [] and not cache_off.exists()
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_cell_relaxation_on_the_device_equals_the_host_loop(lj, optimizer):
+    """Cells relaxed through the JAX Fréchet filter: a compressed cell and an expanded one, a small
+    triclinic cell, refills (two systems at a time); the expanding/contracting cells change the images in
+    reach (list rebuilds) and the neighbour count (slot capacity grows). Same steps, cells and positions
+    as the host loop, which runs ASE's FrechetCellFilter."""
+    structures = []
+    for a, seed in ((5.6, 1), (5.05, 2), (5.3, 3)):
+        atoms = bulk("Ar", "fcc", a=a, cubic=True) * (2, 2, 1)
+        atoms.rattle(0.05, seed=seed)
+        structures.append(atoms)
+    structures.append(_triclinic())
+    stats = {}
+    host = relax(structures, lj, optimizer, fmax=2e-3, max_steps=600, relax_cell=True, progress=False, loop="host")
+    device = relax(structures, lj, optimizer, fmax=2e-3, max_steps=600, relax_cell=True, progress=False, loop="device",
+                   max_systems=2, stats=stats)
+    assert [r.status for r in device] == [r.status for r in host]
+    assert [r.n_steps for r in device] == [r.n_steps for r in host]
+    for a, b in zip(device, host):
+        np.testing.assert_allclose(a.atoms.cell[:], b.atoms.cell[:], atol=1e-8)
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-8)
+        np.testing.assert_allclose(a.stress, b.stress, atol=1e-10)
+        assert a.atoms.get_stress().shape == (6,)
+    assert stats["rebuilds"] >= 1 and stats["refills"] >= 2
+

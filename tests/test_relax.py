@@ -159,13 +159,14 @@ def test_stats_count_force_calls(lj):
 
 
 @pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
-def test_cell_relaxation_follows_ase_frechet_filter(lj, optimizer):
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_cell_relaxation_follows_ase_frechet_filter(lj, optimizer, loop):
     from ase.filters import FrechetCellFilter
 
     strained = argon(a=5.6, seed=9)  # 6 % too large
     strained.set_cell(strained.cell[:] @ np.array([[1.0, 0.02, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.97]]), scale_atoms=True)
     opt = optimizer if optimizer == "fire" else LBFGS(curvature_check=False)
-    [mine] = relax([strained], lj, opt, fmax=1e-3, max_steps=1000, relax_cell=True, progress=False)
+    [mine] = relax([strained], lj, opt, fmax=1e-3, max_steps=1000, relax_cell=True, progress=False, loop=loop)
     theirs = strained.copy()
     theirs.calc = ase_calculator(lj)
     runner = (ASEFIRE if optimizer == "fire" else ASELBFGS)(FrechetCellFilter(theirs), logfile=None)

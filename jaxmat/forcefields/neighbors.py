@@ -10,7 +10,7 @@ Two layouts: :func:`pair_list` (i, j, shift) for pair sums, and :func:`neighbor_
 receiver-major matrix the JAX MACE uses: row ``n`` lists the senders of atom ``n`` in K slots, with
 the integer lattice translation of each slot, so the vector r_n - r_sender + t @ cell can be rebuilt
 on the device for any positions and any cell. A list built with ``cutoff + skin`` stays complete
-until some atom has moved more than ``skin / 2`` (:func:`moved_too_far`): the Verlet-list contract
+until some atom has moved more than ``skin / 2``, or a cell changed enough (:func:`list_is_stale`): the Verlet-list contract
 of jax-md (allocate on the host with a capacity margin, check on the device, re-allocate when it no
 longer holds). Pairs beyond the model's own cutoff contribute exactly zero (the MACE envelope and the
 pair potentials' smooth cutoffs vanish there with their derivatives).
@@ -114,7 +114,15 @@ def slot_shifts(translations, cells, system_index):
     return jnp.einsum("nka,nab->nkb", translations.astype(cells.dtype), cells[system_index])
 
 
-def moved_too_far(positions, reference_positions, row_mask, skin: float):
-    """True when some real atom moved more than skin / 2 since the list was built (device check)."""
-    displacement = jnp.sum((positions - reference_positions) ** 2, axis=-1)
-    return jnp.max(jnp.where(row_mask, displacement, 0.0)) > (0.5 * skin) ** 2
+def list_is_stale(positions, reference_positions, row_mask, skin: float, cells=None, reference_cells=None, reach=None,
+                  system_mask=None):
+    """True when some pair distance may have changed by skin since the list was built (device check): twice
+    the largest displacement of a real atom plus, where cells change, the largest |t| ||cell - reference||
+    over the systems in system_mask (reach: 1 + the longest lattice translation t in each system's list).
+    A pair beyond cutoff + skin at build time is then still beyond the cutoff."""
+    squared = jnp.where(row_mask, jnp.sum((positions - reference_positions) ** 2, axis=-1), 0.0)
+    change = 2.0 * jnp.sqrt(jnp.max(squared))
+    if cells is not None:
+        drift = jnp.sqrt(jnp.sum((cells - reference_cells) ** 2, axis=(1, 2))) * reach
+        change = change + jnp.max(jnp.where(system_mask, drift, 0.0))
+    return change > skin

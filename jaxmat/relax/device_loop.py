@@ -2,17 +2,19 @@
 systems in one compiled ``lax.while_loop``, for force fields with a device model (JAX MACE, pair potentials).
 
 One state pytree holds every running system at fixed capacities — rows (atoms), systems (the last
-slot collects padding rows and is never read), neighbour slots — with per-atom and per-system
-optimizer state, step counters, status codes and the last energies and forces. Each iteration does
-what one iteration of the host loop (:mod:`jaxmat.relax.runner`) does, in the same order: evaluate,
-retire systems that converged (max force < fmax), failed (non-finite or exploding forces) or hit
-max_steps, then step the others with the same optimizer code (FIRE, L-BFGS), so the steps are the
-host loop's and ASE's. The loop returns to the host after ``max_inner`` iterations, when no system is
-left running, when a system finished while others wait in the queue (retire and refill), or when an
-atom moved more than half the neighbour-list skin (the host rebuilds the list before any evaluation
-with a stale one, so no neighbour is ever dropped). Capacities change only when a rebuilt list needs
-more slots, so a run compiles once or a few times; ``stats`` counts compilations and their seconds,
-the device loop's seconds (compilation excluded) and the host's.
+slot collects padding rows and is never read), neighbour slots — with the optimizer's coordinates
+(atom positions, plus three cell rows per system when cells relax through :mod:`jaxmat.relax.cell`),
+per-row and per-system optimizer state, step counters, status codes and the last energies, forces
+and stresses. Each iteration does what one iteration of the host loop (:mod:`jaxmat.relax.runner`)
+does, in the same order: evaluate, retire systems that converged (max force < fmax, cell rows
+included), failed (non-finite or exploding forces) or hit max_steps, then step the others with the
+same optimizer code (FIRE, L-BFGS), so the steps are the host loop's and ASE's. The loop returns to
+the host after ``max_inner`` iterations, when no system is left running, when a system finished while
+others wait in the queue (retire and refill), or when the neighbour list may be stale (an atom moved,
+or a cell changed, by enough to bring a pair from beyond cutoff + skin to within the cutoff): the host
+rebuilds it before any evaluation with a stale one, so no neighbour is ever dropped. Capacities change
+only when a rebuilt list needs more slots, so a run compiles once or a few times; ``stats`` counts
+compilations and their seconds, the device loop's seconds (compilation excluded) and the host's.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.mace.ops import outgoing_slots
-from jaxmat.forcefields.neighbors import bucket, moved_too_far, neighbor_matrix, pad_neighbor_matrix
+from jaxmat.forcefields.neighbors import bucket, list_is_stale, neighbor_matrix, pad_neighbor_matrix
+from jaxmat.relax import cell as cell_filter
 
 RUNNING, CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED = 0, 1, 2, 3, 4
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed"}
 GRAPH_KEYS = ("positions", "cells", "species", "system_index", "neighbors", "translations", "mask", "outgoing")
 SLOT_MARGIN = 1.15  # neighbour-slot capacity over the most neighbours seen at allocation
+RECORDS = ("steps", "status", "energy", "fmax", "stress")  # per-system records carried through repacking
 
 
 def cutoff_of(force_field) -> float:
@@ -39,22 +43,31 @@ def cutoff_of(force_field) -> float:
     return float(getattr(force_field, "r_max", None) or force_field.cutoff)
 
 
-def make_loop(optimizer, evaluate):
+def make_loop(optimizer, evaluate, relax_cell: bool):
     """A pure function (params, state, limits, exit_on_finish) -> (state, iterations, rebuild); limits holds
     fmax (eV/Å), max_force (eV/Å, beyond it a system has exploded), skin (Å), max_steps and max_inner."""
 
     def run(params, state, limits, exit_on_finish):
         fmax, max_force, skin, max_steps, max_inner = (limits[k] for k in ("fmax", "max_force", "skin", "max_steps", "max_inner"))
-        n_systems = state["active"].shape[0]
-        index, real = state["system_index"], state["row_mask"]
+        n_systems, n_rows = state["active"].shape[0], state["positions"].shape[0]
+        index, real, row_index, row_real = state["system_index"], state["row_mask"], state["row_index"], state["row_real"]
 
         def body(carry):
             state, iteration, _, _ = carry
-            energy, forces, _ = evaluate(params, {k: state[k] for k in GRAPH_KEYS})
-            bad_row = real & ~jnp.all(jnp.isfinite(forces), axis=-1)
-            non_finite = (jax.ops.segment_sum(bad_row.astype(jnp.int32), index, n_systems) > 0) | ~jnp.isfinite(energy)
-            norms = jnp.where(real & ~bad_row, jnp.linalg.norm(jnp.where(bad_row[:, None], 0.0, forces), axis=-1), 0.0)
-            largest = jax.ops.segment_max(norms, index, n_systems)
+            energy, forces, stress = evaluate(params, {k: state[k] for k in GRAPH_KEYS})
+            coords = state["coords"]
+            bad_system = ~jnp.isfinite(energy)
+            if relax_cell:
+                cell_rows = coords[n_rows:].reshape(n_systems, 3, 3)
+                atom_force, cell_force = cell_filter.generalized_forces(forces, stress, state["cells"], cell_rows, state["n_atoms"], index)
+                generalized = jnp.concatenate([atom_force, cell_force.reshape(-1, 3)])
+                bad_system = bad_system | ~jnp.all(jnp.isfinite(stress), axis=(1, 2))
+            else:
+                generalized = forces
+            bad_row = row_real & ~jnp.all(jnp.isfinite(generalized), axis=-1)
+            non_finite = (jax.ops.segment_sum(bad_row.astype(jnp.int32), row_index, n_systems) > 0) | bad_system
+            clean = jnp.where(bad_row[:, None], 0.0, generalized)
+            largest = jax.ops.segment_max(jnp.where(row_real & ~bad_row, jnp.linalg.norm(clean, axis=-1), 0.0), row_index, n_systems)
             active = state["active"]
             failed = active & non_finite
             exploded = active & ~non_finite & (largest > max_force)
@@ -62,15 +75,23 @@ def make_loop(optimizer, evaluate):
             out_of_steps = active & ~non_finite & ~exploded & ~converged & (state["steps"] >= max_steps)
             running = active & ~(failed | exploded | converged | out_of_steps)
             status = jnp.select([failed, exploded, converged, out_of_steps], [NON_FINITE, EXPLODED, CONVERGED, MAX_STEPS], state["status"])
+            atoms, systems, coords = optimizer.step(state["atom_state"], state["system_state"], coords,
+                                                    jnp.where(active[row_index][:, None], generalized, 0.0), row_index, running)
+            if relax_cell:
+                positions, cells = cell_filter.positions_and_cells(coords[:n_rows], coords[n_rows:].reshape(n_systems, 3, 3),
+                                                                   state["original_cells"], state["n_atoms"], index)
+                cells = jnp.where(running[:, None, None], cells, state["cells"])
+                positions = jnp.where(running[index][:, None], positions, state["positions"])
+            else:
+                positions, cells = coords, state["cells"]
             evaluated = active[index][:, None]
-            atoms, systems, positions = optimizer.step(state["atom_state"], state["system_state"], state["positions"],
-                                                       jnp.where(evaluated, forces, 0.0), index, running)
-            new = dict(state, atom_state=atoms, system_state=systems, positions=positions, status=status, active=running,
-                       steps=state["steps"] + running.astype(state["steps"].dtype),
+            new = dict(state, atom_state=atoms, system_state=systems, coords=coords, positions=positions, cells=cells,
+                       status=status, active=running, steps=state["steps"] + running.astype(state["steps"].dtype),
                        energy=jnp.where(active, energy, state["energy"]), forces=jnp.where(evaluated, forces, state["forces"]),
-                       fmax=jnp.where(active, largest, state["fmax"]),
+                       stress=jnp.where(active[:, None, None], stress, state["stress"]), fmax=jnp.where(active, largest, state["fmax"]),
                        evaluations=state["evaluations"] + jnp.sum(active[:-1]).astype(state["evaluations"].dtype))
-            rebuild = moved_too_far(positions, state["reference"], real & running[index], skin)
+            rebuild = list_is_stale(positions, state["reference"], real & running[index], skin,
+                                    cells, state["reference_cells"], state["reach"], running)
             finished = jnp.any(active & ~running)
             stop = rebuild | ~jnp.any(running) | (exit_on_finish & finished)
             return new, iteration + 1, stop, rebuild
@@ -90,8 +111,8 @@ class CompiledLoop:
     kept with the force field (later runs of the same shapes compile nothing); with a persistent XLA cache
     (:mod:`jaxmat.compile_cache`) a new process reuses the compiled programs too."""
 
-    def __init__(self, optimizer, evaluate):
-        self.jitted = jax.jit(make_loop(optimizer, evaluate))
+    def __init__(self, optimizer, evaluate, relax_cell: bool):
+        self.jitted = jax.jit(make_loop(optimizer, evaluate, relax_cell))
         self.executables: dict = {}
 
     def __call__(self, params, state, limits, exit_on_finish: bool, counters: dict):
@@ -110,17 +131,17 @@ class CompiledLoop:
 _LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_loop(force_field, optimizer, evaluate) -> CompiledLoop:
-    """The compiled loop of this force field and optimizer (one per pair, kept as long as the force field)."""
+def compiled_loop(force_field, optimizer, evaluate, relax_cell: bool = False) -> CompiledLoop:
+    """The compiled loop of this force field, optimizer and mode (kept as long as the force field)."""
     loops = _LOOPS.setdefault(force_field, {})
-    if optimizer not in loops:
-        loops[optimizer] = CompiledLoop(optimizer, evaluate)
-    return loops[optimizer]
+    if (optimizer, relax_cell) not in loops:
+        loops[optimizer, relax_cell] = CompiledLoop(optimizer, evaluate, relax_cell)
+    return loops[optimizer, relax_cell]
 
 
 @dataclass
 class Running:
-    """A system in the device batch: input index, its starting Atoms (cell, numbers), rows it occupies."""
+    """A system in the device batch: input index, its starting Atoms (cell, numbers, pbc) and atom count."""
 
     index: int
     atoms: object
@@ -129,57 +150,92 @@ class Running:
 
 class DeviceRelaxation:
     """Host side of the device loop: packs systems at fixed capacities, rebuilds neighbour lists, retires
-    and refills. ``finish(index, atoms, status, n_steps, energy, forces, message)`` receives each result."""
+    and refills. ``finish(index, atoms, status, n_steps, energy, forces, stress, message)`` receives each
+    result (stress None unless cells relax)."""
 
-    def __init__(self, force_field, optimizer, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, max_force):
-        self.force_field, self.optimizer = force_field, optimizer
+    def __init__(self, force_field, optimizer, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, max_force,
+                 relax_cell: bool = False):
+        self.force_field, self.optimizer, self.relax_cell = force_field, optimizer, relax_cell
         self.params, evaluate = force_field.device_model()
         self.cutoff = cutoff_of(force_field) + skin
-        self.atom_budget = row_capacity  # atoms admitted at once, as in the host loop
+        self.atom_budget = row_capacity  # atoms admitted at once, as in the host loop (cell rows not counted)
         self.rows = int(-(-(row_capacity + 1) // 64) * 64)  # at least one padding row for empty neighbour slots
         self.systems = system_capacity + 1  # the last system slot holds the padding rows
         self.slots = self.outgoing_width = 0
         self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "max_steps": int(max_steps),
                        "max_inner": int(max_inner)}
-        self.loop = compiled_loop(force_field, optimizer, evaluate)
+        self.loop = compiled_loop(force_field, optimizer, evaluate, relax_cell)
         self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "refills": 0, "structure_evaluations": 0,
                          "compilations": 0, "compile_seconds": 0.0, "device_seconds": 0.0, "host_seconds": 0.0}
 
-    # --- packing -------------------------------------------------------------------------------------
+    # --- one system's share of the state (host arrays) -----------------------------------------------
 
-    def pack(self, running: list[Running], positions: np.ndarray, atom_state: dict, system_state: dict, extra: dict) -> dict:
-        """The device state for these systems (rows in order), their positions, optimizer state and
-        per-system records (steps, status, energy, fmax, forces) given as unpadded arrays."""
-        n_rows = len(positions)
+    def fresh_block(self, running: Running) -> dict:
+        atoms, n = running.atoms, running.n_atoms
+        block = {"coords": atoms.positions.copy(), "positions": atoms.positions.copy(), "cell": np.asarray(atoms.cell[:], float),
+                 "original_cell": np.asarray(atoms.cell[:], float), "cell_coords": cell_filter.initial_cell_rows([n])[0],
+                 "atom_state": self.optimizer.init_atoms(n), "cell_state": self.optimizer.init_atoms(3),
+                 "system_state": self.optimizer.init_systems(1), "forces": np.zeros((n, 3)), "steps": np.int32(0),
+                 "status": np.int32(RUNNING), "energy": np.nan, "fmax": 0.0, "stress": np.zeros((3, 3))}
+        return block
+
+    def block_of(self, state: dict, k: int, rows: slice) -> dict:
+        n_rows = self.rows
+        cell_rows = slice(n_rows + 3 * k, n_rows + 3 * k + 3)
+        return {"coords": state["coords"][rows], "positions": state["positions"][rows], "cell": state["cells"][k],
+                "original_cell": state["original_cells"][k], "cell_coords": state["coords"][cell_rows] if self.relax_cell else None,
+                "atom_state": {key: v[rows] for key, v in state["atom_state"].items()},
+                "cell_state": {key: v[cell_rows] for key, v in state["atom_state"].items()} if self.relax_cell else None,
+                "system_state": {key: v[k : k + 1] for key, v in state["system_state"].items()},
+                "forces": state["forces"][rows]} | {key: state[key][k] for key in RECORDS}
+
+    def pack(self, running: list[Running], blocks: list[dict], evaluations: int) -> dict:
+        """The device state of these systems from their blocks, padded to the capacities."""
+        n_rows = sum(r.n_atoms for r in running)
         if n_rows >= self.rows or len(running) >= self.systems:
             raise ValueError(f"{len(running)} systems / {n_rows} atoms exceed the device batch ({self.systems - 1} / {self.rows - 1})")
         pad_rows, pad_systems = self.rows - n_rows, self.systems - len(running)
+        cat_rows = lambda key: _pad(np.concatenate([b[key] for b in blocks]), pad_rows)
+        cat_systems = lambda key, fill=0: _pad(np.stack([np.asarray(b[key]) for b in blocks]), pad_systems, fill)
         system_index = np.concatenate([np.repeat(np.arange(len(running)), [r.n_atoms for r in running]),
                                        np.full(pad_rows, self.systems - 1)]).astype(np.int32)
-        numbers = np.concatenate([r.atoms.numbers for r in running]) if running else np.zeros(0, int)
+        identity = np.tile(np.eye(3), (pad_systems, 1, 1))
+        cells = np.concatenate([np.stack([b["cell"] for b in blocks]), identity])
+        numbers = np.concatenate([r.atoms.numbers for r in running])
+        atom_state = {key: _pad(np.concatenate([b["atom_state"][key] for b in blocks]), pad_rows) for key in blocks[0]["atom_state"]}
+        row_mask = np.arange(self.rows) < n_rows
         state = {
-            "positions": _pad(positions, pad_rows), "reference": _pad(positions, pad_rows),
-            "cells": np.concatenate([np.stack([r.atoms.cell[:] for r in running]).reshape(-1, 3, 3),
-                                     np.tile(np.eye(3), (pad_systems, 1, 1))]),
+            "coords": cat_rows("coords"), "positions": cat_rows("positions"), "cells": cells,
+            "original_cells": np.concatenate([np.stack([b["original_cell"] for b in blocks]), identity]),
+            "n_atoms": _pad(np.array([r.n_atoms for r in running], float), pad_systems, 1.0),  # padding: F = I
             "species": _pad(self.force_field.device_species(numbers).astype(np.int32), pad_rows),
-            "system_index": system_index, "row_mask": np.arange(self.rows) < n_rows,
-            "atom_state": {k: _pad(np.asarray(v), pad_rows) for k, v in atom_state.items()},
-            "system_state": {k: _pad(np.asarray(v), pad_systems) for k, v in system_state.items()},
-            "active": np.arange(self.systems) < len(running), "steps": _pad(extra["steps"].astype(np.int32), pad_systems),
-            "status": _pad(extra["status"].astype(np.int32), pad_systems), "energy": _pad(extra["energy"], pad_systems),
-            "fmax": _pad(extra["fmax"], pad_systems), "forces": _pad(extra["forces"], pad_rows),
-            "evaluations": np.asarray(extra.get("evaluations", 0), np.int64),
+            "system_index": system_index, "row_mask": row_mask, "row_index": system_index, "row_real": row_mask,
+            "atom_state": atom_state,
+            "system_state": {key: _pad(np.concatenate([b["system_state"][key] for b in blocks]), pad_systems)
+                             for key in blocks[0]["system_state"]},
+            "active": np.arange(self.systems) < len(running), "forces": cat_rows("forces"),
+            "steps": cat_systems("steps").astype(np.int32), "status": cat_systems("status").astype(np.int32),
+            "energy": cat_systems("energy").astype(float), "fmax": cat_systems("fmax").astype(float),
+            "stress": cat_systems("stress").astype(float), "evaluations": np.asarray(evaluations, np.int64),
         }
-        state.update(self.neighbor_arrays(running, state["positions"], state["cells"], state["system_index"]))
+        if self.relax_cell:  # three cell rows per system slot after the atom rows
+            cell_coords = np.concatenate([np.stack([b["cell_coords"] for b in blocks]), np.zeros((pad_systems, 3, 3))])
+            state["coords"] = np.concatenate([state["coords"], cell_coords.reshape(-1, 3)])
+            state["row_index"] = np.concatenate([system_index, np.repeat(np.arange(self.systems), 3)]).astype(np.int32)
+            state["row_real"] = np.concatenate([row_mask, np.repeat(state["active"], 3)])
+            fresh = self.optimizer.init_atoms(3 * pad_systems)
+            state["atom_state"] = {key: np.concatenate([v, np.concatenate([b["cell_state"][key] for b in blocks]), fresh[key]])
+                                   for key, v in atom_state.items()}
+        state.update(self.neighbor_arrays(running, state["positions"], state["cells"], system_index))
         return state
 
     def neighbor_arrays(self, running: list[Running], positions, cells, system_index) -> dict:
-        """Neighbour matrix (within cutoff + skin) of the running systems at these positions; grows the
-        slot capacities when needed (a new compiled shape)."""
+        """Neighbour matrix (within cutoff + skin) of the running systems at this geometry, with the reference
+        geometry of the staleness check; grows the slot capacities when needed (a new compiled shape)."""
         from jaxmat.forcefields.base import SystemBatch
 
-        n_atoms = sum(r.n_atoms for r in running)
-        batch = SystemBatch(np.asarray(positions)[:n_atoms], np.zeros(n_atoms, int), np.asarray(cells)[: len(running)],
+        n_atoms, positions, cells = sum(r.n_atoms for r in running), np.asarray(positions), np.asarray(cells)
+        batch = SystemBatch(positions[:n_atoms], np.zeros(n_atoms, int), cells[: len(running)],
                             np.stack([r.atoms.pbc for r in running]).reshape(-1, 3), np.asarray(system_index)[:n_atoms])
         matrix = neighbor_matrix(batch, self.cutoff, n_atoms + 1)
         if matrix.slots_needed > self.slots:
@@ -188,13 +244,18 @@ class DeviceRelaxation:
         incoming = np.bincount(matrix.neighbors[matrix.mask], minlength=self.rows).max(initial=0)
         if incoming > self.outgoing_width:
             self.outgoing_width = bucket(max(int(np.ceil(incoming * SLOT_MARGIN)), self.slots), 4)
+        lengths = np.where(matrix.mask, np.linalg.norm(matrix.translations, axis=-1), 0.0).max(axis=1)
+        reach = np.zeros(self.systems)
+        np.maximum.at(reach, np.asarray(system_index), lengths)
         return {"neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
-                "outgoing": outgoing_slots(matrix.neighbors, matrix.mask, self.outgoing_width)}
+                "outgoing": outgoing_slots(matrix.neighbors, matrix.mask, self.outgoing_width),
+                "reference": positions.copy(), "reference_cells": cells.copy(), "reach": reach + 1.0}
 
     # --- the run -------------------------------------------------------------------------------------
 
-    def run(self, structures, queue: list[int], sizes: dict, finish, progress=None) -> dict:
-        """Relax the queued structures (indices into structures; sizes: atoms of each); returns counters."""
+    def run(self, structures, queue: list[int], sizes: dict, finish) -> dict:
+        """Relax the queued structures (indices into structures; sizes: the rows each counts against the atom
+        budget, as in the host loop); returns counters."""
         running, state, done = [], None, []
         while queue or running:
             host_started = time.perf_counter()
@@ -216,12 +277,9 @@ class DeviceRelaxation:
             if done:
                 state = jax.tree_util.tree_map(np.asarray, state)
                 self.report(running, state, done, finish)
-                if progress:
-                    progress(len(done))
             elif bool(rebuild):
                 host = jax.tree_util.tree_map(np.asarray, state)
                 host.update(self.neighbor_arrays(running, host["positions"], host["cells"], host["system_index"]))
-                host["reference"] = host["positions"].copy()
                 state = jax.device_put(host)
                 self.counters["rebuilds"] += 1
             self.counters["host_seconds"] += time.perf_counter() - host_started
@@ -230,39 +288,24 @@ class DeviceRelaxation:
 
     def repack(self, structures, queue, sizes, running, state, done):
         """Drop the finished systems, keep the others with their state, add queued systems that fit, and
-        rebuild the neighbour lists at the current positions (host arrays)."""
+        rebuild the neighbour lists at the current geometry (host arrays)."""
         finished = set(done)
-        keep = [k for k in range(len(running)) if k not in finished]
         starts = np.concatenate([[0], np.cumsum([r.n_atoms for r in running])]).astype(int)
-        keep_rows = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in keep] + [np.zeros(0, int)])
+        keep = [k for k in range(len(running)) if k not in finished]
+        blocks = [self.block_of(state, k, slice(starts[k], starts[k + 1])) for k in keep]
         survivors = [running[k] for k in keep]
-        used = len(keep_rows)
+        used = sum(sizes[r.index] for r in survivors)
         new = []
         while queue and len(survivors) + len(new) < self.systems - 1 and used + sizes[queue[0]] <= self.atom_budget:
             index = queue.pop(0)
-            new.append(Running(index, structures[index], sizes[index]))
+            new.append(Running(index, structures[index], len(structures[index])))
             used += sizes[index]
         if not survivors and not new:
             return [], None
-        if state is None:
-            atom_state = {k: v[:0] for k, v in self.optimizer.init_atoms(0).items()}
-            system_state = {k: v[:0] for k, v in self.optimizer.init_systems(0).items()}
-            positions, extra, evaluations = np.zeros((0, 3)), _empty_records(0, 0), 0
-        else:
-            atom_state = {k: np.asarray(v)[keep_rows] for k, v in state["atom_state"].items()}
-            system_state = {k: np.asarray(v)[keep] for k, v in state["system_state"].items()}
-            positions = np.asarray(state["positions"])[keep_rows]
-            extra = {k: np.asarray(state[k])[keep] for k in ("steps", "status", "energy", "fmax")}
-            extra["forces"], evaluations = np.asarray(state["forces"])[keep_rows], int(state["evaluations"])
-        n_new = sum(r.n_atoms for r in new)
-        fresh_atoms, fresh_systems, blank = self.optimizer.init_atoms(n_new), self.optimizer.init_systems(len(new)), _empty_records(len(new), n_new)
-        atom_state = {k: np.concatenate([atom_state[k], fresh_atoms[k]]) for k in fresh_atoms}
-        system_state = {k: np.concatenate([system_state[k], fresh_systems[k]]) for k in fresh_systems}
-        extra = {k: np.concatenate([extra[k], blank[k]]) for k in blank} | {"evaluations": evaluations}
-        positions = np.concatenate([positions] + [r.atoms.positions for r in new])
         running = survivors + new
         self.counters["refills"] += 1
-        return running, self.pack(running, positions, atom_state, system_state, extra)
+        evaluations = int(state["evaluations"]) if state is not None else 0
+        return running, self.pack(running, blocks + [self.fresh_block(r) for r in new], evaluations)
 
     def report(self, running, state, done, finish):
         starts = np.concatenate([[0], np.cumsum([r.n_atoms for r in running])])
@@ -272,17 +315,14 @@ class DeviceRelaxation:
             message = {NON_FINITE: "non-finite energy, forces or stress",
                        EXPLODED: f"exploding forces (max {float(state['fmax'][k]):.3g} eV/Å)"}.get(code, "")
             atoms = r.atoms.copy()
+            if self.relax_cell:
+                atoms.set_cell(state["cells"][k], scale_atoms=False)
             atoms.positions = state["positions"][rows]
+            stress = np.array(state["stress"][k]) if self.relax_cell else None
             finish(r.index, atoms, STATUS_NAMES[code], int(state["steps"][k]), float(state["energy"][k]),
-                   np.array(state["forces"][rows]), message)
+                   np.array(state["forces"][rows]), stress, message)
 
 
-def _pad(array: np.ndarray, extra: int, value=0) -> np.ndarray:
+def _pad(array, extra: int, value=0) -> np.ndarray:
     array = np.asarray(array)
     return np.concatenate([array, np.full((extra,) + array.shape[1:], value, array.dtype)])
-
-
-def _empty_records(n_systems: int, n_rows: int) -> dict:
-    return {"steps": np.zeros(n_systems, np.int32), "status": np.full(n_systems, RUNNING, np.int32),
-            "energy": np.full(n_systems, np.nan), "fmax": np.zeros(n_systems), "forces": np.zeros((n_rows, 3))}
-

@@ -200,20 +200,23 @@ def relax(
 
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be auto, device or host, not {loop!r}")
-    device_capable = getattr(force_field, "supports_device_loop", False) and not relax_cell and not keep_trajectory
+    device_capable = getattr(force_field, "supports_device_loop", False) and not keep_trajectory
     if loop == "device" and not device_capable:
-        raise ValueError("the device loop needs a JAX force field (JAX MACE or a pair potential), fixed cells and no trajectory")
+        raise ValueError("the device loop needs a JAX force field (JAX MACE or a pair potential) and no trajectory")
     if queue and device_capable and loop != "host":
         from jaxmat.relax.device_loop import DeviceRelaxation
 
-        def finish_device(index, atoms, status, n_steps, energy, forces, message):
-            atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
-            results[index] = RelaxResult(index, atoms, status, n_steps, energy, forces, None, message)
+        def finish_device(index, atoms, status, n_steps, energy, forces, stress, message):
+            extra = {"stress": full_3x3_to_voigt_6_stress(stress)} if stress is not None else {}
+            atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, **extra)
+            results[index] = RelaxResult(index, atoms, status, n_steps, energy, forces, stress, message)
+            bar.update()
             if on_result:
                 on_result(results[index])
 
-        device = DeviceRelaxation(force_field, opt, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, MAX_FORCE)
-        counters.update(device.run(structures, queue, sizes, finish_device, progress=bar.update))
+        device = DeviceRelaxation(force_field, opt, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, MAX_FORCE,
+                                  relax_cell=relax_cell)
+        counters.update(device.run(structures, queue, sizes, finish_device))
         counters["force_calls"] = counters["iterations"]
         counters["force_seconds"] = counters["device_seconds"]
         bar.close()
