@@ -228,3 +228,63 @@ def test_cell_relaxation_on_the_device_equals_the_host_loop(lj, optimizer):
         assert a.atoms.get_stress().shape == (6,)
     assert stats["rebuilds"] >= 1 and stats["refills"] >= 2
 
+
+
+def test_edge_cases_found_in_review(lj):
+    """An isolated atom (no pairs at all), an atom where a padding slot's vector would vanish, bad arguments."""
+    lone = Atoms("Ar", positions=[[1.0, 1.0, 1.0]], cell=[20.0, 20.0, 20.0], pbc=True)
+    [device] = relax([lone], lj, progress=False, loop="device")
+    [host] = relax([lone], lj, progress=False, loop="host")
+    assert device.status == host.status == "converged" and device.energy == pytest.approx(host.energy, abs=1e-12)
+    shifted = bulk("Ar", "fcc", a=5.3, cubic=True)
+    shifted.rattle(0.05, seed=1)
+    positions = shifted.positions.copy()
+    positions[0] = [-1.0, -1.0, -1.0]
+    shifted.positions = positions
+    [device] = relax([shifted], lj, fmax=1e-3, progress=False, loop="device")
+    [host] = relax([shifted], lj, fmax=1e-3, progress=False, loop="host")
+    assert device.status == host.status == "converged" and device.n_steps == host.n_steps
+    for bad in ({"max_inner": 0}, {"skin": -1.0}):
+        with pytest.raises(ValueError, match="skin must be"):
+            relax([shifted], lj, progress=False, loop="device", **bad)
+
+
+def test_the_compiled_loop_does_not_keep_a_pair_potential_alive():
+    import gc
+    import weakref
+
+    from jaxmat.forcefields.classical import lennard_jones
+
+    potential = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=6.0)
+    relax([bulk("Ar", "fcc", a=5.3, cubic=True)], potential, progress=False, loop="device")
+    alive = weakref.ref(potential)
+    del potential
+    gc.collect()
+    assert alive() is None
+
+
+FLOAT32_SCRIPT = """
+import sys
+from ase.build import bulk
+from jaxmat.forcefields.classical import lennard_jones
+from jaxmat.relax import relax
+structures = []
+for seed, amount in ((1, 0.05), (2, 0.1)):
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
+    atoms.rattle(amount, seed=seed)
+    structures.append(atoms)
+lj = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
+for loop in ("device", "host"):
+    results = relax(structures, lj, "fire", fmax=1e-2, progress=False, float64=False, max_inner=5, loop=loop)
+    print(loop, [(r.status, r.n_steps) for r in results])
+"""
+
+
+def test_float32_device_loop_rebuilds_and_repacks():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FLOAT32_SCRIPT], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
+    assert lines["device"] == lines["host"] and "converged" in lines["device"]

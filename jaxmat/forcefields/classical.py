@@ -57,6 +57,8 @@ class PairPotential:
         """(params, energy_forces_stress(params, graph)) on the neighbour-matrix layout of the device loop
         (graph: positions, cells, species, system_index, neighbors, translations, mask, outgoing)."""
 
+        phi, far = self.phi, 2.0 * self.cutoff  # not self: the compiled loop keeps this function
+
         def evaluate(params, graph):
             n_systems = graph["cells"].shape[0]
             system_index, neighbors, mask = graph["system_index"], graph["neighbors"], graph["mask"]
@@ -65,8 +67,9 @@ class PairPotential:
                 deform = deformation(strain)[system_index]
                 pos = jnp.einsum("na,nab->nb", positions, deform)
                 shift = jnp.einsum("nka,nab->nkb", slot_shifts(graph["translations"], graph["cells"], system_index), deform)
-                r = jnp.linalg.norm(pos[:, None, :] - pos[neighbors] + shift + jnp.where(mask, 0.0, 1.0)[..., None], axis=-1)
-                e_atom = 0.5 * jnp.sum(jnp.where(mask, self.phi(r), 0.0), axis=1)
+                vectors = jnp.where(mask[..., None], pos[:, None, :] - pos[neighbors] + shift, far)  # padding beyond the cutoff
+                r = jnp.linalg.norm(vectors, axis=-1)
+                e_atom = 0.5 * jnp.sum(jnp.where(mask, phi(r), 0.0), axis=1)
                 return jax.ops.segment_sum(e_atom, system_index, n_systems)
 
             return energies_forces_stress(total_energy, graph["positions"], graph["cells"], n_systems)

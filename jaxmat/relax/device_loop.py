@@ -234,15 +234,16 @@ class DeviceRelaxation:
         geometry of the staleness check; grows the slot capacities when needed (a new compiled shape)."""
         from jaxmat.forcefields.base import SystemBatch
 
-        n_atoms, positions, cells = sum(r.n_atoms for r in running), np.asarray(positions), np.asarray(cells)
-        batch = SystemBatch(positions[:n_atoms], np.zeros(n_atoms, int), cells[: len(running)],
+        n_atoms = sum(r.n_atoms for r in running)
+        positions, cells = np.asarray(positions), np.asarray(cells)  # float32 where x64 is off
+        batch = SystemBatch(positions[:n_atoms].astype(np.float64), np.zeros(n_atoms, int), cells[: len(running)].astype(np.float64),
                             np.stack([r.atoms.pbc for r in running]).reshape(-1, 3), np.asarray(system_index)[:n_atoms])
         matrix = neighbor_matrix(batch, self.cutoff, n_atoms + 1)
-        if matrix.slots_needed > self.slots:
+        if matrix.slots_needed > self.slots or self.slots == 0:  # at least one slot, also with no pairs at all
             self.slots = bucket(int(np.ceil(matrix.slots_needed * SLOT_MARGIN)), 4)
         matrix = pad_neighbor_matrix(matrix, n_atoms, self.rows, self.slots)
         incoming = np.bincount(matrix.neighbors[matrix.mask], minlength=self.rows).max(initial=0)
-        if incoming > self.outgoing_width:
+        if incoming > self.outgoing_width or self.outgoing_width == 0:
             self.outgoing_width = bucket(max(int(np.ceil(incoming * SLOT_MARGIN)), self.slots), 4)
         lengths = np.where(matrix.mask, np.linalg.norm(matrix.translations, axis=-1), 0.0).max(axis=1)
         reach = np.zeros(self.systems)

@@ -200,6 +200,8 @@ def relax(
 
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be auto, device or host, not {loop!r}")
+    if not skin >= 0 or int(max_inner) < 1:
+        raise ValueError(f"skin must be >= 0 Å and max_inner >= 1 (got skin={skin}, max_inner={max_inner})")
     device_capable = getattr(force_field, "supports_device_loop", False) and not keep_trajectory
     if loop == "device" and not device_capable:
         raise ValueError("the device loop needs a JAX force field (JAX MACE or a pair potential) and no trajectory")
