@@ -132,6 +132,10 @@ def run_training(config: dict, workdir, progress: bool = True) -> list[dict]:
     data_key, noise_key = jax.random.wrap_key_data(rng["data"]), jax.random.wrap_key_data(rng["noise"])
     metrics_path = workdir / "metrics.jsonl"
     history = _read_metrics(metrics_path, start_epoch)
+    if restored is not None and meta.get("metrics") and (not history or history[-1]["epoch"] < start_epoch):
+        # killed between the checkpoint and its metrics line: the checkpoint carries the line
+        log.warning("metrics.jsonl lacked epoch %d; restored it from the checkpoint", start_epoch)
+        history.append(meta["metrics"])
     _write_metrics(metrics_path, history)
 
     train_step = jax.jit(make_train_step(model_config, optimizer), donate_argnums=0)
@@ -158,7 +162,7 @@ def run_training(config: dict, workdir, progress: bool = True) -> list[dict]:
         row.update({k: v / n_batches for k, v in sums.items() if k not in ("c", "b")})
         row.update({"loss": row.pop("total"), "loss_sum": sums["total"], "c": metrics["c"], "b": metrics["b"]})
         row["seconds"] = time.time() - started
-        save_checkpoint(manager, epoch, {"train": state, "rng": rng}, {"epoch": epoch, "step": int(state.step)})
+        save_checkpoint(manager, epoch, {"train": state, "rng": rng}, {"epoch": epoch, "step": int(state.step), "metrics": row})
         history.append(row)
         _write_metrics(metrics_path, history)
         log.info(

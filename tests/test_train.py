@@ -144,3 +144,20 @@ def test_shipped_configs_resolve():
     for name in ("polysrl.yaml", "polysrl_deterministic.yaml"):
         resolved = resolve_config(load_config(REPO / "configs" / name))
         assert resolved["model"]["probabilistic"] == (name == "polysrl.yaml")
+
+
+def test_kill_between_checkpoint_and_metrics_line_loses_nothing(trained, tmp_path):
+    """The epoch's checkpoint is on disk but its metrics line is not (a kill between the two): the resume
+    takes the line from the checkpoint, continues after it (epochs 1-2 not trained again) and ends with
+    the uninterrupted run's numbers."""
+    workdir, history = trained
+    run_training(small_config(2), tmp_path, progress=False)
+    metrics = tmp_path / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text(lines[0] + "\n")  # epoch 2's line never written
+    saved_at = (tmp_path / "checkpoints" / "2").stat().st_mtime_ns
+    resumed = run_training(small_config(3), tmp_path, progress=False)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in history]
+    assert json.loads(metrics.read_text().splitlines()[1]) == json.loads(lines[1])
+    assert (tmp_path / "checkpoints" / "2").stat().st_mtime_ns == saved_at  # resumed, not retrained
