@@ -34,7 +34,7 @@ from jaxmat.relax import cell as cell_filter
 RUNNING, CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED = 0, 1, 2, 3, 4
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed"}
 GRAPH_KEYS = ("positions", "cells", "species", "system_index", "neighbors", "translations", "mask", "outgoing")
-SLOT_MARGIN = 1.15  # neighbour-slot capacity over the most neighbours seen at allocation
+SLOT_MARGIN = 1.05  # neighbour-slot capacity over the most neighbours seen at allocation (then rounded up by bucket)
 RECORDS = ("steps", "status", "energy", "fmax", "stress")  # per-system records carried through repacking
 
 
@@ -159,7 +159,8 @@ class DeviceRelaxation:
         self.params, evaluate = force_field.device_model()
         self.cutoff = cutoff_of(force_field) + skin
         self.atom_budget = row_capacity  # atoms admitted at once, as in the host loop (cell rows not counted)
-        self.rows = int(-(-(row_capacity + 1) // 64) * 64)  # at least one padding row for empty neighbour slots
+        # at least one padding row (where empty neighbour slots point); small batches padded by at most 12.5 %
+        self.rows = min(int(-(-(row_capacity + 1) // 64) * 64), bucket(row_capacity + 1))
         self.systems = system_capacity + 1  # the last system slot holds the padding rows
         self.slots = self.outgoing_width = 0
         self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "max_steps": int(max_steps),
