@@ -154,6 +154,13 @@ def relax(
 
     from ase.calculators.singlepoint import SinglePointCalculator
 
+    if loop not in ("auto", "device", "host"):
+        raise ValueError(f"loop must be auto, device or host, not {loop!r}")
+    if not skin >= 0 or int(max_inner) < 1:
+        raise ValueError(f"skin must be >= 0 Å and max_inner >= 1 (got skin={skin}, max_inner={max_inner})")
+    device_capable = getattr(force_field, "supports_device_loop", False) and not keep_trajectory
+    if loop == "device" and not device_capable:
+        raise ValueError("the device loop needs a JAX force field (JAX MACE or a pair potential) and no trajectory")
     started = time.perf_counter()
     counters = {"force_calls": 0, "structure_evaluations": 0, "force_seconds": 0.0}
     if float64 and not jax.config.jax_enable_x64:
@@ -184,41 +191,31 @@ def relax(
             if on_result:
                 on_result(r)
 
-    def finish(slot, energy, forces, stress, status, message=""):
-        atoms = slot.atoms.copy()
+    trajectories: dict[int, list] = {}
+
+    def record(index, atoms, status, n_steps, energy, forces, stress, message=""):
+        """One finished structure (atoms: its final geometry, owned by the result) -> results, bar, on_result."""
         extra = {"stress": full_3x3_to_voigt_6_stress(stress)} if stress is not None else {}
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, **extra)
-        result = RelaxResult(slot.index, atoms, status, slot.steps, energy, forces, stress, message)
+        result = RelaxResult(index, atoms, status, n_steps, energy, forces, stress, message)
         if keep_trajectory:
-            result.trajectory = trajectories.pop(slot.index, [])
-        results[slot.index] = result
+            result.trajectory = trajectories.pop(index, [])
+        results[index] = result
         bar.update()
         if on_result:
             on_result(result)
 
+    def finish(slot, energy, forces, stress, status, message=""):
+        record(slot.index, slot.atoms.copy(), status, slot.steps, energy, forces, stress, message)
+
     from ase.stress import full_3x3_to_voigt_6_stress
 
-    if loop not in ("auto", "device", "host"):
-        raise ValueError(f"loop must be auto, device or host, not {loop!r}")
-    if not skin >= 0 or int(max_inner) < 1:
-        raise ValueError(f"skin must be >= 0 Å and max_inner >= 1 (got skin={skin}, max_inner={max_inner})")
-    device_capable = getattr(force_field, "supports_device_loop", False) and not keep_trajectory
-    if loop == "device" and not device_capable:
-        raise ValueError("the device loop needs a JAX force field (JAX MACE or a pair potential) and no trajectory")
     if queue and device_capable and loop != "host":
         from jaxmat.relax.device_loop import DeviceRelaxation
 
-        def finish_device(index, atoms, status, n_steps, energy, forces, stress, message):
-            extra = {"stress": full_3x3_to_voigt_6_stress(stress)} if stress is not None else {}
-            atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, **extra)
-            results[index] = RelaxResult(index, atoms, status, n_steps, energy, forces, stress, message)
-            bar.update()
-            if on_result:
-                on_result(results[index])
-
         device = DeviceRelaxation(force_field, opt, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, MAX_FORCE,
                                   relax_cell=relax_cell)
-        counters.update(device.run(structures, queue, sizes, finish_device))
+        counters.update(device.run(structures, queue, sizes, record))  # record(index, atoms, status, steps, energy, forces, stress, message)
         counters["force_calls"] = counters["iterations"]
         counters["force_seconds"] = counters["device_seconds"]
         bar.close()
@@ -228,7 +225,6 @@ def relax(
 
     step_fn = jax.jit(opt.step)
     place_rows, place_systems = _placements()
-    trajectories: dict[int, list] = {}
     slots: list[_Slot] = []
     rows = np.zeros((0, 3))  # optimizer coordinates of all running slots, concatenated
     row_state = opt.init_atoms(0)
