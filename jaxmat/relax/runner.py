@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmat.errors import JaxmatInputError
+from jaxmat.precision import scoped_by
 from jaxmat.forcefields.base import SystemBatch, batch_from_atoms, unsupported_elements
 from jaxmat.relax.optimizers import FIRE, LBFGS, make_optimizer
 
@@ -116,6 +117,7 @@ class _Slot:
         return self.cell_filter.get_forces()
 
 
+@scoped_by("float64")
 def relax(
     structures: Sequence,
     force_field,
@@ -140,7 +142,8 @@ def relax(
     max_atoms: atom budget of one batch (default: all atoms, at most 4096). max_systems: most systems
     at once. on_result: called as each structure finishes (e.g. to append it to an output file).
     stats: if given, filled with force_calls (batch evaluations), structure_evaluations, force_seconds
-    and total_seconds. float64 (default): optimizer arithmetic in double precision (enables JAX x64).
+    and total_seconds. float64 (default): optimizer arithmetic in double precision (the call runs in
+    jaxmat.precision.float64_scope; the process-wide JAX setting is left alone).
     relax_cell: relax the cell too, through ASE's FrechetCellFilter per system (needs stress); then
     fmax also bounds the filter's cell forces, as in ASE.
     loop: "device" runs evaluation, checks and optimizer steps in one compiled loop on the accelerator
@@ -163,8 +166,6 @@ def relax(
         raise ValueError("the device loop needs a JAX force field (JAX MACE or a pair potential) and no trajectory")
     started = time.perf_counter()
     counters = {"force_calls": 0, "structure_evaluations": 0, "force_seconds": 0.0}
-    if float64 and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
     opt = make_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     structures = [_as_atoms(s) for s in structures]
     check_elements(structures, force_field, names)
