@@ -150,9 +150,11 @@ class LBFGS:
         return new_atoms, new_systems, positions + jnp.where(moving, dr, 0.0)
 
 
+OPTIMIZERS = {"fire": FIRE, "lbfgs": LBFGS}  # the one table of optimizers: CLI choices, relax(optimizer=name)
+
+
 def make_optimizer(name: str, **options):
-    """FIRE or LBFGS by name ('fire' | 'lbfgs')."""
-    table = {"fire": FIRE, "lbfgs": LBFGS}
-    if name not in table:
-        raise ValueError(f"unknown optimizer {name!r}: use fire or lbfgs")
-    return table[name](**options)
+    """An optimizer by its name in :data:`OPTIMIZERS`."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: use {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](**options)
