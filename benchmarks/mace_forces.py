@@ -23,11 +23,12 @@ import mace  # noqa: F401  (before e3nn)
 import numpy as np
 
 from jaxmat.forcefields.base import batch_from_atoms
-from jaxmat.heo.generate import rocksalt_heo, workload
+from jaxmat.heo.generate import rocksalt_heo
+from jaxmat.testing import workload
 
 
 def medium_model():
-    from jaxmat.forcefields.mace_torch import build_small_mace
+    from jaxmat.testing import build_small_mace
 
     return build_small_mace(list(range(1, 90)), seed=0, hidden_irreps="128x0e+128x1o", max_ell=3, correlation=3,
                             r_max=6.0, num_bessel=10, avg_num_neighbors=61.96, scale_shift=(0.8, 0.1))

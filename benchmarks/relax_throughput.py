@@ -25,7 +25,7 @@ from pathlib import Path
 import mace  # noqa: F401  (before e3nn)
 import numpy as np
 
-from jaxmat.heo.generate import workload
+from jaxmat.testing import workload
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared/models/mace_heo_chgnet_small.model"
 

@@ -12,7 +12,8 @@ Use it with ``python -m jaxmat.relax ... --model OUT_DIR --backend jax`` or
 import argparse
 import sys
 
-from jaxmat.forcefields.mace.convert import UnsupportedMACEError, convert_model_file
+from jaxmat.forcefields.mace.check import convert_model_file
+from jaxmat.forcefields.mace.convert import UnsupportedMACEError
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-from jaxmat.evaluate import evaluate
+from jaxmat.polysrl.evaluation import evaluate
 
 TASKS = ("expt_gap", "expt_is_metal")
 METRICS = {"regression": ("mae", "rmse", "r2"), "classification": ("roc_auc", "accuracy", "f1")}
@@ -46,7 +46,7 @@ def main() -> int:
                 print(f"{name}: done in {time.time() - started:.0f} s", flush=True)
     import yaml
 
-    from jaxmat.analyze_uncertainty import analyze
+    from jaxmat.polysrl.uncertainty import analyze
 
     run_config = yaml.safe_load((Path(args.workdir) / "config.yaml").read_text())
     history = [json.loads(line) for line in (Path(args.workdir) / "metrics.jsonl").read_text().splitlines()]

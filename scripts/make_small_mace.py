@@ -15,7 +15,7 @@ from pathlib import Path
 
 import mace  # noqa: F401  (before e3nn)
 
-from jaxmat.forcefields.mace_torch import build_small_mace
+from jaxmat.testing import build_small_mace
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxmat.graphs.batching import PolySRLBatch, _pad_graphs, formula_ids
+from jaxmat.polysrl.graphs.batching import PolySRLBatch, _pad_graphs, formula_ids
 from jaxmat.polysrl.reference import full_mapping, tree_from_reference
 
 

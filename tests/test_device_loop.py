@@ -135,7 +135,7 @@ def test_mace_device_loop_equals_host_loop_and_compiles_once():
     import mace  # noqa: F401
 
     from jaxmat.forcefields.mace.forcefield import MACEJax
-    from jaxmat.forcefields.mace_torch import build_small_mace
+    from jaxmat.testing import build_small_mace
     from jaxmat.heo.generate import rocksalt_heo
     from jaxmat.relax.device_loop import compiled_loop
     from jaxmat.relax.optimizers import LBFGS

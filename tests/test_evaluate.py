@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from jaxmat.errors import JaxmatInputError
-from jaxmat.metrics import classification_metrics, regression_metrics, roc_auc, summarize_folds
+from jaxmat.polysrl.metrics import (
+    classification_metrics,
+    regression_metrics,
+    roc_auc,
+    summarize_folds,
+)
 from jaxmat.polysrl.tasks import load_task, matbench_folds
 
 
@@ -64,7 +69,7 @@ def test_matbench_split_is_reproducible():
 
 def test_probe_learns_a_tiny_task():
     """Representation probe on a random-init encoder fits a simple function of composition."""
-    from jaxmat.evaluate import make_model
+    from jaxmat.polysrl.evaluation import make_model
 
     formulas = ["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS", "CdSe", "GaAs", "InP", "AlN", "SiC", "TiO2", "ZrO2", "HfO2"]
     targets = np.array([float(len(f)) for f in formulas])
@@ -89,8 +94,8 @@ def test_evaluate_cli_small(tmp_path):
 def test_polymorph_counter_on_known_polymorphs():
     from ase.build import bulk
 
-    from jaxmat.analyze_uncertainty import count_polymorphs, spearman_with_bootstrap
     from jaxmat.data.structures import from_ase
+    from jaxmat.polysrl.uncertainty import count_polymorphs, spearman_with_bootstrap
 
     zincblende = bulk("ZnS", "zincblende", a=5.41)
     wurtzite = bulk("ZnS", "wurtzite", a=3.82, c=6.26)
@@ -104,7 +109,7 @@ def test_polymorph_counter_on_known_polymorphs():
 
 
 def test_magpie_random_forest_baseline():
-    from jaxmat.baselines import MagpieRandomForest, magpie_features
+    from jaxmat.polysrl.baselines import MagpieRandomForest, magpie_features
 
     features = magpie_features(["NaCl", "Fe2O3"])
     assert features.shape == (2, 132) and np.all(np.isfinite(features))
@@ -115,7 +120,7 @@ def test_magpie_random_forest_baseline():
 
 
 def test_roost_baseline_trains_and_predicts():
-    from jaxmat.baselines import RoostBaseline
+    from jaxmat.polysrl.baselines import RoostBaseline
 
     formulas = ["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS", "CdSe", "GaAs", "InP", "AlN"]
     targets = np.array([8.5, 8.4, 13.6, 7.8, 7.1, 5.9, 4.8, 3.7, 1.7, 1.4, 1.3, 6.0])

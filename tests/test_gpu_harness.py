@@ -111,7 +111,7 @@ def test_plan_order_and_sizes():
 
 
 def test_workloads_have_the_documented_sizes():
-    from jaxmat.heo.generate import workload
+    from jaxmat.testing import workload
 
     w3, w4 = workload("W3"), workload("W4")
     assert [len(a) for a in w3] == [64] * 256 and [len(a) for a in w4] == [512] * 32

@@ -4,9 +4,9 @@ from ase.build import bulk
 
 from jaxmat.data.structures import from_ase, make_record, validate_structure
 from jaxmat.errors import StructureError
-from jaxmat.graphs.batching import make_polysrl_batch, padded_size
-from jaxmat.graphs.crystal import crystal_graph
-from jaxmat.graphs.stoichiometry import stoichiometry_graph
+from jaxmat.polysrl.graphs.batching import make_polysrl_batch, padded_size
+from jaxmat.polysrl.graphs.crystal import crystal_graph
+from jaxmat.polysrl.graphs.stoichiometry import stoichiometry_graph
 
 
 def test_rocksalt_nearest_neighbours():
@@ -86,10 +86,11 @@ def test_batch_padding_and_labels():
 def test_merging_equivalent_edges_keeps_the_structure_embedding(x64):
     """Merged periodic images (with multiplicities) give the same structure embedding as all 12 edges."""
     import jax
+
     from jaxmat.data.sources import load_structures
-    from jaxmat.graphs.batching import batch_crystals
-    from jaxmat.graphs.crystal import merge_equivalent_edges
     from jaxmat.polysrl.encoders import StructureEncoder
+    from jaxmat.polysrl.graphs.batching import batch_crystals
+    from jaxmat.polysrl.graphs.crystal import merge_equivalent_edges
 
     records = load_structures("embedded:mp", limit=24).records
     full = [crystal_graph(r) for r in records]

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from jaxmat.errors import JaxmatInputError
-from jaxmat.heo.curate import HEOFilter, cation_entropy, curate, main, rejection_reason, source_of, split_indices
+from jaxmat.heo.curate import (
+    HEOFilter,
+    cation_entropy,
+    curate,
+    main,
+    rejection_reason,
+    source_of,
+    split_indices,
+)
 
 
 def _row(species, forces=True, energy=-10.0, immutable_id="mp-1"):
@@ -76,10 +84,9 @@ def test_split_is_seeded_and_complete():
 def lemat_parquet(tmp_path_factory):
     """A LeMat-Bulk-schema parquet built from the packaged LeMat HEO frames (ids are synthetic: the frames carry
     none; they cycle through the three id styles) plus two rows the filter must drop."""
+    import ase.io
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    import ase.io
 
     from jaxmat.heo.curate import atoms_to_row
     from jaxmat.resources import resource_path

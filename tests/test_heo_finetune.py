@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import mace  # noqa: F401  -- before e3nn
 import numpy as np
 import pytest
 
-import mace  # noqa: F401  -- before e3nn
-
 from jaxmat.errors import JaxmatInputError
-from jaxmat.heo.finetune import base_structures, covering_subset, mace_options, resolve_config
+from jaxmat.heo.finetune import (
+    base_structures,
+    covering_subset,
+    mace_options,
+    resolve_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +108,8 @@ def test_foundation_lacking_an_element_is_refused(tmp_path, lemat_frames):
     import ase.io
     import torch
 
-    from jaxmat.forcefields.mace_torch import build_small_mace
     from jaxmat.heo.finetune import finetune
+    from jaxmat.testing import build_small_mace
 
     data = tmp_path / "curated"
     data.mkdir()

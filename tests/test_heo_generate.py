@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from jaxmat.heo.generate import equimolar_counts, rocksalt_heo, workload
+from jaxmat.heo.generate import equimolar_counts, rocksalt_heo
+from jaxmat.testing import workload
 
 
 def test_equimolar_counts_are_exact():

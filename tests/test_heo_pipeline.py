@@ -6,10 +6,9 @@ import json
 import subprocess
 import sys
 
+import mace  # noqa: F401  -- before e3nn
 import numpy as np
 import pytest
-
-import mace  # noqa: F401  -- before e3nn
 
 TINY_MACE = ["base.mace.hidden_irreps=8x0e", "base.mace.max_ell=1", "base.mace.correlation=1", "base.mace.max_num_epochs=1",
              "base.mace.r_max=4.0", "base.mace.batch_size=4"]
@@ -127,7 +126,7 @@ def test_evaluate_rerun_reuses_saved_relaxations(pipeline):
 def test_evaluate_refuses_a_model_lacking_an_element_when_strict(pipeline, tmp_path):
     import torch
 
-    from jaxmat.forcefields.mace_torch import build_small_mace
+    from jaxmat.testing import build_small_mace
 
     model = tmp_path / "mgo.model"
     torch.save(build_small_mace([8, 12]), model)

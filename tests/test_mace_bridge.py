@@ -4,18 +4,19 @@ import mace  # noqa: F401  (import before e3nn)
 import numpy as np
 import pytest
 from ase.build import bulk
-
 from conftest import shared_file
+
 from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.mace_torch import MACETorch
 from jaxmat.heo.generate import rocksalt_heo
+
 
 @pytest.fixture(scope="module")
 def small_mace_file(tmp_path_factory):
     """A small ScaleShiftMACE with random weights, saved like a trained model file."""
     import torch
 
-    from jaxmat.forcefields.mace_torch import build_small_mace
+    from jaxmat.testing import build_small_mace
 
     path = tmp_path_factory.mktemp("mace") / "small.model"
     torch.save(build_small_mace([8, 12, 27, 28, 29, 30]), path)
@@ -74,9 +75,10 @@ def test_unsupported_element_named(small_mace_file, x64):
 
 def test_cli_on_embedded_heo_frames_with_a_small_mace(tmp_path, x64):
     """The documented script builds a MACE for every element of the embedded HEO frames; the CLI relaxes them."""
-    import ase.io
     import sys
     from pathlib import Path
+
+    import ase.io
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from make_small_mace import main as make_model

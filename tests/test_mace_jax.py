@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import mace  # noqa: F401  -- before e3nn
 import numpy as np
 import pytest
-
-import mace  # noqa: F401  -- before e3nn
+from conftest import shared_file
 
 from jaxmat.forcefields.base import batch_from_atoms
-from jaxmat.forcefields.mace.convert import UnsupportedMACEError, check_structures, compare_with_torch, from_torch
+from jaxmat.forcefields.mace.check import check_structures, compare_with_torch
+from jaxmat.forcefields.mace.convert import UnsupportedMACEError, from_torch
 from jaxmat.forcefields.mace.forcefield import MACEJax
-from jaxmat.forcefields.mace_torch import MACETorch, build_small_mace
+from jaxmat.forcefields.mace_torch import MACETorch
 from jaxmat.heo.generate import rocksalt_heo
-from conftest import shared_file
+from jaxmat.testing import build_small_mace
 
 pytestmark = pytest.mark.usefixtures("x64")
 

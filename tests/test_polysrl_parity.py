@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import shared_file
 from reference_fixture import fixture_batch, fixture_eps, fixture_params
 
@@ -104,7 +103,7 @@ def test_loss_negative_branch_matches_reference(reference):
 def test_crystal_graph_builder_matches_saved_distances(reference):
     """Our k-NN graph has the reference's per-atom neighbour distances (ties may pick other indices)."""
     from jaxmat.data.structures import make_record
-    from jaxmat.graphs.crystal import crystal_graph
+    from jaxmat.polysrl.graphs.crystal import crystal_graph
 
     for i in range(len(reference["formulas"])):
         g = f"graph.{i:02d}."
@@ -117,7 +116,7 @@ def test_crystal_graph_builder_matches_saved_distances(reference):
 
 
 def test_stoichiometry_graph_matches_reference_inputs(reference):
-    from jaxmat.graphs.stoichiometry import stoichiometry_graph
+    from jaxmat.polysrl.graphs.stoichiometry import stoichiometry_graph
 
     for i, formula in enumerate(reference["formulas"]):
         g = f"graph.{i:02d}."

@@ -14,7 +14,7 @@ import yaml
 
 from jaxmat.config import apply_overrides, load_config
 from jaxmat.errors import ConfigError
-from jaxmat.train import run_training
+from jaxmat.polysrl.trainer import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -128,7 +128,7 @@ def test_uncertainty_analysis_cli(trained, tmp_path):
 
 
 def test_evaluate_pretrained_encoder(trained, tmp_path):
-    from jaxmat.evaluate import evaluate
+    from jaxmat.polysrl.evaluation import evaluate
 
     csv = tmp_path / "t.csv"
     rows = ["NaCl", "KCl", "LiF", "MgO", "CaO", "SrO", "BaO", "ZnS", "CdSe", "GaAs"]
@@ -139,7 +139,7 @@ def test_evaluate_pretrained_encoder(trained, tmp_path):
 
 
 def test_shipped_configs_resolve():
-    from jaxmat.train import resolve_config
+    from jaxmat.polysrl.trainer import resolve_config
 
     for name in ("polysrl.yaml", "polysrl_deterministic.yaml"):
         resolved = resolve_config(load_config(REPO / "configs" / name))

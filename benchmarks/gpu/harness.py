@@ -150,7 +150,7 @@ def _random_small_model(folder: Path) -> str:
     """A small random MACE over the HEO elements saved as a model file (smoke runs without ../shared)."""
     import torch
 
-    from jaxmat.forcefields.mace_torch import build_small_mace
+    from jaxmat.testing import build_small_mace
 
     path = folder / "random_small.model"
     if not path.exists():

@@ -74,7 +74,8 @@ def reset_torch_peak():
 
 def structures(workload: str, smoke: bool):
     """The HEO rock-salt cells of a workload; smoke: the same kind of cells at toy sizes."""
-    from jaxmat.heo.generate import rocksalt_heo, workload as full_workload
+    from jaxmat.heo.generate import rocksalt_heo
+    from jaxmat.testing import workload as full_workload
 
     if smoke:
         count, n = {"W1": (2, 1), "W3": (3, 1), "W4": (1, 2)}[workload]
@@ -89,7 +90,7 @@ def load_model(model: str, smoke: bool):
 
     if model != "medium":
         return torch.load(model, map_location="cpu", weights_only=False)
-    from jaxmat.forcefields.mace_torch import build_small_mace
+    from jaxmat.testing import build_small_mace
 
     channels = 16 if smoke else 128
     return build_small_mace(list(range(1, 90)), seed=0, hidden_irreps=f"{channels}x0e+{channels}x1o", max_ell=3, correlation=3,

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from jaxmat.data.structures import StructureRecord, from_ase, from_pymatgen, make_record, validate_structure
+from jaxmat.data.structures import (
+    StructureRecord,
+    from_ase,
+    from_pymatgen,
+    make_record,
+    validate_structure,
+)
 from jaxmat.errors import JaxmatInputError
 from jaxmat.resources import resource_path
 
@@ -209,14 +215,47 @@ def _take_lazily(pairs, limit):
     return out
 
 
+EMBEDDED = {  # name -> (packaged file, reader): the one table of data shipped inside jaxmat
+    "embedded:mp": ("matbench_phonons.json.gz", read_pymatgen_json),
+    "embedded:heo": ("lemat_heo_valid.xyz.gz", read_extxyz),
+}
+
+
+def embedded_path(name: str) -> Path:
+    """The packaged file behind an embedded source name ('embedded:mp', 'embedded:heo')."""
+    if name not in EMBEDDED:
+        raise JaxmatInputError(f"unknown embedded data {name!r}: use {', '.join(EMBEDDED)}")
+    return resource_path(EMBEDDED[name][0])
+
+
+def read_atoms(spec) -> list:
+    """ase.Atoms from an embedded source name or a structure file in any format ase.io.read knows.
+    A missing, empty or unreadable file is an input error naming the file."""
+    from jaxmat.data.structures import to_ase
+
+    if str(spec) in EMBEDDED:
+        return [to_ase(r) for r in load_structures(str(spec)).records]
+    import ase.io
+
+    path = Path(spec)
+    if not path.is_file():
+        raise JaxmatInputError(f"structure file {spec} not found (or use {', '.join(EMBEDDED)})")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as error:  # ASE raises many kinds for unknown or garbage files
+        raise JaxmatInputError(f"cannot read structures from {spec}: {type(error).__name__}: {error}") from None
+    if not frames:
+        raise JaxmatInputError(f"{spec} holds no structures")
+    return frames
+
+
 def load_structures(source: str = "embedded", path=None, limit: int | None = None, **options) -> LoadReport:
     """Load structures from a named source (see module docstring). Returns a LoadReport."""
-    if source in ("embedded", "embedded:mp", "embedded:heo"):
+    if source == "embedded" or source in EMBEDDED:
         pairs: list = []
-        if source in ("embedded", "embedded:mp"):
-            pairs += list(read_pymatgen_json(resource_path("matbench_phonons.json.gz"), "embedded:mp"))
-        if source in ("embedded", "embedded:heo"):
-            pairs += list(read_extxyz(resource_path("lemat_heo_valid.xyz.gz"), "embedded:heo"))
+        for name, (resource, reader) in EMBEDDED.items():
+            if source in ("embedded", name):
+                pairs += list(reader(resource_path(resource), name))
         return _pairs_to_report(pairs, limit)
     if source == "file":
         if path is None:

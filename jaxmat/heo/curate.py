@@ -16,7 +16,6 @@ and plots. DIR is written under DIR.partial and renamed when complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmat import cli
 from jaxmat.errors import JaxmatInputError
 
 LEMAT_CURATION_COLUMNS = ("species_at_sites", "cartesian_site_positions", "lattice_vectors", "energy", "forces", "immutable_id")
@@ -112,10 +112,11 @@ def _known_element(symbol: str) -> bool:
 
 def row_to_atoms(row: dict):
     """ase.Atoms with DFT_energy (eV) in info and DFT_forces (eV/Å) in arrays, plus id and source."""
-    from ase import Atoms
+    from jaxmat.data.sources import lemat_row_to_record
+    from jaxmat.data.structures import to_ase
 
-    atoms = Atoms(symbols=list(row["species_at_sites"]), positions=np.asarray(row["cartesian_site_positions"], float),
-                  cell=np.asarray(row["lattice_vectors"], float), pbc=True)
+    atoms = to_ase(lemat_row_to_record(row))
+    del atoms.info["id"]  # kept below as immutable_id, as LeMat names it
     atoms.info["DFT_energy"] = float(row["energy"])
     atoms.arrays["DFT_forces"] = np.asarray(row["forces"], float)
     atoms.info["immutable_id"] = str(row.get("immutable_id", ""))
@@ -153,9 +154,9 @@ def iter_rows(source: str):
             yield row
         return
     if source == "embedded:heo":  # the 1,292 LeMat-Bulk HEO frames shipped with jaxmat (CC-BY-4.0, LeMaterial)
-        from jaxmat.resources import resource_path
+        from jaxmat.data.sources import embedded_path
 
-        source = resource_path("lemat_heo_valid.xyz.gz")
+        source = embedded_path(source)
     path = Path(source)
     if not path.exists():
         raise JaxmatInputError(f"curation source {source} not found (use 'lemat', 'embedded:heo', a parquet file/folder or an extxyz file)")
@@ -219,8 +220,9 @@ def curate(source: str, out_dir, heo_filter: HEOFilter = HEOFilter(), seed: int 
     return summary
 
 
+@cli.command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m jaxmat.heo.curate", __doc__)
     parser.add_argument("--source", required=True, help="lemat, a LeMat-schema parquet file/folder, embedded:heo (frames shipped with jaxmat) or an extxyz file")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
@@ -234,11 +236,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         fractions = tuple(float(x) for x in args.split.split(","))
-        summary = curate(args.source, args.out, HEOFilter(args.min_elements, args.min_entropy, args.equimolar, args.no_noble_metals),
-                         args.seed, fractions, args.limit, plots=not args.no_plots)
-    except (JaxmatInputError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except ValueError:
+        raise JaxmatInputError(f"--split {args.split!r}: three numbers separated by commas, e.g. 0.7,0.2,0.1") from None
+    summary = curate(args.source, args.out, HEOFilter(args.min_elements, args.min_entropy, args.equimolar, args.no_noble_metals),
+                     args.seed, fractions, args.limit, plots=not args.no_plots)
     print(f"kept {summary['rows_kept']} of {summary['rows_scanned']} rows ({summary['per_source']}); "
           f"splits {summary['splits']}; rejected {summary['rejected']}; wrote {args.out}")
     return 0

@@ -20,7 +20,6 @@ The tables, metrics.json, plots and report.md are then computed from those files
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmat import cli
 from jaxmat.config import apply_overrides, check_keys, load_config
 from jaxmat.errors import ConfigError, JaxmatInputError
 from jaxmat.files import write_frames, write_json
@@ -82,16 +82,6 @@ def supported_frames(frames, force_fields: dict, what: str, policy: str):
         print(f"{what}: leaving out {len(frames) - len(keep)} of {len(frames)} frames with elements a model lacks {missing}",
               file=sys.stderr)
     return keep, missing
-
-
-def minimum_image_rmsd(positions, reference, cell) -> float:
-    """RMSD (Å) between two sets of positions in one periodic cell, minimum image, mean displacement removed."""
-    cell = np.asarray(cell)
-    fractional = (np.asarray(positions) - np.asarray(reference)) @ np.linalg.inv(cell)
-    fractional -= np.round(fractional)
-    displacement = fractional @ cell
-    displacement -= displacement.mean(axis=0)
-    return float(np.sqrt(np.mean(np.sum(displacement**2, axis=1))))
 
 
 def run_test_errors(config, data_dir: Path, force_fields: dict, out: Path, skipped: dict) -> None:
@@ -193,11 +183,7 @@ def add_reference_energies(reference, out_dir: Path, names) -> None:
 def load_reference(spec: str, dtype: str):
     if spec in (None, "none"):
         return None
-    if spec == "chgnet":
-        from jaxmat.forcefields.chgnet import CHGNetForceField
-
-        return CHGNetForceField()
-    from jaxmat.relax.__main__ import load_force_field
+    from jaxmat.forcefields.registry import load_force_field
 
     return load_force_field(spec, "torch", dtype)
 
@@ -206,8 +192,8 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
     """Run the three tasks (raw outputs in OUT), then write the report; returns OUT/report.md."""
     import ase.io
 
+    from jaxmat.forcefields.registry import load_force_field
     from jaxmat.heo.report import write_report
-    from jaxmat.relax.__main__ import load_force_field
 
     config = resolve_config(config)
     out = Path(out)
@@ -259,8 +245,9 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
     return write_report(out)
 
 
+@cli.command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m jaxmat.heo.evaluate", __doc__)
     parser.add_argument("--models", nargs="+", required=True, help="mace-torch .model files (or converted JAX MACE dirs with backend jax)")
     parser.add_argument("--data", required=True, help="curated folder with train/val/test.extxyz (python -m jaxmat.heo.curate)")
     parser.add_argument("--structures", help="rock-salt supercells for the random-substitution task (python -m jaxmat.heo.generate)")
@@ -271,12 +258,8 @@ def main(argv=None) -> int:
     from jaxmat import compile_cache
 
     compile_cache.enable()  # relaxations rerun with the same shapes compile nothing ($JAXMAT_COMPILATION_CACHE=0: off)
-    try:
-        config = apply_overrides(load_config(args.config) if args.config else {}, args.set)
-        report = evaluate(args.models, args.data, args.structures, args.out, config)
-    except JaxmatInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = apply_overrides(load_config(args.config) if args.config else {}, args.set)
+    report = evaluate(args.models, args.data, args.structures, args.out, config)
     print(f"wrote {report}")
     return 0
 

@@ -22,7 +22,6 @@ checkpoint (``restart_latest``). Models are written under a temporary name and r
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmat import cli
 from jaxmat.config import apply_overrides, check_keys, load_config
 from jaxmat.errors import ConfigError, JaxmatInputError
 from jaxmat.files import copy_file, write_frames, write_json
@@ -208,9 +208,9 @@ def training_curves(work_dir: Path) -> dict[str, list]:
 
 
 def plot_curves(curves: dict, title: str, path: Path) -> None:
-    from jaxmat.heo.plots import _pyplot
+    from jaxmat.plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     axes[0].plot(curves["epoch"], curves["train_loss"], "o-", label="train")
     axes[0].plot(curves["valid_epoch"], curves["valid_loss"], "s-", label="validation")
@@ -323,16 +323,17 @@ def finetune(config: dict, progress: bool = True) -> dict:
     return summary
 
 
+@cli.command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m jaxmat.heo.finetune", __doc__)
     parser.add_argument("--config", required=True, help="YAML run config (configs/heo_finetune.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config entry")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    config = apply_overrides(load_config(args.config), args.set)
     try:
-        config = apply_overrides(load_config(args.config), args.set)
         summary = finetune(config, progress=not args.no_progress)
-    except (JaxmatInputError, RuntimeError) as error:
+    except RuntimeError as error:  # mace-torch's training refused the data or the run
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {', '.join(summary['models'].values())} ({summary['frames']} frames; timings {summary['timings']})")

@@ -18,6 +18,9 @@ import numpy as np
 from ase.build import bulk
 from ase.data import atomic_numbers
 
+from jaxmat import cli
+from jaxmat.errors import JaxmatInputError
+
 DEFAULT_CATIONS = ("Mg", "Co", "Ni", "Cu", "Zn")
 
 
@@ -90,23 +93,11 @@ def sqs_numbers(supercell, cations: Sequence[str], counts, a: float, seed: int, 
     return sqs.numbers
 
 
-def workload(name: str):
-    """Benchmark workloads (seeds 0..k-1, rattle 0.1 Å): W1 = 16 x 64-atom cells, W2 = 4 x 216, W3 = 256 x 64,
-    W4 = 32 x 512."""
-    table = {"W1": (16, 2), "W2": (4, 3), "W3": (256, 2), "W4": (32, 4)}
-    if name not in table:
-        raise ValueError(f"unknown workload {name!r}: {sorted(table)}")
-    count, n = table[name]
-    return [rocksalt_heo(n, seed=seed) for seed in range(count)]
-
-
+@cli.command
 def main(argv=None) -> int:
-    import argparse
-    import sys
-
     from jaxmat.files import write_frames
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m jaxmat.heo.generate", __doc__)
     parser.add_argument("--n", type=int, default=2, help="supercell size n (n x n x n conventional cells, 8n^3 atoms)")
     parser.add_argument("--count", type=int, default=1, help="structures to write (seeds seed..seed+count-1)")
     parser.add_argument("--mode", default="random", choices=["random", "equimolar", "sqs"])
@@ -122,12 +113,13 @@ def main(argv=None) -> int:
     cations = [c.strip() for c in args.cations.split(",") if c.strip()]
     unknown = [c for c in cations if c not in atomic_numbers]
     if unknown:
-        print(f"error: unknown element(s) {unknown} in --cations", file=sys.stderr)
-        return 2
-    ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else None
+        raise JaxmatInputError(f"unknown element(s) {unknown} in --cations")
+    try:
+        ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else None
+    except ValueError:
+        raise JaxmatInputError(f"--ratios {args.ratios!r}: numbers separated by commas") from None
     if ratios is not None and len(ratios) != len(cations):
-        print(f"error: {len(ratios)} ratios for {len(cations)} cations", file=sys.stderr)
-        return 2
+        raise JaxmatInputError(f"{len(ratios)} ratios for {len(cations)} cations")
     structures = []
     for i in range(args.count):
         ideal = rocksalt_heo(args.n, cations, args.seed + i, args.a, 0.0, args.mode, ratios, args.sqs_steps)

@@ -7,14 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from jaxmat.plotting import pyplot
 
 
 def composition_features(frames) -> tuple[np.ndarray, list[str]]:
@@ -48,7 +41,7 @@ def embed_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
 
 def curation_plots(frames, out_dir) -> list[str]:
     """elements_per_sample.png, element_frequency.png, composition_map.png in OUT_DIR; returns the names."""
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir)
     n_elements = [len(set(a.get_chemical_symbols())) for a in frames]
     fig, ax = plt.subplots(figsize=(5, 3.5))

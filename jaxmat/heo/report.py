@@ -14,6 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxmat import cli
+from jaxmat.errors import JaxmatInputError
+
+
+def minimum_image_rmsd(positions, reference, cell) -> float:
+    """RMSD (Å) between two sets of positions in one periodic cell, minimum image, mean displacement removed."""
+    cell = np.asarray(cell)
+    fractional = (np.asarray(positions) - np.asarray(reference)) @ np.linalg.inv(cell)
+    fractional -= np.round(fractional)
+    displacement = fractional @ cell
+    displacement -= displacement.mean(axis=0)
+    return float(np.sqrt(np.mean(np.sum(displacement**2, axis=1))))
+
 
 def _read(path: Path):
     import ase.io
@@ -61,8 +74,6 @@ def _steps(frames) -> dict:
 
 def in_distribution_metrics(frames) -> dict:
     """Convergence, RMSD to the DFT geometry (Å) and energy differences (meV/atom) of in-distribution relaxations."""
-    from jaxmat.heo.evaluate import minimum_image_rmsd
-
     ok = [a for a in frames if a.info["status"] != "failed"]
     rmsd = np.array([minimum_image_rmsd(a.positions, a.arrays["dft_positions"], a.cell[:]) for a in ok])
     vs_dft = np.array([(a.info["model_energy"] - a.info["DFT_energy"]) / len(a) for a in ok])
@@ -133,9 +144,9 @@ def _fmt(value, digits: int = 1) -> str:
 
 def make_plots(report: Path, outputs: dict) -> list[str]:
     """parity.png, steps_histogram.png, energy_traces.png in REPORT (those with data); returns the names."""
-    from jaxmat.heo.plots import _pyplot
+    from jaxmat.plotting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     test = outputs["test"]
     if test:
@@ -256,12 +267,14 @@ def write_report(report) -> Path:
     return path
 
 
+@cli.command
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not (Path(argv[0]) / "evaluation.json").exists():
-        print("usage: python -m jaxmat.heo.report REPORT  (a folder written by python -m jaxmat.heo.evaluate)", file=sys.stderr)
-        return 2
-    print(f"wrote {write_report(argv[0])}")
+    parser = cli.parser("python -m jaxmat.heo.report", "Recompute the tables, metrics.json, plots and report.md of an HEO evaluation.")
+    parser.add_argument("report", help="a folder written by python -m jaxmat.heo.evaluate")
+    args = parser.parse_args(argv)
+    if not (Path(args.report) / "evaluation.json").exists():
+        raise JaxmatInputError(f"{args.report} holds no evaluation.json: not a folder written by python -m jaxmat.heo.evaluate")
+    print(f"wrote {write_report(args.report)}")
     return 0
 
 

@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from jaxmat.graphs.batching import batch_stoichiometry, padded_size
-from jaxmat.graphs.stoichiometry import stoichiometry_graph
+from jaxmat.polysrl.graphs.batching import batch_stoichiometry, padded_size
+from jaxmat.polysrl.graphs.stoichiometry import stoichiometry_graph
 from jaxmat.polysrl.model import ModelConfig
+from jaxmat.precision import float64_scope
 
 
 class StoichiometryEmbedder:
@@ -24,8 +25,9 @@ class StoichiometryEmbedder:
 
     def __init__(self, config: ModelConfig, params: dict):
         self.config = config
-        self.dtype = config.jnp_dtype
-        self.params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, self.dtype), params)
+        with float64_scope(config.float64):  # precision chosen by the config, for this object's work only
+            self.dtype = config.jnp_dtype
+            self.params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, self.dtype), params)
         self.module = config.stoichiometry_encoder()
         self._apply = jax.jit(lambda p, g: self.module.apply({"params": p}, g))
 
@@ -38,7 +40,8 @@ class StoichiometryEmbedder:
             chunk = graphs[start : start + batch_size]
             n_graph = padded_size(len(chunk) + 1)
             batch = batch_stoichiometry(chunk, n_graph, np.dtype(self.dtype))
-            mu, logsigma = self._apply(self.params, batch)
+            with float64_scope(self.config.float64):
+                mu, logsigma = self._apply(self.params, batch)
             mus.append(np.asarray(mu[: len(chunk)]))
             sigmas.append(np.zeros_like(mus[-1]) if logsigma is None else np.exp(np.asarray(logsigma[: len(chunk)])))
         hidden = self.config.hidden

@@ -6,7 +6,6 @@ import numpy as np
 
 from jaxmat.errors import JaxmatInputError
 
-
 _MAGPIE_CACHE: dict[str, np.ndarray] = {}
 
 

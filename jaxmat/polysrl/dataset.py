@@ -13,9 +13,18 @@ from tqdm import tqdm
 from jaxmat.data.sources import load_structures
 from jaxmat.data.structures import StructureRecord
 from jaxmat.errors import JaxmatInputError
-from jaxmat.graphs.batching import BatchPadding, PolySRLBatch, make_polysrl_batch, padding_for
-from jaxmat.graphs.crystal import CrystalGraph, crystal_graph, merge_equivalent_edges
-from jaxmat.graphs.stoichiometry import StoichiometryGraph, stoichiometry_graph
+from jaxmat.polysrl.graphs.batching import (
+    BatchPadding,
+    PolySRLBatch,
+    make_polysrl_batch,
+    padding_for,
+)
+from jaxmat.polysrl.graphs.crystal import (
+    CrystalGraph,
+    crystal_graph,
+    merge_equivalent_edges,
+)
+from jaxmat.polysrl.graphs.stoichiometry import StoichiometryGraph, stoichiometry_graph
 
 log = logging.getLogger(__name__)
 

@@ -1,40 +1,43 @@
-"""Evaluate a stoichiometry encoder (or a baseline) on a composition property task with k-fold CV.
-
-    python -m jaxmat.evaluate --workdir DIR --task expt_gap|expt_is_metal|FILE.csv
-        [--protocol representation|transfer] [--folds 5] [--model pretrained|random-init|magpie-rf|roost]
-        --out OUT [--epochs 300] [--task-type regression|classification]
-
-Splits are Matbench's (KFold, shuffle, random_state 18012019). Writes OUT/results.json
-({"mae": {"mean", "std", "folds"}, ...}), OUT/predictions.csv and a parity plot (regression) or ROC
-curve (classification) as OUT/parity.png / OUT/roc.png.
-"""
+"""Composition-property evaluation of a stoichiometry encoder or a baseline, k-fold CV with Matbench's
+splits; the command is ``python -m jaxmat.evaluate`` (:mod:`jaxmat.evaluate`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from jaxmat.errors import JaxmatInputError
-from jaxmat.metrics import classification_metrics, regression_metrics, summarize_folds
+from jaxmat.polysrl.metrics import (
+    classification_metrics,
+    regression_metrics,
+    summarize_folds,
+)
 from jaxmat.polysrl.tasks import load_task, matbench_folds
+from jaxmat.precision import float64_scope
 
 log = logging.getLogger("jaxmat.evaluate")
+
+
+def encoder_config(workdir):
+    """The model config of a training directory, or the default config without one."""
+    from jaxmat.polysrl.api import load_model_config
+    from jaxmat.polysrl.model import ModelConfig
+
+    return ModelConfig() if workdir is None else load_model_config(workdir)
 
 
 def make_model(name: str, workdir, kind: str, protocol: str, epochs: int, seed: int):
     """A fresh model with fit(formulas, targets) / predict(formulas)."""
     if name == "magpie-rf":
-        from jaxmat.baselines import MagpieRandomForest
+        from jaxmat.polysrl.baselines import MagpieRandomForest
 
         return MagpieRandomForest(kind, seed)
     if name == "roost":
-        from jaxmat.baselines import RoostBaseline
+        from jaxmat.polysrl.baselines import RoostBaseline
 
         return RoostBaseline(kind, seed, epochs=epochs)
     import jax
@@ -49,12 +52,9 @@ def make_model(name: str, workdir, kind: str, protocol: str, epochs: int, seed: 
         embedder = load_encoder(workdir)
         encoder, params = embedder.module, embedder.params
     elif name == "random-init":
-        from jaxmat.graphs.batching import batch_stoichiometry
-        from jaxmat.graphs.stoichiometry import stoichiometry_graph
-        from jaxmat.polysrl.api import load_model_config
-        from jaxmat.polysrl.model import ModelConfig
-
-        config = ModelConfig() if workdir is None else load_model_config(workdir)
+        from jaxmat.polysrl.graphs.batching import batch_stoichiometry
+        from jaxmat.polysrl.graphs.stoichiometry import stoichiometry_graph
+        config = encoder_config(workdir)
         encoder = config.stoichiometry_encoder()
         example = batch_stoichiometry([stoichiometry_graph("NaCl")], 2, np.dtype(config.jnp_dtype))
         params = encoder.init(jax.random.PRNGKey(seed), example)["params"]
@@ -64,10 +64,9 @@ def make_model(name: str, workdir, kind: str, protocol: str, epochs: int, seed: 
 
 
 def plot_results(out: Path, kind: str, targets, predictions, title: str) -> Path:
-    import matplotlib
+    from jaxmat.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     if kind == "regression":
@@ -104,9 +103,11 @@ def evaluate(task: str, model: str, workdir=None, protocol: str = "representatio
     predictions = np.full(len(formulas), np.nan)
     per_fold = []
     started = time.time()
+    float64 = model in ("pretrained", "random-init") and encoder_config(workdir).float64
     for fold, (train, test) in enumerate(splits):
-        fitted = make_model(model, workdir, data.kind, protocol, epochs, seed + fold).fit(list(formulas[train]), data.targets[train])
-        predictions[test] = fitted.predict(list(formulas[test]))
+        with float64_scope(float64):  # the encoder's precision, for this evaluation only
+            fitted = make_model(model, workdir, data.kind, protocol, epochs, seed + fold).fit(list(formulas[train]), data.targets[train])
+            predictions[test] = fitted.predict(list(formulas[test]))
         per_fold.append(metric_fn(data.targets[test], predictions[test]))
         log.info("fold %d/%d: %s", fold + 1, folds, ", ".join(f"{k} {v:.4f}" for k, v in per_fold[-1].items()))
     results = {"task": data.name, "task_type": data.kind, "model": model, "protocol": protocol if model not in ("magpie-rf", "roost") else None,
@@ -123,33 +124,3 @@ def evaluate(task: str, model: str, workdir=None, protocol: str = "representatio
         title = f"{data.name} - {model}" + (f" ({protocol})" if model not in ("magpie-rf", "roost") else "")
         plot_results(out, data.kind, data.targets, predictions, title)
     return results
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxmat.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", help="training directory of the encoder")
-    parser.add_argument("--task", required=True)
-    parser.add_argument("--protocol", choices=["representation", "transfer"], default="representation")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--model", choices=["pretrained", "random-init", "magpie-rf", "roost"], default="pretrained")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--task-type", choices=["regression", "classification"])
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "matplotlib", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        results = evaluate(args.task, args.model, args.workdir, args.protocol, args.folds, args.out, args.epochs, args.task_type, args.seed)
-    except (JaxmatInputError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    names = ("mae", "rmse", "r2") if results["task_type"] == "regression" else ("roc_auc", "accuracy", "f1")
-    print(f"{results['task']} / {results['model']}: " + ", ".join(f"{n} {results[n]['mean']:.4f} ± {results[n]['std']:.4f}" for n in names)
-          + f"  ({results['n_rows']} rows, {results['skipped_rows']} skipped; results in {args.out})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxmat.errors import ConfigError
-from jaxmat.graphs.batching import PolySRLBatch
 from jaxmat.polysrl.encoders import StoichiometryEncoder, StructureEncoder
+from jaxmat.polysrl.graphs.batching import PolySRLBatch
 from jaxmat.polysrl.loss import LossParts, sample_embeddings, soft_contrastive_loss
+from jaxmat.precision import float64_enabled
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,17 @@ class ModelConfig:
                                     self.probabilistic, self.jnp_dtype)
 
     @property
+    def float64(self) -> bool:
+        return self.dtype == "float64"
+
+    @property
     def jnp_dtype(self):
-        if self.dtype == "float64" and not jax.config.jax_enable_x64:
-            jax.config.update("jax_enable_x64", True)
-        return jnp.float64 if self.dtype == "float64" else jnp.float32
+        """The parameter dtype. float64 needs JAX float64 on, which this never switches itself: the commands
+        call jaxmat.precision.use_float64(), the library runs in jaxmat.precision.float64_scope(config.float64)."""
+        if self.float64 and not float64_enabled():
+            raise ConfigError("model.dtype float64 needs JAX float64: call jaxmat.precision.use_float64() first "
+                              "or work inside jaxmat.precision.float64_scope()")
+        return jnp.float64 if self.float64 else jnp.float32
 
 
 class PolySRL(nn.Module):

@@ -7,10 +7,9 @@ from pathlib import Path
 
 def plot_training(history: list[dict], path) -> Path:
     """Loss, contrastive/KL parts, c and b, and mean sigma per epoch."""
-    import matplotlib
+    from jaxmat.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmat.graphs.batching import batch_stoichiometry
-from jaxmat.graphs.stoichiometry import stoichiometry_graph
 from jaxmat.polysrl.encoders import StoichiometryEncoder
+from jaxmat.polysrl.graphs.batching import batch_stoichiometry
+from jaxmat.polysrl.graphs.stoichiometry import stoichiometry_graph
 from jaxmat.polysrl.layers import xavier
 
 

@@ -1,13 +1,12 @@
-"""Train PolySRL: ``python -m jaxmat.train --config configs/polysrl.yaml --workdir DIR [--set key=value ...]``.
+"""PolySRL training loop: config resolution, resumable epochs with orbax checkpoints, metrics and plot.
 
-Writes DIR/config.yaml, DIR/metrics.jsonl (one line per epoch), DIR/training.png and an orbax
-checkpoint per epoch (params, optimiser state, step, data-order and noise RNG keys). Rerunning the
-same command resumes after the last saved epoch and reproduces the losses of an uninterrupted run.
+The command is ``python -m jaxmat.train`` (:mod:`jaxmat.train`); :func:`run_training` is the same from
+Python. A float64 model config needs JAX float64 on (``jaxmat.precision.use_float64()``, which the
+command calls).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -19,11 +18,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from jaxmat.config import apply_overrides, check_keys, load_config
+from jaxmat.config import check_keys
 from jaxmat.errors import ConfigError, JaxmatInputError
+from jaxmat.files import write_atomically
 from jaxmat.polysrl.dataset import PolySRLDataset, build_dataset
 from jaxmat.polysrl.model import ModelConfig, init_params
 from jaxmat.polysrl.training import TrainState, make_optimizer, make_train_step
+from jaxmat.precision import float64_scope
 
 log = logging.getLogger("jaxmat.train")
 
@@ -88,21 +89,30 @@ def _read_metrics(path: Path, last_epoch: int) -> list[dict]:
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
 
 
 def run_training(config: dict, workdir, progress: bool = True) -> list[dict]:
-    """Train (or resume) into ``workdir``; returns the metrics of every epoch so far."""
-    from jaxmat.polysrl.checkpoint import checkpoint_manager, restore_checkpoint, save_checkpoint
+    """Train (or resume) into ``workdir``; returns the metrics of every epoch so far. A float64 model
+    config runs in jaxmat.precision.float64_scope (the process-wide JAX setting is left alone)."""
+    config = resolve_config(config)
+    with float64_scope(config["model"]["dtype"] == "float64"):
+        return _train(config, workdir, progress)
+
+
+def _train(config: dict, workdir, progress: bool) -> list[dict]:
+    from jaxmat.polysrl.checkpoint import (
+        checkpoint_manager,
+        restore_checkpoint,
+        save_checkpoint,
+    )
     from jaxmat.polysrl.plots import plot_training
 
     config = resolve_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_resumable(workdir, config)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_atomically(workdir / "config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
 
     model_config = ModelConfig.from_dict(config["model"])
     dtype = np.dtype(model_config.jnp_dtype)
@@ -172,28 +182,3 @@ def run_training(config: dict, workdir, progress: bool = True) -> list[dict]:
     if history:
         plot_training(history, workdir / "training.png")
     return history
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxmat.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config (see configs/polysrl.yaml)")
-    parser.add_argument("--workdir", required=True, help="output/resume directory")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "matplotlib", "jax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        config = apply_overrides(load_config(args.config), args.overrides)
-        history = run_training(config, args.workdir, progress=not args.no_progress)
-    except JaxmatInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if history:
-        print(f"trained {history[-1]['epoch']} epochs; final loss {history[-1]['loss']:.6g}; outputs in {args.workdir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

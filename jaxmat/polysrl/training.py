@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxmat.graphs.batching import PolySRLBatch
+from jaxmat.polysrl.graphs.batching import PolySRLBatch
 from jaxmat.polysrl.model import ModelConfig, loss_with_noise, sample_noise
 
 

@@ -1,18 +1,9 @@
-"""Does the learned spread grow with the number of polymorphs? (PolySRL's central claim.)
-
-    python -m jaxmat.analyze_uncertainty --workdir DIR [--out DIR/uncertainty] [--bootstrap 1000]
-
-For every formula of the run's training structures: the number of distinct polymorphs (structures
-that pymatgen's StructureMatcher does not match) and the encoder's mean sigma. Writes
-OUT/polymorph_sigma.csv, OUT/summary.json (Spearman rho with a bootstrap 95 % interval) and
-OUT/sigma_by_polymorphs.png (box plot of mean sigma per polymorph count).
-"""
+"""Does the learned spread grow with the number of polymorphs? (PolySRL's central claim.) The command
+is ``python -m jaxmat.analyze_uncertainty`` (:mod:`jaxmat.analyze_uncertainty`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -87,10 +78,9 @@ def analyze(workdir, out=None, n_boot: int = 1000, seed: int = 0) -> dict:
 
 
 def _box_plot(path, polymorphs, mean_sigma, rho, low, high):
-    import matplotlib
+    from jaxmat.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     levels = sorted(set(polymorphs.tolist()))
     labels = [str(k) if k < 4 else "4+" for k in levels]
@@ -107,23 +97,3 @@ def _box_plot(path, polymorphs, mean_sigma, rho, low, high):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxmat.analyze_uncertainty", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--out")
-    parser.add_argument("--bootstrap", type=int, default=1000)
-    args = parser.parse_args(argv)
-    try:
-        summary = analyze(args.workdir, args.out, args.bootstrap)
-    except (JaxmatInputError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{summary['n_formulas']} formulas ({summary['formulas_with_several_polymorphs']} with several polymorphs): "
-          f"Spearman rho {summary['spearman_rho']:.3f}, 95% CI [{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,43 +15,13 @@ info['status'] (converged / max_steps / failed), info['n_steps'], energy (eV) an
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from jaxmat.errors import JaxmatInputError
-
-
-def load_force_field(spec: str, backend: str = "torch", dtype: str = "float64"):
-    """A force field from a model path or a 'lj:...' / 'morse:...' spec."""
-    name, _, args = spec.partition(":")
-    if name in ("lj", "morse"):
-        import jax
-
-        jax.config.update("jax_enable_x64", dtype == "float64")
-        from jaxmat.forcefields import classical
-
-        values = [float(v) for v in args.split(",")] if args else []
-        return classical.lennard_jones(*values) if name == "lj" else classical.morse(*values)
-    path = Path(spec)
-    if not path.exists():
-        raise JaxmatInputError(f"model {spec} not found (a mace-torch .model file, a converted JAX MACE directory, or lj:/morse:)")
-    if backend == "jax":
-        from jaxmat.forcefields.mace import UnsupportedMACEError
-        from jaxmat.forcefields.mace.forcefield import MACEJax
-
-        try:
-            return MACEJax.load(path, dtype=dtype) if path.is_dir() else MACEJax.from_torch(path, dtype=dtype)
-        except UnsupportedMACEError as error:
-            raise JaxmatInputError(str(error)) from error
-    if path.is_dir():
-        raise JaxmatInputError(f"{spec} is a converted JAX MACE directory: use --backend jax")
-    from jaxmat.forcefields.mace_torch import MACETorch
-
-    return MACETorch(spec, dtype=dtype)
+from jaxmat import cli
 
 
 def _frame(result, index: int):
@@ -64,89 +34,85 @@ def _frame(result, index: int):
     return atoms
 
 
+@cli.command
 def main(argv=None) -> int:
-    import ase.io
+    from jaxmat.forcefields.registry import BACKENDS
+    from jaxmat.relax.optimizers import OPTIMIZERS
 
-    parser = argparse.ArgumentParser(prog="python -m jaxmat.relax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m jaxmat.relax", __doc__)
     parser.add_argument("input", help="structures (any format ase.io.read knows, e.g. extxyz), or embedded:heo")
     parser.add_argument("--model", required=True, help="mace-torch model file, or lj[:sigma,eps,cutoff] / morse[:...]")
     parser.add_argument("--out", required=True, help="output extxyz")
-    parser.add_argument("--optimizer", choices=["fire", "lbfgs"], default="fire")
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire")
     parser.add_argument("--fmax", type=float, default=0.05, help="force convergence threshold, eV/Å")
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--max-atoms", type=int, default=None, help="atom budget of one batch")
     parser.add_argument("--relax-cell", action="store_true", help="relax the cell too (ASE FrechetCellFilter per structure)")
     parser.add_argument("--trajectory", help="folder for one extxyz trajectory per structure")
-    parser.add_argument("--backend", choices=["torch", "jax"], default="torch", help="MACE implementation")
+    parser.add_argument("--backend", choices=list(BACKENDS), default="torch", help="MACE implementation")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli.configure_logging(logging.WARNING)
 
     from jaxmat import compile_cache
-    from jaxmat.files import append_frame, read_frame_log
+    from jaxmat.data.sources import read_atoms
+    from jaxmat.files import append_frame, read_frame_log, write_frames
+    from jaxmat.forcefields.registry import load_force_field
+    from jaxmat.precision import use_float64
     from jaxmat.relax.runner import relax
 
+    use_float64(args.dtype == "float64")
     compile_cache.enable()  # a rerun with the same shapes compiles nothing ($JAXMAT_COMPILATION_CACHE=0: off)
+    structures = read_atoms(args.input)
+    force_field = load_force_field(args.model, args.backend, args.dtype)
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    done = {}
+    if partial.exists():
+        frames, dropped = read_frame_log(partial)
+        if dropped:
+            print(f"warning: dropped a truncated last frame ({dropped} bytes, an interrupted write) from {partial}; "
+                  f"that structure is relaxed again", file=sys.stderr)
+        for atoms in frames:
+            done[int(atoms.info["input_index"])] = atoms
+        print(f"resuming: {len(done)} of {len(structures)} structures already done in {partial}", file=sys.stderr)
+    todo = [i for i in range(len(structures)) if i not in done]
+    traj_dir = Path(args.trajectory) if args.trajectory else None
+    if traj_dir:
+        traj_dir.mkdir(parents=True, exist_ok=True)
 
-    try:
-        if args.input == "embedded:heo":  # the LeMat-Bulk HEO frames shipped with jaxmat
-            from jaxmat.data.sources import load_structures
-            from jaxmat.data.structures import to_ase
+    def on_result(result):
+        index = todo[result.index]
+        frame = _frame(result, index)
+        append_frame(partial, frame)  # one write: a kill leaves whole frames, or a tail the rerun drops
+        done[index] = frame
+        if traj_dir and result.trajectory:
+            write_frames(traj_dir / f"{index:05d}.extxyz", _trajectory_images(frame, result.trajectory))
 
-            structures = [to_ase(r) for r in load_structures("embedded:heo").records]
-        else:
-            structures = ase.io.read(args.input, index=":")
-        if not structures:
-            raise JaxmatInputError(f"{args.input} holds no structures")
-        force_field = load_force_field(args.model, args.backend, args.dtype)
-        out = Path(args.out)
-        partial = out.with_name(out.name + ".partial")
-        done = {}
-        if partial.exists():
-            frames, dropped = read_frame_log(partial)
-            if dropped:
-                print(f"warning: dropped a truncated last frame ({dropped} bytes, an interrupted write) from {partial}; "
-                      f"that structure is relaxed again", file=sys.stderr)
-            for atoms in frames:
-                done[int(atoms.info["input_index"])] = atoms
-            print(f"resuming: {len(done)} of {len(structures)} structures already done in {partial}", file=sys.stderr)
-        todo = [i for i in range(len(structures)) if i not in done]
-        traj_dir = Path(args.trajectory) if args.trajectory else None
-        if traj_dir:
-            traj_dir.mkdir(parents=True, exist_ok=True)
-
-        def on_result(result):
-            index = todo[result.index]
-            frame = _frame(result, index)
-            append_frame(partial, frame)  # one write: a kill leaves whole frames, or a tail the rerun drops
-            done[index] = frame
-            if traj_dir and result.trajectory:
-                from ase import Atoms
-                from ase.calculators.singlepoint import SinglePointCalculator
-
-                images = []
-                for positions, energy, forces, cell in result.trajectory:
-                    image = Atoms(numbers=frame.numbers, positions=positions, cell=cell, pbc=frame.pbc)
-                    image.calc = SinglePointCalculator(image, energy=energy, forces=forces)
-                    images.append(image)
-                ase.io.write(traj_dir / f"{index:05d}.extxyz", images, format="extxyz")
-
-        names = [f"structure {i} of {args.input}" for i in todo]
-        relax([structures[i] for i in todo], force_field, args.optimizer, args.fmax, args.max_steps, args.max_atoms,
-              progress=not args.no_progress, on_result=on_result, keep_trajectory=traj_dir is not None, names=names,
-              relax_cell=args.relax_cell)
-        tmp = out.with_name(out.name + ".tmp")
-        ase.io.write(tmp, [done[i] for i in range(len(structures))], format="extxyz")
-        tmp.replace(out)
-        partial.unlink(missing_ok=True)
-    except (JaxmatInputError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    names = [f"structure {i} of {args.input}" for i in todo]
+    relax([structures[i] for i in todo], force_field, args.optimizer, args.fmax, args.max_steps, args.max_atoms,
+          progress=not args.no_progress, on_result=on_result, keep_trajectory=traj_dir is not None, names=names,
+          relax_cell=args.relax_cell)
+    write_frames(out, [done[i] for i in range(len(structures))])
+    partial.unlink(missing_ok=True)
     statuses = [done[i].info["status"] for i in range(len(structures))]
     counts = {s: statuses.count(s) for s in ("converged", "max_steps", "failed")}
     print(f"wrote {len(statuses)} structures to {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     return 0
+
+
+def _trajectory_images(frame, trajectory) -> list:
+    """ase.Atoms per recorded step (positions Å, energy eV, forces eV/Å, cell Å) with single-point results."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    images = []
+    for positions, energy, forces, cell in trajectory:
+        image = Atoms(numbers=frame.numbers, positions=positions, cell=cell, pbc=frame.pbc)
+        image.calc = SinglePointCalculator(image, energy=energy, forces=forces)
+        images.append(image)
+    return images
 
 
 if __name__ == "__main__":

@@ -16,9 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
-from jaxmat.forcefields.neighbors import bucket, neighbor_matrix, pad_neighbor_matrix, slot_shifts
 from jaxmat.forcefields.mace.model import energy_forces_stress
 from jaxmat.forcefields.mace.ops import outgoing_slots
+from jaxmat.forcefields.neighbors import (
+    bucket,
+    neighbor_matrix,
+    pad_neighbor_matrix,
+    slot_shifts,
+)
+from jaxmat.precision import float64_scope
 
 
 class MACEJax:
@@ -34,11 +40,11 @@ class MACEJax:
         if matmul_precision not in ("highest", "high", "default"):
             raise ValueError(f"matmul_precision must be highest, high or default, not {matmul_precision!r}")
         self.matmul_precision = matmul_precision
-        if dtype == "float64":
-            jax.config.update("jax_enable_x64", True)
         self.config = config
         self.dtype = jnp.float64 if dtype == "float64" else jnp.float32
-        self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.dtype), params)
+        self.float64 = dtype == "float64"  # float64 work runs in jaxmat.precision.float64_scope, not a global switch
+        with float64_scope(self.float64):
+            self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.dtype), params)
         self.r_max = float(config["r_max"])
         self.heads = list(config["heads"])
         head = head or self.heads[-1]
@@ -95,20 +101,21 @@ class MACEJax:
         dummy_system = systems_size - 1  # padding atoms belong to a system nobody reads
         system_index = np.concatenate([batch.system_index, np.full(pad_atoms, dummy_system)]).astype(np.int32)
         cells = np.concatenate([batch.cells, np.tile(np.eye(3), (systems_size - n_systems, 1, 1))])
-        as_dtype = lambda a: jnp.asarray(a, self.dtype)
-        return dict(
-            positions=as_dtype(np.concatenate([batch.positions, np.zeros((pad_atoms, 3))])),
-            species=jnp.asarray(np.concatenate([self.species(batch.numbers), np.zeros(pad_atoms, np.int32)])),
-            cells=as_dtype(cells), system_index=jnp.asarray(system_index), neighbors=jnp.asarray(matrix.neighbors),
-            shifts=as_dtype(np.asarray(slot_shifts(matrix.translations, cells, system_index))),
-            neighbor_mask=jnp.asarray(matrix.mask), outgoing_slots=jnp.asarray(outgoing_slots(matrix.neighbors, matrix.mask)),
-            n_systems=systems_size,
-        )
+        with float64_scope(self.float64):
+            as_dtype = lambda a: jnp.asarray(a, self.dtype)
+            return dict(
+                positions=as_dtype(np.concatenate([batch.positions, np.zeros((pad_atoms, 3))])),
+                species=jnp.asarray(np.concatenate([self.species(batch.numbers), np.zeros(pad_atoms, np.int32)])),
+                cells=as_dtype(cells), system_index=jnp.asarray(system_index), neighbors=jnp.asarray(matrix.neighbors),
+                shifts=as_dtype(np.asarray(slot_shifts(matrix.translations, cells, system_index))),
+                neighbor_mask=jnp.asarray(matrix.mask), outgoing_slots=jnp.asarray(outgoing_slots(matrix.neighbors, matrix.mask)),
+                n_systems=systems_size,
+            )
 
     def evaluate_padded(self, inputs: dict):
         """Device arrays energy (S,) eV, forces (N, 3) eV/Å, stress (S, 3, 3) eV/Å^3 for ``padded_inputs(batch)``
         (padding rows included), traced at this force field's matmul precision (a scoped setting)."""
-        with jax.default_matmul_precision(self.matmul_precision):
+        with jax.default_matmul_precision(self.matmul_precision), float64_scope(self.float64):
             return self._evaluate(self.params, **inputs)
 
     supports_device_loop = True
@@ -121,9 +128,10 @@ class MACEJax:
         """(params, energy_forces_stress(params, graph)) for the device relaxation loop: graph holds
         positions, cells, species, system_index, neighbors, translations, mask, outgoing (padded)."""
         config, head, precision, dtype = self.config, self.head_index, self.matmul_precision, self.dtype
+        float64 = self.float64
 
         def evaluate(params, graph):
-            with jax.default_matmul_precision(precision):
+            with jax.default_matmul_precision(precision), float64_scope(float64):
                 positions, cells = graph["positions"].astype(dtype), graph["cells"].astype(dtype)
                 shifts = slot_shifts(graph["translations"], cells, graph["system_index"])
                 out = energy_forces_stress(params, config, positions, graph["species"], cells, graph["system_index"],
@@ -134,7 +142,8 @@ class MACEJax:
 
     def __call__(self, batch: SystemBatch, compute_stress: bool = False) -> ForceFieldOutput:
         n_atoms, n_systems = len(batch.numbers), batch.n_systems
-        energy, forces, stress = self.evaluate_padded(self.padded_inputs(batch))
+        with float64_scope(self.float64):
+            energy, forces, stress = self.evaluate_padded(self.padded_inputs(batch))
         return ForceFieldOutput(
             np.asarray(energy, np.float64)[:n_systems], np.asarray(forces, np.float64)[:n_atoms],
             np.asarray(stress, np.float64)[:n_systems] if compute_stress else None,

@@ -11,8 +11,8 @@ from typing import NamedTuple, Sequence
 import jraph
 import numpy as np
 
-from jaxmat.graphs.crystal import CrystalGraph
-from jaxmat.graphs.stoichiometry import StoichiometryGraph
+from jaxmat.polysrl.graphs.crystal import CrystalGraph
+from jaxmat.polysrl.graphs.stoichiometry import StoichiometryGraph
 
 
 def padded_size(n: int, minimum: int = 8) -> int:

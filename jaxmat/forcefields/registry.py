@@ -1,0 +1,83 @@
+"""A force field from a name or a path: the one table of force-field kinds.
+
+    lj[:sigma,epsilon,cutoff]          Lennard-Jones pair potential (Å, eV), JAX
+    morse[:sigma,epsilon,alpha,cutoff] Morse pair potential (Å, eV), JAX
+    chgnet                             CHGNet through matgl (labels and reference energies)
+    PATH.model                         a mace-torch model: run by mace-torch (backend "torch") or
+                                       converted to jaxmat's JAX MACE (backend "jax")
+    DIR                                a JAX MACE written by scripts/convert_mace.py (backend "jax")
+
+To add a kind: write a class with the :class:`jaxmat.forcefields.base.ForceField` interface and one
+entry in :data:`NAMED` (built from a name and ``:``-separated numbers) or a branch in
+:func:`load_force_field` for files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jaxmat.errors import JaxmatInputError
+
+BACKENDS = ("torch", "jax")  # MACE implementations: mace-torch, or jaxmat's JAX MACE
+
+
+def _lennard_jones(*values):
+    from jaxmat.forcefields import classical
+
+    return classical.lennard_jones(*values)
+
+
+def _morse(*values):
+    from jaxmat.forcefields import classical
+
+    return classical.morse(*values)
+
+
+def _chgnet():
+    from jaxmat.forcefields.chgnet import CHGNetForceField
+
+    return CHGNetForceField()
+
+
+NAMED = {  # name -> (builder taking the numbers after ':', most numbers)
+    "lj": (_lennard_jones, 3),
+    "morse": (_morse, 4),
+    "chgnet": (_chgnet, 0),
+}
+
+
+def load_force_field(spec: str, backend: str = "torch", dtype: str = "float64"):
+    """A force field from a name in :data:`NAMED` (``lj:3.4,0.01,8``) or a MACE model path.
+
+    backend: "torch" (mace-torch) or "jax" (jaxmat's JAX MACE) for MACE models; dtype: "float64" or
+    "float32" for MACE models (pair potentials compute in the precision the caller runs JAX in).
+    """
+    if backend not in BACKENDS:
+        raise JaxmatInputError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    name, _, args = str(spec).partition(":")
+    if name in NAMED:
+        build, most = NAMED[name]
+        try:
+            values = [float(v) for v in args.split(",")] if args else []
+        except ValueError:
+            raise JaxmatInputError(f"force field {spec!r}: the parameters after ':' must be numbers") from None
+        if len(values) > most:
+            raise JaxmatInputError(f"force field {spec!r}: {name} takes at most {most} parameters")
+        return build(*values)
+    path = Path(spec)
+    if not path.exists():
+        raise JaxmatInputError(f"model {spec} not found (a mace-torch .model file, a converted JAX MACE directory, "
+                               f"or one of {', '.join(NAMED)})")
+    if backend == "jax":
+        from jaxmat.forcefields.mace import UnsupportedMACEError
+        from jaxmat.forcefields.mace.forcefield import MACEJax
+
+        try:
+            return MACEJax.load(path, dtype=dtype) if path.is_dir() else MACEJax.from_torch(path, dtype=dtype)
+        except UnsupportedMACEError as error:
+            raise JaxmatInputError(str(error)) from error
+    if path.is_dir():
+        raise JaxmatInputError(f"{spec} is a converted JAX MACE directory: use backend jax (--backend jax)")
+    from jaxmat.forcefields.mace_torch import MACETorch
+
+    return MACETorch(spec, dtype=dtype)
