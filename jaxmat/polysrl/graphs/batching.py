@@ -11,18 +11,14 @@ from typing import NamedTuple, Sequence
 import jraph
 import numpy as np
 
+from jaxmat.padding import bucket, round_up
 from jaxmat.polysrl.graphs.crystal import CrystalGraph
 from jaxmat.polysrl.graphs.stoichiometry import StoichiometryGraph
 
 
 def padded_size(n: int, minimum: int = 8) -> int:
-    """Smallest m * 2**k >= n (m in 4..7), at least ``minimum``."""
-    n = max(int(n), minimum)
-    k = max(int(np.floor(np.log2(n))) - 2, 0)
-    for m in (4, 5, 6, 7, 8):
-        if m * 2**k >= n:
-            return m * 2**k
-    raise AssertionError("unreachable")
+    """Smallest m * 2**k >= n (m in 4..7), at least ``minimum``: graph batches pad by at most 25 %."""
+    return bucket(n, minimum, bits=2)
 
 
 def _pad_graphs(nodes: dict, edges: dict | None, senders, receivers, n_node, n_edge, n_node_pad, n_edge_pad, n_graph):
@@ -130,17 +126,13 @@ class BatchPadding(NamedTuple):
     crystal_edges: int
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return int(-(-int(n) // multiple) * multiple)
-
-
 def padding_for(stoich: Sequence[StoichiometryGraph], crystals: Sequence[CrystalGraph], index_chunks) -> BatchPadding:
     """One padding that fits every batch in ``index_chunks``: the largest totals + 1, rounded up a little."""
     s_nodes = np.array([len(g.numbers) for g in stoich])
     c_nodes = np.array([len(g.numbers) for g in crystals])
     c_edges = np.array([len(g.senders) for g in crystals])
     worst = np.max([[s_nodes[c].sum(), (s_nodes[c] ** 2).sum(), c_nodes[c].sum(), c_edges[c].sum()] for c in index_chunks], axis=0)
-    return BatchPadding(_round_up(worst[0] + 1, 64), _round_up(worst[1] + 1, 256), _round_up(worst[2] + 1, 64), _round_up(worst[3] + 1, 512))
+    return BatchPadding(round_up(worst[0] + 1, 64), round_up(worst[1] + 1, 256), round_up(worst[2] + 1, 64), round_up(worst[3] + 1, 512))
 
 
 def make_polysrl_batch(
