@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cli.configure_logging()
     from jaxmat.config import apply_overrides, load_config
-    from jaxmat.polysrl.trainer import resolve_config, run_training
+    from jaxmat.polysrl.config import resolve_config, run_training
     from jaxmat.precision import use_float64
 
     config = resolve_config(apply_overrides(load_config(args.config), args.overrides))

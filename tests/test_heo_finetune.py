@@ -7,12 +7,8 @@ import numpy as np
 import pytest
 
 from jaxmat.errors import JaxmatInputError
-from jaxmat.heo.finetune import (
-    base_structures,
-    covering_subset,
-    mace_options,
-    resolve_config,
-)
+from jaxmat.heo.config import resolve_finetune_config as resolve_config
+from jaxmat.heo.finetune import base_structures, covering_subset, mace_options
 
 
 @pytest.fixture(scope="module")

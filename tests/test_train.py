@@ -139,7 +139,7 @@ def test_evaluate_pretrained_encoder(trained, tmp_path):
 
 
 def test_shipped_configs_resolve():
-    from jaxmat.polysrl.trainer import resolve_config
+    from jaxmat.polysrl.config import resolve_config
 
     for name in ("polysrl.yaml", "polysrl_deterministic.yaml"):
         resolved = resolve_config(load_config(REPO / "configs" / name))

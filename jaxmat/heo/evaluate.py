@@ -28,31 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from jaxmat import cli
-from jaxmat.config import apply_overrides, check_keys, load_config
-from jaxmat.errors import ConfigError, JaxmatInputError
+from jaxmat.config import apply_overrides, load_config
+from jaxmat.errors import JaxmatInputError
 from jaxmat.files import write_frames, write_json
 from jaxmat.forcefields.base import evaluate_frames, missing_element_counts
-
-DEFAULTS = {
-    "backend": "torch",         # MACE implementation: torch (mace-torch, batched) or jax (jaxmat's JAX MACE)
-    "dtype": "float64",
-    "seed": 0,
-    "reference": "chgnet",      # independent reference model: chgnet, a MACE .model path, or none
-    "unsupported": "skip",      # frames with elements a model lacks: skip (counted in the report) or error
-    "max_atoms": None,          # atom budget of one relaxation batch (default: the runner's)
-    "test": {"split": "test", "max_frames": None, "batch_atoms": 2048},
-    "in_distribution": {"split": "test", "count": 24, "rattle": 0.05, "optimizer": "lbfgs", "fmax": 0.05, "max_steps": 200},
-    "substitution": {"optimizer": "lbfgs", "fmax": 0.05, "max_steps": 100, "relax_cell": True},
-}
-
-
-def resolve_config(config: dict) -> dict:
-    config = check_keys(config, DEFAULTS, "evaluation config")
-    for section in ("test", "in_distribution", "substitution"):
-        config[section] = check_keys(config[section], DEFAULTS[section], section)
-    if config["unsupported"] not in ("skip", "error"):
-        raise ConfigError(f"unsupported must be 'skip' or 'error', got {config['unsupported']!r}")
-    return config
+from jaxmat.heo.config import resolve_evaluation_config
 
 
 def model_labels(paths) -> list[str]:
@@ -195,7 +175,7 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
     from jaxmat.forcefields.registry import load_force_field
     from jaxmat.heo.report import write_report
 
-    config = resolve_config(config)
+    config = resolve_evaluation_config(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir)

@@ -32,59 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from jaxmat import cli
-from jaxmat.config import apply_overrides, check_keys, load_config
-from jaxmat.errors import ConfigError, JaxmatInputError
+from jaxmat.config import apply_overrides, load_config
+from jaxmat.errors import JaxmatInputError
 from jaxmat.files import copy_file, write_frames, write_json
 from jaxmat.forcefields.base import missing_element_counts
-
-MACE_MP_NAMES = ("small", "medium", "large", "small-0b", "medium-0b", "small-0b2", "medium-0b2", "large-0b2",
-                 "medium-0b3", "medium-mpa-0", "medium-omat-0", "mace-matpes-pbe-0", "mace-matpes-r2scan-0")
-
-DEFAULTS = {
-    "out": "runs/heo/finetune",
-    "seed": 0,
-    "device": "cpu",
-    "data": {"dir": "runs/heo/curated", "energy_key": "DFT_energy", "forces_key": "DFT_forces", "max_train": None},
-    "foundation": {"model": "base"},
-    "base": {
-        "curated_structures": 300,     # curated training structures (element coverage first), CHGNet-labelled
-        "copies": 1,                   # rattled copies of each
-        "rattle": [0.0, 0.1],          # Gaussian stdev range, Å
-        "rocksalt_cells": 100,         # rattled rock-salt HEO cells
-        "rocksalt_repeats": [[1, 1, 1], [2, 1, 1], [2, 2, 1]],
-        "rocksalt_a": [4.1, 4.3],      # lattice parameter range, Å
-        "rocksalt_rattle": [0.02, 0.15],
-        "cations": ["Mg", "Co", "Ni", "Cu", "Zn"],
-        "chgnet_batch_size": 32,
-        "mace": {},                    # mace_run_train options of the base model (merged over BASE_MACE)
-    },
-    "finetune": {"mace": {}},          # mace_run_train options of the finetuning stage (merged over FINETUNE_MACE)
-}
-
-BASE_MACE = {
-    "model": "MACE", "hidden_irreps": "32x0e", "max_ell": 2, "correlation": 2, "num_interactions": 2, "r_max": 5.0,
-    "E0s": "average", "energy_weight": 1.0, "forces_weight": 10.0, "lr": 0.01, "batch_size": 5,
-    "max_num_epochs": 12, "scaling": "rms_forces_scaling", "ema": True, "ema_decay": 0.99, "swa": False,
-    "valid_fraction": 0.1, "default_dtype": "float64",
-}
-
-FINETUNE_MACE = {  # the reference's finetuning settings
-    "E0s": "foundation", "energy_weight": 1.0, "forces_weight": 10.0, "lr": 1e-4, "batch_size": 5, "max_num_epochs": 10,
-    "scaling": "rms_forces_scaling", "default_dtype": "float64", "multiheads_finetuning": False,
-    "foundation_model_elements": True, "swa": False, "ema": True, "ema_decay": 0.99,
-}
-
-
-def resolve_config(config: dict) -> dict:
-    """Defaults filled in, unknown keys refused."""
-    config = check_keys(config, DEFAULTS, "finetune config")
-    for section in ("data", "foundation", "base", "finetune"):
-        config[section] = check_keys(config[section], DEFAULTS[section], section)
-    config["base"]["mace"] = {**BASE_MACE, **(config["base"]["mace"] or {})}
-    config["finetune"]["mace"] = {**FINETUNE_MACE, **(config["finetune"]["mace"] or {})}
-    if not config["foundation"]["model"]:
-        raise ConfigError("foundation.model must be 'base', a MACE-MP name or a model path")
-    return config
+from jaxmat.heo.config import MACE_MP_NAMES, resolve_finetune_config
 
 
 def read_split(data_dir, name: str, energy_key: str, forces_key: str):
@@ -228,7 +180,7 @@ def plot_curves(curves: dict, title: str, path: Path) -> None:
 def publish_stage(model: Path, stage: Path, title: str, plot_path: Path, target: Path) -> Path:
     """STAGE/curves.json and the loss-curve PNG of a finished mace_run_train stage; its model copied to target."""
     curves = training_curves(stage / "mace")
-    (stage / "curves.json").write_text(json.dumps(curves))
+    write_json(stage / "curves.json", curves, indent=None)
     plot_curves(curves, title, plot_path)
     return copy_file(model, target)
 
@@ -258,7 +210,7 @@ def build_base(config: dict, pool, out: Path, progress: bool = True) -> Path:
 
 def finetune(config: dict, progress: bool = True) -> dict:
     """Run the stages named by the config; returns the summary (also OUT/summary.json)."""
-    config = resolve_config(config)
+    config = resolve_finetune_config(config)
     out = Path(config["out"]).absolute()
     out.mkdir(parents=True, exist_ok=True)
     data = config["data"]

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxmat import cli
 from jaxmat.errors import JaxmatInputError
+from jaxmat.files import write_atomically, write_json
 
 
 def minimum_image_rmsd(positions, reference, cell) -> float:
@@ -261,10 +262,8 @@ def write_report(report) -> Path:
     outputs = load_outputs(report)
     metrics = compute_metrics(outputs)
     plots = make_plots(report, outputs)
-    (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    path = report / "report.md"
-    path.write_text(render(metrics, evaluation, plots))
-    return path
+    write_json(report / "metrics.json", metrics, indent=2)
+    return write_atomically(report / "report.md", lambda tmp: tmp.write_text(render(metrics, evaluation, plots)))
 
 
 @cli.command

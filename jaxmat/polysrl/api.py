@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from jaxmat.polysrl.config import ModelConfig
 from jaxmat.polysrl.graphs.batching import batch_stoichiometry, padded_size
 from jaxmat.polysrl.graphs.stoichiometry import stoichiometry_graph
-from jaxmat.polysrl.model import ModelConfig
 from jaxmat.precision import float64_scope
 
 

@@ -3,7 +3,6 @@ splits; the command is ``python -m jaxmat.evaluate`` (:mod:`jaxmat.evaluate`).""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxmat.errors import JaxmatInputError
+from jaxmat.files import write_atomically, write_json
 from jaxmat.polysrl.metrics import (
     classification_metrics,
     regression_metrics,
@@ -25,7 +25,7 @@ log = logging.getLogger("jaxmat.evaluate")
 def encoder_config(workdir):
     """The model config of a training directory, or the default config without one."""
     from jaxmat.polysrl.api import load_model_config
-    from jaxmat.polysrl.model import ModelConfig
+    from jaxmat.polysrl.config import ModelConfig
 
     return ModelConfig() if workdir is None else load_model_config(workdir)
 
@@ -116,11 +116,9 @@ def evaluate(task: str, model: str, workdir=None, protocol: str = "representatio
     results.update(summarize_folds(per_fold))
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        with open(out / "predictions.csv", "w") as fh:
-            fh.write("formula,target,prediction\n")
-            fh.writelines(f"{f},{t:.8g},{p:.8g}\n" for f, t, p in zip(formulas, data.targets, predictions))
+        write_json(out / "results.json", results, indent=2)
+        rows = "".join(f"{f},{t:.8g},{p:.8g}\n" for f, t, p in zip(formulas, data.targets, predictions))
+        write_atomically(out / "predictions.csv", lambda tmp: tmp.write_text("formula,target,prediction\n" + rows))
         title = f"{data.name} - {model}" + (f" ({protocol})" if model not in ("magpie-rf", "roost") else "")
         plot_results(out, data.kind, data.targets, predictions, title)
     return results

@@ -18,35 +18,15 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from jaxmat.config import check_keys
 from jaxmat.errors import ConfigError, JaxmatInputError
 from jaxmat.files import write_atomically
+from jaxmat.polysrl.config import ModelConfig, resolve_config
 from jaxmat.polysrl.dataset import PolySRLDataset, build_dataset
-from jaxmat.polysrl.model import ModelConfig, init_params
+from jaxmat.polysrl.model import init_params
 from jaxmat.polysrl.training import TrainState, make_optimizer, make_train_step
 from jaxmat.precision import float64_scope
 
 log = logging.getLogger("jaxmat.train")
-
-DATA_DEFAULTS = {"source": "embedded", "path": None, "limit": None, "cutoff": 8.0, "max_neighbors": 12, "merge_equivalent_edges": True}
-TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 256, "lr": 5e-5, "weight_decay": 0.0, "max_grad_norm": 2.0, "keep_checkpoints": 3}
-
-
-def resolve_config(config: dict) -> dict:
-    """Full config with defaults filled; unknown keys are refused."""
-    unknown = sorted(set(config) - {"seed", "data", "model", "train"})
-    if unknown:
-        raise ConfigError(f"unknown config section(s) {unknown}")
-    resolved = {
-        "seed": int(config.get("seed", 0)),
-        "data": check_keys(config.get("data"), DATA_DEFAULTS, "data"),
-        "model": ModelConfig.from_dict(config.get("model")).to_dict(),
-        "train": check_keys(config.get("train"), TRAIN_DEFAULTS, "train"),
-    }
-    if int(resolved["train"]["batch_size"]) < 2:
-        raise ConfigError("train.batch_size must be at least 2 (the loss contrasts rows of a batch)")
-    return resolved
-
 
 def _check_resumable(workdir: Path, config: dict) -> None:
     """Refuse to resume a run whose model, data or batching differ from the saved config."""

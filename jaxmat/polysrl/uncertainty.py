@@ -3,7 +3,6 @@ is ``python -m jaxmat.analyze_uncertainty`` (:mod:`jaxmat.analyze_uncertainty`).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import yaml
 
 from jaxmat.errors import JaxmatInputError
+from jaxmat.files import write_atomically, write_json
 
 
 def count_polymorphs(records) -> dict[str, tuple[int, int]]:
@@ -68,11 +68,9 @@ def analyze(workdir, out=None, n_boot: int = 1000, seed: int = 0) -> dict:
                "formulas_with_several_polymorphs": int(np.sum(polymorphs > 1)),
                "spearman_rho": rho, "ci95": [low, high], "bootstrap": n_boot}
     out = Path(out) if out else workdir / "uncertainty"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "polymorph_sigma.csv", "w") as fh:
-        fh.write("formula,n_structures,n_polymorphs,mean_sigma\n")
-        fh.writelines(f"{f},{counts[f][0]},{counts[f][1]},{s:.8g}\n" for f, s in zip(formulas, mean_sigma))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    rows = "".join(f"{f},{counts[f][0]},{counts[f][1]},{s:.8g}\n" for f, s in zip(formulas, mean_sigma))
+    write_atomically(out / "polymorph_sigma.csv", lambda tmp: tmp.write_text("formula,n_structures,n_polymorphs,mean_sigma\n" + rows))
+    write_json(out / "summary.json", summary, indent=2)
     _box_plot(out / "sigma_by_polymorphs.png", polymorphs, mean_sigma, rho, low, high)
     return summary
 
