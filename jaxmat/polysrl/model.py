@@ -34,18 +34,29 @@ def init_params(config: ModelConfig, batch: PolySRLBatch, key) -> dict:
     return PolySRL(config).init(key, batch)["params"]
 
 
-def loss_with_noise(params, config: ModelConfig, batch: PolySRLBatch, eps) -> tuple[jnp.ndarray, tuple[LossParts, dict]]:
-    """Total loss and its parts for given sampling noise eps (N, K, D); also returns mu, logsigma, s, z."""
-    mu, logsigma, s, shift, negative_scale = PolySRL(config).apply({"params": params}, batch)
+def encode(params, config: ModelConfig, batch: PolySRLBatch):
+    """(mu, logsigma, structure embeddings) of a batch's rows, each (n_graph, hidden)."""
+    mu, logsigma, s, _, _ = PolySRL(config).apply({"params": params}, batch)
+    return mu, logsigma, s
+
+
+def loss_from_embeddings(config: ModelConfig, mu, logsigma, s, shift, negative_scale, formula_ids, graph_mask, eps):
+    """Total loss and parts of a batch given its embeddings (rows (N, hidden)) and the loss scalars."""
     if config.probabilistic:
         z = sample_embeddings(mu, logsigma, eps)
     else:
         z = mu[:, None, :]
     parts = soft_contrastive_loss(
-        z, s, mu, logsigma, batch.formula_ids, batch.graph_mask, shift, negative_scale,
+        z, s, mu, logsigma, formula_ids, graph_mask, shift, negative_scale,
         config.kl_beta if config.probabilistic else 0.0, config.reduction, config.kl,
     )
     return parts.total, (parts, {"mu": mu, "logsigma": logsigma, "structure": s, "z": z})
+
+
+def loss_with_noise(params, config: ModelConfig, batch: PolySRLBatch, eps) -> tuple[jnp.ndarray, tuple[LossParts, dict]]:
+    """Total loss and its parts for given sampling noise eps (N, K, D); also returns mu, logsigma, s, z."""
+    mu, logsigma, s, shift, negative_scale = PolySRL(config).apply({"params": params}, batch)
+    return loss_from_embeddings(config, mu, logsigma, s, shift, negative_scale, batch.formula_ids, batch.graph_mask, eps)
 
 
 def sample_noise(config: ModelConfig, key, n_rows: int):

@@ -51,6 +51,20 @@ class TrainState(NamedTuple):
     step: jnp.ndarray
 
 
+def step_metrics(parts, outputs: dict, graph_mask, grads, params) -> dict:
+    """Metrics of one step: loss parts, gradient norm, mean (log-)sigma of real rows, updated c and b."""
+    mask = graph_mask[:, None]
+    n_entries = jnp.maximum(jnp.sum(graph_mask) * outputs["mu"].shape[-1], 1)
+    metrics = dict(parts._asdict())
+    metrics["grad_norm"] = global_norm(grads)
+    if outputs["logsigma"] is not None:
+        metrics["mean_logsigma"] = jnp.sum(jnp.where(mask, outputs["logsigma"], 0.0)) / n_entries
+        metrics["mean_sigma"] = jnp.sum(jnp.where(mask, jnp.exp(outputs["logsigma"]), 0.0)) / n_entries
+    metrics["c"] = params["negative_scale"][0]
+    metrics["b"] = params["shift"][0]
+    return metrics
+
+
 def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation):
     """Pure step (state, batch, noise_key) -> (state, metrics); wrap with jax.jit."""
 
@@ -60,15 +74,7 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
         (_, (parts, outputs)), grads = grad_fn(state.params, config, batch, eps)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        mask = batch.graph_mask[:, None]
-        n_entries = jnp.maximum(jnp.sum(batch.graph_mask) * outputs["mu"].shape[-1], 1)
-        metrics = dict(parts._asdict())
-        metrics["grad_norm"] = global_norm(grads)
-        if outputs["logsigma"] is not None:
-            metrics["mean_logsigma"] = jnp.sum(jnp.where(mask, outputs["logsigma"], 0.0)) / n_entries
-            metrics["mean_sigma"] = jnp.sum(jnp.where(mask, jnp.exp(outputs["logsigma"]), 0.0)) / n_entries
-        metrics["c"] = params["negative_scale"][0]
-        metrics["b"] = params["shift"][0]
+        metrics = step_metrics(parts, outputs, batch.graph_mask, grads, params)
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return train_step

@@ -1,0 +1,127 @@
+"""JAX's multi-process runtime for jaxmat's commands: start it, check the processes agree, wait for each other.
+
+``python -m jaxmat.train --distributed`` and ``python -m jaxmat.relax --distributed`` call
+:func:`initialize` before any JAX array is made. Coordinator address, process count and process id come
+from the flags, or (left out) from the cluster environment ``jax.distributed.initialize`` reads (SLURM,
+Open MPI, Kubernetes ...). After it, ``jax.devices()`` lists every process's devices and
+``jax.process_index()`` names this process.
+
+Only entry points call :func:`initialize` and :func:`use_cpu_collectives` (they change process-wide JAX
+state); library code asks :func:`process_index` / :func:`process_count` and calls :func:`barrier` and
+:func:`check_same`, which are no-ops in a single process.
+
+The key-value store and barriers are those of the distributed client (``jax._src.distributed``): JAX
+has no public name for them yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import jax
+
+from jaxmat.errors import ConfigError, JaxmatInputError
+
+DEFAULT_TIMEOUT_S = 300  # seconds to reach the coordinator / to wait for the other processes
+
+
+def add_arguments(parser) -> None:
+    """The --distributed flags of a command (argparse)."""
+    group = parser.add_argument_group("more than one process (JAX distributed runtime)")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run (flags below, else the cluster environment, e.g. SLURM)")
+    group.add_argument("--coordinator", help="HOST:PORT of process 0's coordinator")
+    group.add_argument("--num-processes", type=int, help="number of processes")
+    group.add_argument("--process-id", type=int, help="this process's id, 0 .. num-processes - 1")
+    group.add_argument("--distributed-timeout", type=int, default=DEFAULT_TIMEOUT_S,
+                       help="seconds to wait for the coordinator and the other processes (default %(default)s)")
+
+
+def use_cpu_collectives() -> None:
+    """Collectives between CPU processes go through gloo (XLA's CPU default has none across processes).
+    Process-wide JAX setting: entry points only, before :func:`initialize`."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+               timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
+    """Start (process 0) or join the JAX distributed runtime; clear errors for partial flags or no coordinator.
+
+    All three of coordinator, num_processes and process_id, or none of them (then the cluster environment
+    gives them). ``timeout_s``: seconds to wait for the coordinator and every process to connect.
+    """
+    given = [x is not None for x in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise JaxmatInputError("--coordinator, --num-processes and --process-id go together (or none of them, "
+                               "to read the cluster environment)")
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise JaxmatInputError(f"--process-id {process_id} is not in 0 .. {num_processes - 1}")
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=int(timeout_s))
+    except ValueError as exc:  # no flags and no cluster environment found
+        raise JaxmatInputError(f"cannot start the distributed runtime: {exc}") from exc
+    except Exception as exc:  # the runtime's error for a coordinator it never reached (DEADLINE_EXCEEDED ...)
+        where = coordinator or "the coordinator of the cluster environment"
+        raise JaxmatInputError(f"could not reach {where} within {timeout_s} s as process {process_id} of "
+                               f"{num_processes}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def initialize_from_args(args) -> None:
+    """:func:`initialize` from the flags of :func:`add_arguments` when --distributed is given; CPU runs get
+    gloo collectives first."""
+    if not args.distributed:
+        if any(x is not None for x in (args.coordinator, args.num_processes, args.process_id)):
+            raise JaxmatInputError("--coordinator/--num-processes/--process-id need --distributed")
+        return
+    use_cpu_collectives()  # read by CPU devices only: harmless on GPU hosts
+    initialize(args.coordinator, args.num_processes, args.process_id, args.distributed_timeout)
+
+
+def process_index() -> int:
+    return jax.process_index()
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+def _client():
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state.client
+
+
+def barrier(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
+    """Wait until every process reaches the barrier ``name`` (unique per use); no-op in one process."""
+    if process_count() == 1:
+        return
+    try:
+        _client().wait_at_barrier(f"jaxmat/{name}", int(timeout_s * 1000))
+    except Exception as exc:
+        raise RuntimeError(f"not every process reached {name!r} within {timeout_s} s (one died?): "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def fingerprint(value) -> str:
+    """Short hash of a JSON-able value (sorted keys)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_same(name: str, value, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
+    """Raise ConfigError in every process unless all processes passed an equal ``value`` (compared by
+    :func:`fingerprint` through the coordinator's key-value store); no-op in one process."""
+    if process_count() == 1:
+        return
+    client, me, mine = _client(), process_index(), fingerprint(value)
+    client.key_value_set(f"jaxmat/check/{name}/{me}", mine)
+    theirs = {}
+    for other in range(process_count()):
+        try:
+            theirs[other] = client.blocking_key_value_get(f"jaxmat/check/{name}/{other}", int(timeout_s * 1000))
+        except Exception as exc:
+            raise RuntimeError(f"process {other} did not report its {name} within {timeout_s} s") from exc
+    differing = sorted(p for p, h in theirs.items() if h != mine)
+    if differing:
+        raise ConfigError(f"processes started with different {name}: process {me} has {mine}, processes "
+                          f"{differing} have {[theirs[p] for p in differing]}; start every process with the same flags")
