@@ -31,8 +31,8 @@ from jaxmat.forcefields.mace.ops import outgoing_slots
 from jaxmat.forcefields.neighbors import bucket, list_is_stale, neighbor_matrix, pad_neighbor_matrix
 from jaxmat.relax import cell as cell_filter
 
-RUNNING, CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED = 0, 1, 2, 3, 4
-STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed"}
+RUNNING, CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED, SEARCH_FAILED = 0, 1, 2, 3, 4, 5
+STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed", SEARCH_FAILED: "failed"}
 GRAPH_KEYS = ("positions", "cells", "species", "system_index", "neighbors", "translations", "mask", "outgoing")
 SLOT_MARGIN = 1.05  # neighbour-slot capacity over the most neighbours seen at allocation (then rounded up by bucket)
 RECORDS = ("steps", "status", "energy", "fmax", "stress")  # per-system records carried through repacking
@@ -69,14 +69,21 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
             clean = jnp.where(bad_row[:, None], 0.0, generalized)
             largest = jax.ops.segment_max(jnp.where(row_real & ~bad_row, jnp.linalg.norm(clean, axis=-1), 0.0), row_index, n_systems)
             active = state["active"]
+            generalized = jnp.where(active[row_index][:, None], generalized, 0.0)
+            atoms, systems = state["atom_state"], state["system_state"]
+            at_point, lost = jnp.ones_like(active), jnp.zeros_like(active)
+            if hasattr(optimizer, "advance"):  # line searches take the evaluation first (ASE's points, failures)
+                atoms, systems, at_point, lost = optimizer.advance(atoms, systems, coords, generalized,
+                                                                   jnp.where(active, energy, 0.0), row_index, active)
             failed = active & non_finite
             exploded = active & ~non_finite & (largest > max_force)
-            converged = active & ~non_finite & ~exploded & (largest < fmax)
-            out_of_steps = active & ~non_finite & ~exploded & ~converged & (state["steps"] >= max_steps)
-            running = active & ~(failed | exploded | converged | out_of_steps)
-            status = jnp.select([failed, exploded, converged, out_of_steps], [NON_FINITE, EXPLODED, CONVERGED, MAX_STEPS], state["status"])
-            atoms, systems, coords = optimizer.step(state["atom_state"], state["system_state"], coords,
-                                                    jnp.where(active[row_index][:, None], generalized, 0.0), row_index, running)
+            lost = active & ~non_finite & ~exploded & lost
+            converged = active & ~non_finite & ~exploded & ~lost & at_point & (largest < fmax)
+            out_of_steps = active & ~non_finite & ~exploded & ~lost & ~converged & at_point & (state["steps"] >= max_steps)
+            running = active & ~(failed | exploded | lost | converged | out_of_steps)
+            status = jnp.select([failed, exploded, lost, converged, out_of_steps],
+                                [NON_FINITE, EXPLODED, SEARCH_FAILED, CONVERGED, MAX_STEPS], state["status"])
+            atoms, systems, coords = optimizer.step(atoms, systems, coords, generalized, row_index, running, energy)
             if relax_cell:
                 positions, cells = cell_filter.positions_and_cells(coords[:n_rows], coords[n_rows:].reshape(n_systems, 3, 3),
                                                                    state["original_cells"], state["n_atoms"], index)
@@ -86,7 +93,7 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
                 positions, cells = coords, state["cells"]
             evaluated = active[index][:, None]
             new = dict(state, atom_state=atoms, system_state=systems, coords=coords, positions=positions, cells=cells,
-                       status=status, active=running, steps=state["steps"] + running.astype(state["steps"].dtype),
+                       status=status, active=running, steps=state["steps"] + (running & at_point).astype(state["steps"].dtype),
                        energy=jnp.where(active, energy, state["energy"]), forces=jnp.where(evaluated, forces, state["forces"]),
                        stress=jnp.where(active[:, None, None], stress, state["stress"]), fmax=jnp.where(active, largest, state["fmax"]),
                        evaluations=state["evaluations"] + jnp.sum(active[:-1]).astype(state["evaluations"].dtype))
@@ -315,7 +322,8 @@ class DeviceRelaxation:
             r, rows = running[k], slice(starts[k], starts[k + 1])
             code = int(state["status"][k])
             message = {NON_FINITE: "non-finite energy, forces or stress",
-                       EXPLODED: f"exploding forces (max {float(state['fmax'][k]):.3g} eV/Å)"}.get(code, "")
+                       EXPLODED: f"exploding forces (max {float(state['fmax'][k]):.3g} eV/Å)",
+                       SEARCH_FAILED: "line search failed (ASE raises 'LineSearch failed!')"}.get(code, "")
             atoms = r.atoms.copy()
             if self.relax_cell:
                 atoms.set_cell(state["cells"][k], scale_atoms=False)
