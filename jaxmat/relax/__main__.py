@@ -52,14 +52,20 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", choices=list(BACKENDS), default="torch", help="MACE implementation")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--no-progress", action="store_true")
+    from jaxmat import distributed
+
+    distributed.add_arguments(parser)
     args = parser.parse_args(argv)
     cli.configure_logging(logging.WARNING)
+    distributed.initialize_from_args(args)  # several processes: each relaxes its share (jaxmat.relax.shards)
+    distributed.check_same("arguments", {k: v for k, v in vars(args).items() if k != "process_id"}, args.distributed_timeout)
 
     from jaxmat import compile_cache
     from jaxmat.data.sources import read_atoms
     from jaxmat.files import append_frame, read_frame_log, write_frames
     from jaxmat.forcefields.registry import load_force_field
     from jaxmat.precision import use_float64
+    from jaxmat.relax import shards
     from jaxmat.relax.runner import relax
 
     use_float64(args.dtype == "float64")
@@ -67,7 +73,7 @@ def main(argv=None) -> int:
     structures = read_atoms(args.input)
     force_field = load_force_field(args.model, args.backend, args.dtype)
     out = Path(args.out)
-    partial = out.with_name(out.name + ".partial")
+    partial = shards.partial_path(out)  # OUT.partial, or OUT.partial.<process> with several
     done = {}
     if partial.exists():
         frames, dropped = read_frame_log(partial)
@@ -77,7 +83,8 @@ def main(argv=None) -> int:
         for atoms in frames:
             done[int(atoms.info["input_index"])] = atoms
         print(f"resuming: {len(done)} of {len(structures)} structures already done in {partial}", file=sys.stderr)
-    todo = [i for i in range(len(structures)) if i not in done]
+    done.update(shards.done_elsewhere(out, partial, args.distributed_timeout))  # other processes' / earlier runs' logs
+    todo = [i for i in shards.share(len(structures)) if i not in done]
     traj_dir = Path(args.trajectory) if args.trajectory else None
     if traj_dir:
         traj_dir.mkdir(parents=True, exist_ok=True)
@@ -91,11 +98,12 @@ def main(argv=None) -> int:
             write_frames(traj_dir / f"{index:05d}.extxyz", _trajectory_images(frame, result.trajectory))
 
     names = [f"structure {i} of {args.input}" for i in todo]
-    relax([structures[i] for i in todo], force_field, args.optimizer, args.fmax, args.max_steps, args.max_atoms,
-          progress=not args.no_progress, on_result=on_result, keep_trajectory=traj_dir is not None, names=names,
-          relax_cell=args.relax_cell)
-    write_frames(out, [done[i] for i in range(len(structures))])
-    partial.unlink(missing_ok=True)
+    if todo:  # (a process whose share is all done has nothing to relax)
+        relax([structures[i] for i in todo], force_field, args.optimizer, args.fmax, args.max_steps, args.max_atoms,
+              progress=not args.no_progress, on_result=on_result, keep_trajectory=traj_dir is not None, names=names,
+              relax_cell=args.relax_cell)
+    if not shards.finish(out, partial, done, len(structures)):  # several processes: the first writes OUT
+        return 0
     statuses = [done[i].info["status"] for i in range(len(structures))]
     counts = {s: statuses.count(s) for s in ("converged", "max_steps", "failed")}
     print(f"wrote {len(statuses)} structures to {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
