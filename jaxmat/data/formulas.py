@@ -36,6 +36,7 @@ def parse_formula(formula: str, *, require_embedding: bool = True) -> ParsedForm
 
     if not isinstance(formula, str) or not formula.strip():
         raise FormulaError(f"empty formula: {formula!r}")
+    _check_amounts(formula)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -58,6 +59,22 @@ def parse_formula(formula: str, *, require_embedding: bool = True) -> ParsedForm
         counts.append(float(amount))
     order = np.argsort(numbers, kind="stable")
     return ParsedFormula(formula, np.asarray(numbers, np.int64)[order], np.asarray(counts, np.float64)[order])
+
+
+def _check_amounts(formula: str) -> None:
+    """Refuse zero, negative or non-finite amounts as written (pymatgen's Composition silently drops an
+    element written with amount 0, e.g. 'Fe0O' -> 'O', and refuses a negative one without naming it)."""
+    from pymatgen.core import Composition
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            written = Composition()._parse_formula(formula.strip())  # amounts as written, zeros kept
+    except Exception:  # malformed: reported by the full parse
+        return
+    for symbol, amount in written.items():
+        if not (math.isfinite(amount) and amount > 0):
+            raise FormulaError(f"amount {amount:g} of {symbol!r} in formula {formula!r} is not a positive number")
 
 
 def reduced_formula(numbers) -> str:

@@ -73,11 +73,45 @@ def load_force_field(spec: str, backend: str = "torch", dtype: str = "float64"):
         from jaxmat.forcefields.mace.forcefield import MACEJax
 
         try:
-            return MACEJax.load(path, dtype=dtype) if path.is_dir() else MACEJax.from_torch(path, dtype=dtype)
+            if path.is_dir():
+                config, params = _read_converted(path)
+                return MACEJax(config, params, dtype=dtype)
+            return MACEJax.from_torch(read_mace_file(path), dtype=dtype)
         except UnsupportedMACEError as error:
             raise JaxmatInputError(str(error)) from error
     if path.is_dir():
         raise JaxmatInputError(f"{spec} is a converted JAX MACE directory: use backend jax (--backend jax)")
     from jaxmat.forcefields.mace_torch import MACETorch
 
-    return MACETorch(spec, dtype=dtype)
+    return MACETorch(read_mace_file(path), dtype=dtype)
+
+
+def read_mace_file(path):
+    """The mace-torch module of a .model file; an input error naming the file when it is truncated,
+    corrupted or holds something else."""
+    import mace  # noqa: F401  -- before e3nn, and the classes the file refers to
+    import torch
+
+    try:
+        module = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # zip / pickle / EOF errors of a truncated or foreign file
+        message = str(error).splitlines()[0] if str(error) else ""
+        raise JaxmatInputError(f"cannot read MACE model {path}: {type(error).__name__}: {message[:200]} (a truncated or "
+                               f"corrupted file? copy or download it again)") from None
+    if not isinstance(module, torch.nn.Module) or not hasattr(module, "atomic_numbers") or not hasattr(module, "r_max"):
+        raise JaxmatInputError(f"{path} is not a mace-torch model file: it holds a {type(module).__name__}")
+    return module
+
+
+def _read_converted(path: Path):
+    """(config, params) of a directory written by scripts/convert_mace.py; an input error naming it when damaged."""
+    from jaxmat.forcefields.mace.io import load
+
+    try:
+        return load(path)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # json / orbax errors of a damaged directory
+        message = str(error).splitlines()[0] if str(error) else ""
+        raise JaxmatInputError(f"cannot read the converted JAX MACE {path}: {type(error).__name__}: {message[:200]} "
+                               f"(convert it again with scripts/convert_mace.py)") from None

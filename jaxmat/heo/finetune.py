@@ -34,7 +34,7 @@ import numpy as np
 from jaxmat import cli
 from jaxmat.config import apply_overrides, load_config
 from jaxmat.errors import JaxmatInputError
-from jaxmat.files import copy_file, write_frames, write_json
+from jaxmat.files import copy_file, write_atomically, write_frames, write_json
 from jaxmat.forcefields.base import missing_element_counts
 from jaxmat.heo.config import MACE_MP_NAMES, resolve_finetune_config
 
@@ -119,8 +119,8 @@ def run_mace_train(options: dict, stage_dir: Path, progress: bool = True) -> Pat
     import yaml
 
     stage_dir.mkdir(parents=True, exist_ok=True)
-    config_path = stage_dir / "mace_config.yaml"
-    config_path.write_text(yaml.safe_dump(options, sort_keys=False))
+    config_path = write_atomically(stage_dir / "mace_config.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(options, sort_keys=False)))
+    set_aside_unreadable_checkpoints(Path(options["work_dir"]))
     log_path = stage_dir / "train.log"
     command = [sys.executable, "-m", "mace.cli.run_train", "--config", str(config_path)]
     with open(log_path, "a") as log:
@@ -140,23 +140,60 @@ def run_mace_train(options: dict, stage_dir: Path, progress: bool = True) -> Pat
 
 
 def training_curves(work_dir: Path) -> dict[str, list]:
-    """Per-epoch training loss (mean of the optimisation steps) and validation loss/RMSEs from mace's results file."""
-    curves = {"epoch": [], "train_loss": [], "valid_epoch": [], "valid_loss": [], "valid_rmse_e_per_atom_meV": [],
-              "valid_rmse_f_meV_per_A": []}
-    train: dict[int, list] = {}
+    """Per-epoch training loss (mean of the optimisation steps) and validation loss/RMSEs from mace's results file.
+
+    A resumed mace_run_train appends to the same file, starting again at its checkpoint's epoch (each run
+    opens with an evaluation without an epoch): an epoch a later run trained again is taken from that run
+    only, so every epoch appears once."""
+    runs: list[list[dict]] = []
     for path in sorted((work_dir / "results").glob("*_train.txt")):
         for line in path.read_text().splitlines():
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if not runs or (record.get("mode") == "eval" and record.get("epoch") is None):
+                runs.append([])
+            runs[-1].append(record)
+    train: dict[int, list] = {}
+    valid: dict[int, dict] = {}
+    for records in runs:
+        run_train: dict[int, list] = {}
+        for record in records:
             if record.get("mode") == "opt":
-                train.setdefault(int(record["epoch"]), []).append(record["loss"])
+                run_train.setdefault(int(record["epoch"]), []).append(record["loss"])
             elif record.get("mode") == "eval" and record.get("epoch") is not None:
-                curves["valid_epoch"].append(int(record["epoch"]))
-                curves["valid_loss"].append(record["loss"])
-                curves["valid_rmse_e_per_atom_meV"].append(1000 * record.get("rmse_e_per_atom", float("nan")))
-                curves["valid_rmse_f_meV_per_A"].append(1000 * record.get("rmse_f", float("nan")))
-    curves["epoch"] = sorted(train)
-    curves["train_loss"] = [float(np.mean(train[e])) for e in curves["epoch"]]
+                valid[int(record["epoch"])] = record
+        train.update(run_train)
+        redone = min(run_train, default=None)
+        if redone is not None:  # epochs after this run's start that an earlier run reached are this run's
+            train = {e: v for e, v in train.items() if e < redone or e in run_train}
+    curves = {"epoch": sorted(train), "train_loss": [float(np.mean(train[e])) for e in sorted(train)],
+              "valid_epoch": sorted(valid)}
+    curves["valid_loss"] = [valid[e]["loss"] for e in curves["valid_epoch"]]
+    curves["valid_rmse_e_per_atom_meV"] = [1000 * valid[e].get("rmse_e_per_atom", float("nan")) for e in curves["valid_epoch"]]
+    curves["valid_rmse_f_meV_per_A"] = [1000 * valid[e].get("rmse_f", float("nan")) for e in curves["valid_epoch"]]
     return curves
+
+
+def set_aside_unreadable_checkpoints(work_dir: Path) -> list[Path]:
+    """Move mace checkpoints that cannot be loaded (a save cut short by a kill) to CHECKPOINTS/unreadable/,
+    with a warning: mace_run_train would otherwise silently start the stage from scratch or fail."""
+    import torch
+
+    folder = Path(work_dir) / "checkpoints"
+    moved = []
+    for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # truncated zip, bad pickle...
+            target = folder / "unreadable" / path.name
+            target.parent.mkdir(exist_ok=True)
+            path.replace(target)
+            moved.append(target)
+            print(f"warning: mace checkpoint {path} is unreadable ({type(error).__name__}); moved to {target}, "
+                  f"the stage resumes from the previous checkpoint", file=sys.stderr)
+    return moved
 
 
 def plot_curves(curves: dict, title: str, path: Path) -> None:

@@ -85,6 +85,7 @@ def main(argv=None) -> int:
         print(f"resuming: {len(done)} of {len(structures)} structures already done in {partial}", file=sys.stderr)
     done.update(shards.done_elsewhere(out, partial, args.distributed_timeout))  # other processes' / earlier runs' logs
     todo = [i for i in shards.share(len(structures)) if i not in done]
+    resumed = len(done)
     traj_dir = Path(args.trajectory) if args.trajectory else None
     if traj_dir:
         traj_dir.mkdir(parents=True, exist_ok=True)
@@ -92,10 +93,10 @@ def main(argv=None) -> int:
     def on_result(result):
         index = todo[result.index]
         frame = _frame(result, index)
+        if traj_dir and result.trajectory:  # before the frame: a structure in OUT.partial has its trajectory
+            write_frames(traj_dir / f"{index:05d}.extxyz", _trajectory_images(frame, result.trajectory))
         append_frame(partial, frame)  # one write: a kill leaves whole frames, or a tail the rerun drops
         done[index] = frame
-        if traj_dir and result.trajectory:
-            write_frames(traj_dir / f"{index:05d}.extxyz", _trajectory_images(frame, result.trajectory))
 
     names = [f"structure {i} of {args.input}" for i in todo]
     if todo:  # (a process whose share is all done has nothing to relax)
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
         return 0
     statuses = [done[i].info["status"] for i in range(len(structures))]
     counts = {s: statuses.count(s) for s in ("converged", "max_steps", "failed")}
-    print(f"wrote {len(statuses)} structures to {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(f"wrote {len(statuses)} structures to {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + f" ({len(done) - resumed} relaxed in this run, {resumed} taken from {partial.name})")
     return 0
 
 
