@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from jaxmat.errors import JaxmatInputError
 from jaxmat.polysrl.config import ModelConfig
 from jaxmat.polysrl.graphs.batching import batch_stoichiometry, padded_size
 from jaxmat.polysrl.graphs.stoichiometry import stoichiometry_graph
@@ -54,12 +55,20 @@ def load_model_config(workdir) -> ModelConfig:
     """The model config of a training run (WORKDIR/config.yaml)."""
     config_path = Path(workdir) / "config.yaml"
     if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: is {workdir} a jaxmat training directory?")
-    return ModelConfig.from_dict(yaml.safe_load(config_path.read_text()).get("model"))
+        raise JaxmatInputError(f"{config_path} not found: is {workdir} a jaxmat training directory "
+                               f"(python -m jaxmat.train --workdir {workdir})?")
+    try:
+        saved = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as error:
+        raise JaxmatInputError(f"{config_path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise JaxmatInputError(f"{config_path} has no 'model' section: is {workdir} a jaxmat training directory?")
+    return ModelConfig.from_dict(saved["model"])
 
 
 def load_encoder(workdir, epoch: int | None = None) -> StoichiometryEmbedder:
-    """The stoichiometry encoder of a training run (WORKDIR/config.yaml + the latest orbax checkpoint)."""
+    """The stoichiometry encoder of a training run (WORKDIR/config.yaml + the latest good orbax checkpoint,
+    or that of ``epoch``). A folder without them, or only damaged ones, raises an input error naming it."""
     from jaxmat.polysrl.checkpoint import restore_params
 
     config = load_model_config(workdir)
@@ -77,18 +86,31 @@ def import_reference_checkpoint(path, dtype: str = "float64") -> StoichiometryEm
 
     from jaxmat.polysrl.reference import stoichiometry_mapping, tree_from_reference
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
+    if not Path(path).is_file():
+        raise JaxmatInputError(f"reference checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, a pickle of arbitrary objects, not a torch file at all
+        message = str(error).splitlines()[0] if str(error) else ""
+        raise JaxmatInputError(f"cannot read {path} as a PyTorch state dict: {type(error).__name__}: {message[:200]}") from None
+    if not isinstance(state, dict) and hasattr(state, "state_dict"):
         state = state.state_dict()
-    if any(k.startswith("sto.") for k in state):
-        state = {k[4:]: v for k, v in state.items() if k.startswith("sto.")}
+    if not isinstance(state, dict):
+        raise JaxmatInputError(f"{path} holds a {type(state).__name__}, not a PolySRL stoichiometry-encoder state dict")
+    if any(str(k).startswith("sto.") for k in state):
+        state = {k[4:]: v for k, v in state.items() if str(k).startswith("sto.")}
     state = {k: v.detach().cpu().double().numpy() for k, v in state.items() if hasattr(v, "detach")}
     if "gnn.convs.0.weight" not in state and "gnn.convs.0.lin.weight" not in state:
-        raise ValueError(f"{path} is not a PolySRL stoichiometry-encoder state dict (no gnn.convs.0 weights)")
+        raise JaxmatInputError(f"{path} is not a PolySRL stoichiometry-encoder state dict (no gnn.convs.0 weights)")
+    if "mean_lin.weight" not in state:
+        raise JaxmatInputError(f"{path} is not a PolySRL stoichiometry-encoder state dict (no mean_lin weights)")
     old_layout = "gnn.convs.0.weight" in state
     probabilistic = "var_lin.weight" in state
     layers = len({k.split(".")[2] for k in state if k.startswith("gnn.convs.")})
     hidden = state["mean_lin.weight"].shape[0]
     config = ModelConfig(hidden=hidden, stoichiometry_layers=layers, probabilistic=probabilistic, dtype=dtype)
-    params = tree_from_reference(state, stoichiometry_mapping(layers, probabilistic, old_layout), np.float64)
+    try:
+        params = tree_from_reference(state, stoichiometry_mapping(layers, probabilistic, old_layout), np.float64)
+    except KeyError as error:
+        raise JaxmatInputError(f"{path} is not a complete PolySRL stoichiometry-encoder state dict: {error.args[0]}") from None
     return StoichiometryEmbedder(config, params)
