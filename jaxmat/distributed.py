@@ -16,8 +16,9 @@ has no public name for them yet.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import socket
+import time
 
 import jax
 
@@ -57,6 +58,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                "to read the cluster environment)")
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise JaxmatInputError(f"--process-id {process_id} is not in 0 .. {num_processes - 1}")
+    if coordinator is not None and process_id != 0:
+        wait_for_coordinator(coordinator, timeout_s)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=int(timeout_s))
     except ValueError as exc:  # no flags and no cluster environment found
@@ -65,6 +68,27 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         where = coordinator or "the coordinator of the cluster environment"
         raise JaxmatInputError(f"could not reach {where} within {timeout_s} s as process {process_id} of "
                                f"{num_processes}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Return once HOST:PORT accepts a TCP connection; JaxmatInputError after ``timeout_s`` seconds.
+
+    Checked before joining because the runtime's own connection timeout aborts the process (a fatal
+    C++ check, exit status 134) instead of raising an error Python could report.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise JaxmatInputError(f"--coordinator must be HOST:PORT, got {address!r}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise JaxmatInputError(f"could not reach the coordinator {address} within {timeout_s} s ({exc}); "
+                                       f"is process 0 running, and is the address reachable from here?") from exc
+            time.sleep(0.2)
 
 
 def initialize_from_args(args) -> None:
@@ -103,25 +127,27 @@ def barrier(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
-def fingerprint(value) -> str:
-    """Short hash of a JSON-able value (sorted keys)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _differing_keys(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".") or "(value)"]
 
 
 def check_same(name: str, value, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
-    """Raise ConfigError in every process unless all processes passed an equal ``value`` (compared by
-    :func:`fingerprint` through the coordinator's key-value store); no-op in one process."""
+    """Raise ConfigError in every process unless all processes passed an equal ``value`` (a JSON-able
+    mapping, compared through the coordinator's key-value store, the differing keys named); no-op in one
+    process."""
     if process_count() == 1:
         return
-    client, me, mine = _client(), process_index(), fingerprint(value)
-    client.key_value_set(f"jaxmat/check/{name}/{me}", mine)
-    theirs = {}
+    client, me = _client(), process_index()
+    mine = json.loads(json.dumps(value, sort_keys=True, default=str))
+    client.key_value_set(f"jaxmat/check/{name}/{me}", json.dumps(mine, sort_keys=True))
     for other in range(process_count()):
         try:
-            theirs[other] = client.blocking_key_value_get(f"jaxmat/check/{name}/{other}", int(timeout_s * 1000))
+            theirs = json.loads(client.blocking_key_value_get(f"jaxmat/check/{name}/{other}", int(timeout_s * 1000)))
         except Exception as exc:
             raise RuntimeError(f"process {other} did not report its {name} within {timeout_s} s") from exc
-    differing = sorted(p for p, h in theirs.items() if h != mine)
-    if differing:
-        raise ConfigError(f"processes started with different {name}: process {me} has {mine}, processes "
-                          f"{differing} have {[theirs[p] for p in differing]}; start every process with the same flags")
+        differing = _differing_keys(mine, theirs)
+        if differing:
+            raise ConfigError(f"processes started with different {name}: process {me} and process {other} differ in "
+                              f"{', '.join(differing[:5])}; start every process with the same flags")

@@ -171,6 +171,8 @@ def _train(config: dict, workdir, progress: bool, devices: list) -> list[dict]:
         from jaxmat.polysrl.parallel import DataParallel, make_mesh, replicate
 
         state, rng = replicate((state, rng), make_mesh(devices))
+    else:  # every leaf on the one device: a checkpoint saved from several devices restores onto it
+        state, rng = jax.device_put((state, rng), devices[0])
     manager = checkpoint_manager(workdir, int(train_cfg["keep_checkpoints"]))
     restored = restore_checkpoint(manager, {"train": state, "rng": rng})
     fingerprint = data_fingerprint(dataset)
