@@ -80,7 +80,7 @@ def record(command: str, moment: int, **figures) -> None:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name.endswith(".partial") or "tmp" in p.name)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name.endswith(".partial") or "-tmp-" in p.name)
 
 
 # --- python -m jaxmat.train -------------------------------------------------------------------------------
@@ -107,11 +107,19 @@ def metrics_rows(workdir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+def shared_train_reference(tmp_path_factory, env) -> Path:
+    """The uninterrupted training run, made once per session (tests/test_inputs.py uses it too)."""
+    workdir = tmp_path_factory.getbasetemp() / "train-reference"
+    if not (workdir / "done").exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+        run(train_command(workdir), env, workdir.parent / "train-reference.log")
+        (workdir / "done").write_text("")
+    return workdir
+
+
 @pytest.fixture(scope="module")
 def train_reference(tmp_path_factory, env):
-    workdir = tmp_path_factory.mktemp("train_reference")
-    run(train_command(workdir), env, workdir.parent / f"{workdir.name}.log")
-    return workdir
+    return shared_train_reference(tmp_path_factory, env)
 
 
 @pytest.mark.parametrize("moment", moments(8))

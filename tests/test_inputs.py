@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_faults import BATCHES, REPO, metrics_rows, run, saved_epochs, train_command
+from test_faults import BATCHES, EPOCHS, REPO, metrics_rows, run, saved_epochs, shared_train_reference, train_command
 
 from jaxmat.errors import FormulaError, JaxmatInputError, StructureError
 
@@ -37,9 +37,11 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, env):
-    workdir = tmp_path_factory.mktemp("trained")
-    run(train_command(workdir, ["train.epochs=3"]), env, workdir.parent / "trained.log")
-    return workdir
+    """The uninterrupted training run of tests/test_faults.py (EPOCHS epochs; the last 3 checkpoints kept)."""
+    return shared_train_reference(tmp_path_factory, env)
+
+
+LAST = EPOCHS
 
 
 def failing(command, env) -> str:
@@ -50,19 +52,21 @@ def failing(command, env) -> str:
 
 
 def test_corrupted_latest_checkpoints_fall_back_and_reproduce_the_run(trained, env, tmp_path):
-    """Epoch 3's arrays damaged, epoch 2's metadata garbage: the rerun warns about both, resumes after
-    epoch 1, moves the damaged ones aside and ends with the uninterrupted run's numbers, bit for bit."""
+    """The last epoch's arrays damaged, the one before's metadata garbage: the rerun warns about both,
+    resumes from the one before them, moves the damaged ones aside and ends with the uninterrupted run's
+    numbers, bit for bit."""
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
-    for data in (workdir / "checkpoints" / "3" / "state").rglob("d/*"):
+    for data in (workdir / "checkpoints" / str(LAST) / "state").rglob("d/*"):
         data.write_bytes(b"\0" * data.stat().st_size)
-    (workdir / "checkpoints" / "2" / "meta" / "metadata").write_text("{not json")
-    out = run(train_command(workdir, ["train.epochs=3"]), env, tmp_path / "rerun.log")
-    assert "checkpoint of epoch 3" in out and "checkpoint of epoch 2" in out and "falling back to the checkpoint of epoch 1" in out
-    assert f"resuming {workdir} after epoch 1 (step {BATCHES})" in out
+    (workdir / "checkpoints" / str(LAST - 1) / "meta" / "metadata").write_text("{not json")
+    out = run(train_command(workdir), env, tmp_path / "rerun.log")
+    assert f"checkpoint of epoch {LAST}" in out and f"checkpoint of epoch {LAST - 1}" in out
+    assert f"falling back to the checkpoint of epoch {LAST - 2}" in out
+    assert f"resuming {workdir} after epoch {LAST - 2} (step {(LAST - 2) * BATCHES})" in out
     assert metrics_rows(workdir) == metrics_rows(trained)
-    assert saved_epochs(workdir) == [1, 2, 3]
-    assert sorted(p.name.split("-")[0] for p in (workdir / "checkpoints-corrupt").iterdir()) == ["2", "3"]
+    assert saved_epochs(workdir) == saved_epochs(trained)
+    assert sorted(p.name.split("-")[0] for p in (workdir / "checkpoints-corrupt").iterdir()) == [str(LAST - 1), str(LAST)]
 
 
 def test_partly_written_checkpoint_is_ignored_and_cleaned(trained, tmp_path):
@@ -70,11 +74,11 @@ def test_partly_written_checkpoint_is_ignored_and_cleaned(trained, tmp_path):
 
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
-    leftover = workdir / "checkpoints" / "4.orbax-checkpoint-tmp-1234567"  # a save cut short by a kill
+    leftover = workdir / "checkpoints" / f"{LAST + 1}.orbax-checkpoint-tmp-1234567"  # a save cut short by a kill
     (leftover / "state").mkdir(parents=True)
     (leftover / "state" / "_METADATA").write_text("{")
-    assert restore_params(workdir)[2] == 3 and leftover.exists()  # reading changes nothing
-    assert checkpoint_manager(workdir).latest_step() == 3  # a writing manager removes it (in the background)
+    assert restore_params(workdir)[2] == LAST and leftover.exists()  # reading changes nothing
+    assert checkpoint_manager(workdir).latest_step() == LAST  # a writing manager removes it (in the background)
     for _ in range(200):
         if not leftover.exists():
             break
@@ -87,12 +91,13 @@ def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(trained, tmp_
 
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
-    for epoch in (1, 2, 3):
+    epochs = saved_epochs(workdir)
+    for epoch in epochs:
         shutil.rmtree(workdir / "checkpoints" / str(epoch) / "state")
     with pytest.raises(CheckpointError, match="no readable checkpoint in") as error:
         restore_checkpoint(checkpoint_manager(workdir), None)
-    assert all(f"checkpoint of epoch {e}" in str(error.value) for e in (1, 2, 3))
-    assert saved_epochs(workdir) == [1, 2, 3] and not (workdir / "checkpoints-corrupt").exists()
+    assert all(f"checkpoint of epoch {e}" in str(error.value) for e in epochs)
+    assert saved_epochs(workdir) == epochs and not (workdir / "checkpoints-corrupt").exists()  # nothing moved
 
 
 def test_load_encoder_inputs(trained, tmp_path, caplog):
@@ -106,15 +111,15 @@ def test_load_encoder_inputs(trained, tmp_path, caplog):
         load_encoder(tmp_path)
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
-    (workdir / "checkpoints" / "3" / "meta" / "metadata").write_text("")
+    (workdir / "checkpoints" / str(LAST) / "meta" / "metadata").write_text("")
     with caplog.at_level(logging.WARNING, logger="jaxmat.checkpoint"):
         encoder = load_encoder(workdir)  # the latest good one, with a warning; nothing moved
-    assert "checkpoint of epoch 3" in caplog.text and (workdir / "checkpoints" / "3").exists()
+    assert f"checkpoint of epoch {LAST}" in caplog.text and (workdir / "checkpoints" / str(LAST)).exists()
     assert encoder.embed("Fe2O3")[0].shape == (1, 8)
-    with pytest.raises(CheckpointError, match="epoch 3"):
-        load_encoder(workdir, epoch=3)
-    with pytest.raises(CheckpointError, match="no checkpoint of epoch 7"):
-        load_encoder(workdir, epoch=7)
+    with pytest.raises(CheckpointError, match=f"epoch {LAST}"):
+        load_encoder(workdir, epoch=LAST)
+    with pytest.raises(CheckpointError, match="no checkpoint of epoch 1 "):
+        load_encoder(workdir, epoch=1)
 
 
 NAN_AT_STEP = 2 * BATCHES + 1  # the first step of epoch 3
@@ -145,13 +150,13 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
 def test_resume_refuses_other_package_versions(trained, env, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
-    meta_path = workdir / "checkpoints" / "3" / "meta" / "metadata"
+    meta_path = workdir / "checkpoints" / str(LAST) / "meta" / "metadata"
     meta = json.loads(meta_path.read_text())
     meta["versions"]["jax"] = "0.0.1"
     meta_path.write_text(json.dumps(meta))
-    err = failing(train_command(workdir, ["train.epochs=4"]), env)
+    err = failing(train_command(workdir, [f"train.epochs={LAST + 1}"]), env)
     assert "by other package versions (jax 0.0.1 -> " in err and "use a new --workdir" in err.lower()
-    assert saved_epochs(workdir) == [1, 2, 3] and len(metrics_rows(workdir)) == 3
+    assert saved_epochs(workdir) == saved_epochs(trained) and len(metrics_rows(workdir)) == LAST
 
 
 def test_resume_refuses_other_data_or_order(trained):
@@ -383,3 +388,97 @@ def test_random_compositions_parse_or_name_the_problem(amounts):
         return
     expected = {atomic_number(s): float(f"{a:g}") for s, a in amounts.items()}
     assert dict(zip(parsed.numbers.tolist(), parsed.counts.tolist())) == pytest.approx(expected)
+
+
+# --- HEO: evaluate's default unsupported: skip, an interrupted finetuning stage's leftovers -------------------
+
+@pytest.fixture(scope="module")
+def heo_data(tmp_path_factory):
+    import ase.io
+
+    from jaxmat.heo.generate import rocksalt_heo
+    from jaxmat.resources import resource_path
+
+    folder = tmp_path_factory.mktemp("curated")
+    supported = [rocksalt_heo((1, 1, 1), ["Mg", "Co", "Ni"], seed=s, rattle=0.05) for s in range(3)]
+    foreign = [a for a in ase.io.read(resource_path("lemat_heo_valid.xyz.gz"), index=":12") if 22 in a.numbers][:2]
+    assert len(foreign) == 2
+    for atoms in supported:
+        atoms.info["DFT_energy"] = -5.0 * len(atoms)
+        atoms.arrays["DFT_forces"] = np.zeros((len(atoms), 3))
+    ase.io.write(folder / "test.extxyz", supported + foreign, format="extxyz")
+    ase.io.write(folder / "only_foreign.extxyz", foreign, format="extxyz")
+    return folder
+
+
+def heo_evaluate(small_mace, data, out, *sets):
+    from jaxmat.heo.evaluate import main
+
+    return main(["--models", str(small_mace), "--data", str(data), "--out", str(out), "--set", "reference=none",
+                 "--set", "in_distribution.count=2", "--set", "in_distribution.max_steps=3", *sum((["--set", s] for s in sets), [])])
+
+
+def test_heo_evaluate_skips_frames_a_model_cannot_run(small_mace, heo_data, tmp_path, capsys):
+    import ase.io
+
+    out = tmp_path / "report"
+    assert heo_evaluate(small_mace, heo_data, out) == 0  # the default: unsupported: skip
+    err = capsys.readouterr().err
+    assert "test split: leaving out 2 of 5 frames" in err and "'Ti'" in err
+    assert len(ase.io.read(out / "test" / "small.extxyz", index=":")) == 3
+    assert len(ase.io.read(out / "in_distribution" / "small.extxyz", index=":")) == 2
+    left_out = json.loads((out / "evaluation.json").read_text())["left_out"]
+    assert left_out["test"]["kept"] == 3 and left_out["test"]["left_out"]["small"]["Ti"] >= 1
+    assert (out / "report.md").exists()
+    assert heo_evaluate(small_mace, heo_data, tmp_path / "strict", "unsupported=error") == 2
+    assert "lack elements of the data" in capsys.readouterr().err and not (tmp_path / "strict" / "test").exists()
+
+
+def test_heo_evaluate_with_nothing_left_is_an_input_error(small_mace, heo_data, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert heo_evaluate(small_mace, heo_data, out, "test.split=only_foreign", "in_distribution.split=only_foreign") == 2
+    err = capsys.readouterr().err
+    assert "error: only_foreign split: every one of the 2 frames has elements a model lacks" in err and "Traceback" not in err
+    assert not (out / "test").exists() and not (out / "report.md").exists()
+
+
+def test_finetune_sets_aside_unreadable_mace_checkpoints_and_counts_resumed_epochs_once(tmp_path, capsys):
+    import torch
+
+    from jaxmat.heo.finetune import set_aside_unreadable_checkpoints, training_curves
+
+    folder = tmp_path / "mace" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1}, folder / "run_epoch-1.pt")
+    (folder / "run_epoch-2.pt").write_bytes((folder / "run_epoch-1.pt").read_bytes()[:80])  # a save cut short
+    assert [p.name for p in set_aside_unreadable_checkpoints(tmp_path / "mace")] == ["run_epoch-2.pt"]
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["run_epoch-1.pt"] and "unreadable" in capsys.readouterr().err
+    results = tmp_path / "mace" / "results"
+    results.mkdir()
+    lines = [{"mode": "eval", "epoch": None, "loss": 9}, {"mode": "opt", "epoch": 0, "loss": 5}, {"mode": "eval", "epoch": 0, "loss": 4},
+             {"mode": "opt", "epoch": 1, "loss": 3}, {"mode": "eval", "epoch": 1, "loss": 2.5},  # killed during epoch 2
+             {"mode": "eval", "epoch": None, "loss": 4}, {"mode": "opt", "epoch": 1, "loss": 2}, {"mode": "eval", "epoch": 1, "loss": 1.5},
+             {"mode": "opt", "epoch": 2, "loss": 1}, {"mode": "eval", "epoch": 2, "loss": 0.5}]
+    (results / "run_train.txt").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"mode": "op')
+    curves = training_curves(tmp_path / "mace")
+    assert curves["epoch"] == curves["valid_epoch"] == [0, 1, 2]
+    assert curves["train_loss"] == [5, 2, 1] and curves["valid_loss"] == [4, 1.5, 0.5]
+
+
+def test_relax_rerun_after_the_last_frame_was_saved_writes_the_output(tmp_path, capsys, x64):
+    """Killed after the last structure's append but before OUT was written: the rerun relaxes nothing."""
+    import ase.io
+    from ase.build import bulk
+
+    from jaxmat.relax.__main__ import main
+
+    structures = [bulk("Ar", "fcc", a=5.3, cubic=True) for _ in range(2)]
+    ase.io.write(tmp_path / "in.extxyz", structures, format="extxyz")
+    args = [str(tmp_path / "in.extxyz"), "--model", "lj:3.4,0.0104,6", "--out", str(tmp_path / "out.extxyz"), "--no-progress"]
+    assert main(args) == 0
+    first = (tmp_path / "out.extxyz").read_text()
+    (tmp_path / "out.extxyz").rename(tmp_path / "out.extxyz.partial")
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "(0 relaxed in this run, 2 taken from out.extxyz.partial)" in capsys.readouterr().out
+    assert (tmp_path / "out.extxyz").read_text() == first and not (tmp_path / "out.extxyz.partial").exists()

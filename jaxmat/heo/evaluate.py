@@ -58,6 +58,9 @@ def supported_frames(frames, force_fields: dict, what: str, policy: str):
     if missing and policy == "error":
         raise JaxmatInputError(f"{what}: model(s) lack elements of the data (model: element: frames) {missing}; "
                                f"set unsupported=skip to leave those frames out")
+    if frames and not keep:
+        raise JaxmatInputError(f"{what}: every one of the {len(frames)} frames has elements a model lacks (model: element: "
+                               f"frames) {missing}: nothing left to evaluate")
     if missing:
         print(f"{what}: leaving out {len(frames) - len(keep)} of {len(frames)} frames with elements a model lacks {missing}",
               file=sys.stderr)
