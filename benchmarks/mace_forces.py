@@ -1,14 +1,19 @@
 """Energy + forces of one MACE: jaxmat's JAX MACE (jit) vs mace-torch, same CPU, threads and dtype.
 
-    python benchmarks/mace_forces.py [--model medium|PATH.model] [--dtype float64|float32] [--repeats 3]
-        [--cases W1,cell512] [--json out.json]
+    python benchmarks/mace_forces.py [--model medium|PATH.model] [--dtype float64|float32] [--repeats 5]
+        [--cases W1,cell512] [--contenders mace-torch,jaxmat-jax,jaxmat-jax@REF] [--json out.json]
 
 medium = the MACE-MP-0 "medium" shape (128x0e+128x1o, max_ell 3, correlation 3, r_max 6 Å, 2 interactions,
 89 elements) with random weights; PATH = any mace-torch model file (e.g. the shared HEO model).
 Cases: W1 = one batch of 16 x 64-atom rattled rock-salt HEO cells; cell512 = one 512-atom cell (4x4x4).
-Each contender is one force-field call as the relaxer makes it (neighbour lists/graphs included), timed
-after one warm-up call (the JAX compilation is reported separately), each contender in its own process
-(same environment and threads) so neither inherits the other's heap. The last line is the summary.
+Each contender is one force-field call as the relaxer makes it (neighbour lists/graphs included, energies,
+forces and stress). Every contender lives in its own worker process (same environment and threads, its own
+heap), is warmed up with one call (the JAX compilation is reported separately), and then the workers are
+called in turn, one call each per round, rotating the order: on a machine shared with other jobs the load
+hits all contenders alike, so the per-round ratios (and their median) are what to read.
+``jaxmat-jax@REF`` is the JAX MACE with ``ops.py`` and ``model.py`` as of git REF (e.g. HEAD): a change
+measured against its own baseline in the same run. Peak resident memory of each worker is reported.
+The last line is the summary.
 """
 
 from __future__ import annotations
@@ -16,64 +21,123 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-import mace  # noqa: F401  (before e3nn)
 import numpy as np
 
-from jaxmat.forcefields.base import batch_from_atoms
-from jaxmat.heo.generate import rocksalt_heo
-from jaxmat.testing import workload
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def medium_model():
-    from jaxmat.testing import build_small_mace
+    try:
+        from jaxmat.testing import build_small_mace
+    except ImportError:  # before the package reorganisation
+        from jaxmat.forcefields.mace_torch import build_small_mace
 
     return build_small_mace(list(range(1, 90)), seed=0, hidden_irreps="128x0e+128x1o", max_ell=3, correlation=3,
                             r_max=6.0, num_bessel=10, avg_num_neighbors=61.96, scale_shift=(0.8, 0.1))
 
 
-def time_calls(force_field, batch, repeats):
-    started = time.perf_counter()
-    force_field(batch)
-    first = time.perf_counter() - started
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        out = force_field(batch)
-        times.append(time.perf_counter() - started)
-    return first, times, out
+def _jax_at(ref: str):
+    """Replace the JAX MACE's ops.py and model.py with their text at git ``ref`` (in this process only)."""
+    from jaxmat.forcefields.mace import forcefield, model, ops
+
+    for module, name in ((ops, "ops"), (model, "model")):
+        source = subprocess.run(["git", "show", f"{ref}:jaxmat/forcefields/mace/{name}.py"], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout
+        exec(compile(source, f"{ref}:{name}.py", "exec"), module.__dict__)
+    forcefield.energy_forces_stress, forcefield.outgoing_slots = model.energy_forces_stress, ops.outgoing_slots
 
 
-def run_contender(name, model_spec, dtype, cases, repeats, threads, out_npz):
-    """Time one contender on every case (runs in its own process: a clean heap for each)."""
+def make_force_field(name, model_spec, dtype, threads):
+    import mace  # noqa: F401  (before e3nn)
     import torch
 
     torch.set_num_threads(threads)
     model = medium_model() if model_spec == "medium" else model_spec
-    results, arrays = {}, {}
-    for case in cases:
-        # a fresh force field per case: MACEJax reuses compiled shapes up to 2x larger, which suits a
-        # relaxation whose batch shrinks but would pad the 512-atom cell to the W1 batch size here
-        if name == "mace-torch":
-            from jaxmat.forcefields.mace_torch import MACETorch
+    if name == "mace-torch":
+        from jaxmat.forcefields.mace_torch import MACETorch
 
-            force_field = MACETorch(model, dtype=dtype)
-        else:
-            from jaxmat.forcefields.mace.forcefield import MACEJax
+        return MACETorch(model, dtype=dtype)
+    if "@" in name:
+        _jax_at(name.split("@", 1)[1])
+    from jaxmat.forcefields.mace.forcefield import MACEJax
 
-            force_field = MACEJax.from_torch(model, dtype=dtype)
-        batch = batch_from_atoms(CASES[case]())
-        first, times, out = time_calls(force_field, batch, repeats)
-        results[case] = {"first_call_s": first, "seconds": times, "atoms": len(batch.numbers)}
-        arrays[f"{case}/energy_per_atom"] = out.energy / np.bincount(batch.system_index)
-        arrays[f"{case}/forces"] = out.forces
-    np.savez(out_npz, **arrays)
+    return MACEJax.from_torch(model, dtype=dtype)
+
+
+def worker(name, model_spec, dtype, case, threads, out_npz):
+    """One contender on one case: warm-up call, then one timed call per 'call' line on stdin."""
+    from jaxmat.forcefields.base import batch_from_atoms
+
+    force_field = make_force_field(name, model_spec, dtype, threads)  # fresh per case: no shape reuse across cases
+    batch = batch_from_atoms(CASES[case]())
+    started = time.perf_counter()
+    out = force_field(batch, compute_stress=True)
+    print(f"ready {time.perf_counter() - started} {len(batch.numbers)}", flush=True)
+    while sys.stdin.readline().strip() == "call":
+        started = time.perf_counter()
+        out = force_field(batch, compute_stress=True)
+        print(f"time {time.perf_counter() - started}", flush=True)
+    np.savez(out_npz, energy_per_atom=out.energy / np.bincount(batch.system_index), forces=out.forces, stress=out.stress)
+    print(f"done {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}", flush=True)
+
+
+def workload_cells(name):
+    try:
+        from jaxmat.testing import workload
+    except ImportError:  # before the package reorganisation
+        from jaxmat.heo.generate import workload
+
+    return workload(name)
+
+
+def one_cell():
+    from jaxmat.heo.generate import rocksalt_heo
+
+    return [rocksalt_heo(4, seed=0)]
+
+
+CASES = {"W1": lambda: workload_cells("W1"), "cell512": one_cell}
+
+
+def _reply(process, token):
+    """The next line of a worker that starts with token (libraries may print their own lines), split."""
+    for line in process.stdout:
+        if line.startswith(token + " "):
+            return line.split()
+    raise SystemExit(f"a worker stopped without '{token}'")
+
+
+def run_case(args, case, contenders, tmp):
+    """Alternate calls of all contenders on one case; returns {name: result} with per-call seconds."""
+    workers = {}
+    for name in contenders:
+        command = [sys.executable, __file__, "--worker", name, "--case", case, "--npz", str(Path(tmp) / f"{name}.{case}.npz"),
+                   "--model", args.model, "--dtype", args.dtype, "--threads", str(args.threads)]
+        workers[name] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        line = _reply(workers[name], "ready")  # warm up one at a time, so compilation is timed alone
+        workers[name].first, workers[name].atoms, workers[name].times = float(line[1]), int(line[2]), []
+    for r in range(args.repeats):
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        for name in order:
+            workers[name].stdin.write("call\n")
+            workers[name].stdin.flush()
+            workers[name].times.append(float(_reply(workers[name], "time")[1]))
+    results = {}
+    for name, w in workers.items():
+        w.stdin.write("stop\n")
+        w.stdin.flush()
+        peak = float(_reply(w, "done")[1])
+        w.wait()
+        results[name] = {"first_call_s": w.first, "seconds": w.times, "atoms": w.atoms, "peak_rss_gib": peak,
+                         "arrays": dict(np.load(Path(tmp) / f"{name}.{case}.npz"))}
     return results
-
-
-CASES = {"W1": lambda: workload("W1"), "cell512": lambda: [rocksalt_heo(4, seed=0)]}
 
 
 def main():
@@ -81,48 +145,43 @@ def main():
     parser.add_argument("--model", default="medium")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--cases", default="W1,cell512")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--contenders", default="mace-torch,jaxmat-jax")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json")
-    parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one contender in this process
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one contender in this process
+    parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--npz", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    cases = args.cases.split(",")
-    if args.only:
-        results = run_contender(args.only, args.model, args.dtype, cases, args.repeats, args.threads, args.npz)
-        print(json.dumps(results))
+    if args.worker:
+        worker(args.worker, args.model, args.dtype, args.case, args.threads, args.npz)
         return
-    import subprocess
-    import sys
-    import tempfile
-
+    contenders = args.contenders.split(",")
     env = {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "XLA_FLAGS")}
-    print(f"model {args.model}; {args.dtype}; threads {args.threads}; each contender in its own process; env {env}", flush=True)
-    results, arrays = {}, {}
+    print(f"model {args.model}; {args.dtype}; threads {args.threads}; contenders in their own processes, called in turn; "
+          f"load average at start {os.getloadavg()[0]:.1f}; env {env}", flush=True)
+    summary, record = [], {}
+    reference = contenders[0]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("mace-torch", "jaxmat-jax"):
-            npz = Path(tmp) / f"{name}.npz"
-            command = [sys.executable, __file__, "--only", name, "--npz", str(npz), "--model", args.model, "--dtype", args.dtype,
-                       "--cases", args.cases, "--repeats", str(args.repeats), "--threads", str(args.threads)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-            arrays[name] = dict(np.load(npz))
-            for case in cases:
-                r = results[name][case]
-                print(f"{case:8s} {name:11s} {1000 * min(r['seconds']):9.1f} ms (min of {args.repeats}; median "
-                      f"{1000 * float(np.median(r['seconds'])):.1f} ms; first call {r['first_call_s']:.1f} s; {r['atoms']} atoms)", flush=True)
-    summary = []
-    for case in cases:
-        diff_e = np.abs(arrays["mace-torch"][f"{case}/energy_per_atom"] - arrays["jaxmat-jax"][f"{case}/energy_per_atom"]).max()
-        diff_f = np.abs(arrays["mace-torch"][f"{case}/forces"] - arrays["jaxmat-jax"][f"{case}/forces"]).max()
-        ratio = min(results["mace-torch"][case]["seconds"]) / min(results["jaxmat-jax"][case]["seconds"])
-        print(f"{case:8s} agreement: max |dE| {diff_e:.1e} eV/atom, max |dF| {diff_f:.1e} eV/Å; jaxmat-jax {ratio:.2f}x mace-torch")
-        summary.append(f"{case} {ratio:.2f}x")
+        for case in args.cases.split(","):
+            results = run_case(args, case, contenders, tmp)
+            base = np.asarray(results[reference]["seconds"])
+            for name, r in results.items():
+                t = np.asarray(r["seconds"])
+                ratio = base / t  # per round: how many times faster than the first contender
+                diff = {k: float(np.abs(r["arrays"][k] - results[reference]["arrays"][k]).max()) for k in r["arrays"]}
+                print(f"{case:8s} {name:22s} median {1000 * np.median(t):8.1f} ms (min {1000 * t.min():.1f}; "
+                      f"{len(t)} calls); {np.median(ratio):.2f}x {reference} (per-round median; range "
+                      f"{ratio.min():.2f}-{ratio.max():.2f}); first call {r['first_call_s']:.1f} s; peak RSS "
+                      f"{r['peak_rss_gib']:.2f} GiB; vs {reference}: |dE| {diff['energy_per_atom']:.1e} eV/atom, "
+                      f"|dF| {diff['forces']:.1e} eV/Å; {r['atoms']} atoms", flush=True)
+                if name != reference:
+                    summary.append(f"{case} {name} {np.median(ratio):.2f}x")
+                record[f"{case}/{name}"] = {k: v for k, v in r.items() if k != "arrays"}
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"summary {args.model} {args.dtype}: jaxmat-jax vs mace-torch " + ", ".join(summary))
+        Path(args.json).write_text(json.dumps(record, indent=2))
+    print(f"summary {args.model} {args.dtype} vs {reference} (median of per-round ratios): " + ", ".join(summary))
 
 
 if __name__ == "__main__":
