@@ -186,3 +186,22 @@ def test_registered_and_max_steps_counts_line_searches(lj):
     ASELineSearch(runner_atoms, logfile=None).run(fmax=1e-6, steps=4)
     assert stats["structure_evaluations"] == runner_atoms.calc.calls
     np.testing.assert_allclose(result.atoms.positions, runner_atoms.positions, atol=1e-10)
+
+
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_a_search_that_cannot_start_fails_where_ase_raises(lj, loop):
+    """Argon 13 % expanded, cell relaxed: ASE's second direction is not a descent direction and its line search
+    raises; here that system fails with ASE's step count and geometry, and the others go on."""
+    expanded = bulk("Ar", "fcc", a=6.0, cubic=True) * (2, 2, 1)
+    expanded.rattle(0.05, seed=1)
+    good = argon(3)
+    mine = relax([expanded, good], lj, "lbfgs-linesearch", fmax=2e-3, max_steps=100, relax_cell=True, progress=False, loop=loop)
+    theirs = expanded.copy()
+    theirs.calc = CountingLJ(lj)
+    runner = ASELineSearch(ExactFrechetCellFilter(theirs), logfile=None)
+    with pytest.raises(RuntimeError, match="LineSearch failed"):
+        runner.run(fmax=2e-3, steps=100)
+    assert mine[0].status == "failed" and "line search failed" in mine[0].message and mine[0].n_steps == runner.nsteps
+    np.testing.assert_allclose(mine[0].atoms.positions, theirs.positions, atol=1e-8)
+    np.testing.assert_allclose(mine[0].atoms.cell[:], theirs.cell[:], atol=1e-8)
+    assert mine[1].status == "converged"

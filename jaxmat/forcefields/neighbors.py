@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -126,3 +127,126 @@ def list_is_stale(positions, reference_positions, row_mask, skin: float, cells=N
         drift = jnp.sqrt(jnp.sum((cells - reference_cells) ** 2, axis=(1, 2))) * reach
         change = change + jnp.max(jnp.where(system_mask, drift, 0.0))
     return change > skin
+
+
+# ---- the list rebuilt on the device (inside the compiled relaxation loop) ------------------------------
+
+
+class DeviceCapacity(NamedTuple):
+    """Capacities of an on-device list, allocated on the host (each array shape is a compiled shape):
+    members (S, B) rows of each system, B atoms per block at most (the row count for padding); shifts (T, 3)
+    integer translations, the cube |t_a| <= reach; periodic (S,) bool."""
+
+    members: np.ndarray
+    shifts: np.ndarray
+    periodic: np.ndarray
+
+
+def shift_reach(cells: np.ndarray, periodic: np.ndarray, cutoff: float, margin: float = 1.1) -> int:
+    """The translations per axis that reach every neighbour within ``cutoff`` (Å) for these cells (S, 3, 3),
+    times ``margin`` for cells that shrink later: ceil(margin cutoff max_a |b_a|), b the reciprocal vectors
+    (plane spacings 1/|b_a|); atoms are wrapped into the cell before the search, so this is enough."""
+    if not np.any(periodic):
+        return 0
+    reciprocal = np.linalg.norm(np.linalg.inv(np.asarray(cells, float)[np.asarray(periodic)]), axis=1)  # |columns of inv|
+    return int(np.ceil(margin * cutoff * reciprocal.max() * (1 + 1e-12)))
+
+
+def device_capacity(system_index: np.ndarray, n_atoms: int, n_systems: int, block: int, cells, periodic, cutoff: float,
+                    reach: int = 0) -> DeviceCapacity:
+    """Allocate on the host: blocks of ``block`` rows for the systems of the first n_atoms rows (padding rows
+    belong to no block) and the shift cube for these cells (at least ``reach``)."""
+    system_index = np.asarray(system_index)
+    rows = len(system_index)
+    members = np.full((n_systems, block), rows, np.int32)
+    for s in range(n_systems):
+        own = np.flatnonzero(system_index[:n_atoms] == s)
+        if len(own) > block:
+            raise ValueError(f"system {s} has {len(own)} atoms, more than the block of {block}")
+        members[s, : len(own)] = own
+    n = max(shift_reach(cells, periodic, cutoff), int(reach))
+    axis = np.arange(-n, n + 1)
+    shifts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
+    return DeviceCapacity(members, shifts, np.asarray(periodic, bool))
+
+
+def _system_block(positions, cell, own, periodic, shifts, cutoff, n_slots):
+    """One system's list: receivers and senders among its B member rows, images from the shift cube.
+    Returns local senders (B, K), translations (B, K, 3), mask (B, K) and each receiver's count (B,)."""
+    block = positions.shape[0]
+    cell = jnp.where(periodic, cell, jnp.eye(3, dtype=cell.dtype))
+    fractional = positions @ jnp.linalg.inv(cell)
+    image = jnp.where(periodic, jnp.floor(fractional), 0.0)
+    wrapped = fractional - image  # in [0, 1) per axis; r = (wrapped + image) @ cell
+    local = jnp.arange(block, dtype=jnp.int32)
+    pair_ok = own[:, None] & own[None, :]
+    image_shift = (image[:, None, :] - image[None, :, :]).astype(jnp.int32)  # receiver minus sender
+
+    def one_shift(carry, shift):
+        count, senders, translations, mask = carry
+        vectors = (wrapped[:, None, :] - wrapped[None, :, :] + shift.astype(wrapped.dtype)) @ cell  # receiver - sender
+        zero = jnp.all(shift == 0)
+        hit = (pair_ok & (jnp.sum(vectors**2, -1) < cutoff**2) & ~(zero & (local[:, None] == local[None, :]))
+               & (periodic | zero))
+        slot = count[:, None] + jnp.cumsum(hit, axis=1, dtype=jnp.int32) - 1
+        keep = hit & (slot < n_slots)
+        rows, cols = jnp.where(keep, local[:, None], block), jnp.where(keep, slot, 0)
+        senders = senders.at[rows, cols].set(jnp.broadcast_to(local[None, :], hit.shape).astype(jnp.int32), mode="drop")
+        translations = translations.at[rows, cols].set(shift - image_shift, mode="drop")  # t = t' - (k_recv - k_send)
+        mask = mask.at[rows, cols].set(True, mode="drop")
+        return (count + jnp.sum(hit, axis=1, dtype=jnp.int32), senders, translations, mask), None
+
+    start = (jnp.zeros(block, jnp.int32), jnp.zeros((block, n_slots), jnp.int32), jnp.zeros((block, n_slots, 3), jnp.int32),
+             jnp.zeros((block, n_slots), bool))
+    (count, senders, translations, mask), _ = jax.lax.scan(one_shift, start, shifts)
+    return senders, translations, mask, count
+
+
+def device_neighbor_matrix(positions, cells, capacity, cutoff, n_slots: int, pairs_per_chunk: int = 1 << 22):
+    """The neighbour matrix within ``cutoff`` (Å) built on the device, in the layout of :func:`neighbor_matrix`
+    (padding slots point at the last row): candidates are every (receiver, sender, shift) of one system
+    block, O(B^2 T) per system, systems in chunks of about pairs_per_chunk candidates (never the whole
+    batch squared). Returns (neighbors, translations, mask, overflow): overflow when an atom has more than
+    n_slots neighbours or a cell now needs translations beyond the shift cube (the host then re-allocates;
+    nothing is dropped silently)."""
+    members, shifts, periodic = capacity
+    n_rows, (n_systems, block) = positions.shape[0], members.shape
+    own = members < n_rows
+    safe = jnp.where(own, members, 0)
+    chunk = max(1, min(n_systems, pairs_per_chunk // max(1, block * block)))
+    senders, translations, mask, count = jax.lax.map(
+        lambda args: _system_block(*args, shifts, cutoff, n_slots), (positions[safe], cells, own, periodic), batch_size=chunk)
+    global_senders = jnp.where(mask, jnp.take_along_axis(safe, senders.reshape(n_systems, -1), 1).reshape(senders.shape), n_rows - 1)
+    rows = jnp.where(own, members, n_rows).reshape(-1)
+    neighbors = jnp.full((n_rows, n_slots), n_rows - 1, jnp.int32).at[rows].set(global_senders.reshape(-1, n_slots), mode="drop")
+    slot_translations = jnp.zeros((n_rows, n_slots, 3), jnp.int32).at[rows].set(translations.reshape(-1, n_slots, 3), mode="drop")
+    slot_mask = jnp.zeros((n_rows, n_slots), bool).at[rows].set(mask.reshape(-1, n_slots), mode="drop")
+    reach = jnp.max(jnp.abs(shifts)) if shifts.shape[0] else 0
+    reciprocal = jnp.linalg.norm(jnp.linalg.inv(jnp.where(periodic[:, None, None], cells, jnp.eye(3, dtype=cells.dtype))), axis=1)
+    needed_reach = jnp.ceil(cutoff * jnp.max(jnp.where((periodic & jnp.any(own, 1))[:, None], reciprocal, 0.0)) * (1 + 1e-12))
+    overflow = (jnp.max(jnp.where(own, count, 0)) > n_slots) | (needed_reach > reach)
+    return neighbors, slot_translations, slot_mask, overflow
+
+
+def device_outgoing(neighbors, mask, width: int):
+    """On the device, what :func:`jaxmat.forcefields.mace.ops.outgoing_slots` computes on the host: for every
+    row, the flat slots (n * K + k) where it is the sender, in increasing order, n_rows * K where none;
+    (outgoing (R, width), overflow when some atom sends more than width)."""
+    n_rows, n_slots = neighbors.shape
+    senders = jnp.where(mask, neighbors, n_rows).reshape(-1)
+    order = jnp.argsort(senders, stable=True)
+    ordered = senders[order]
+    counts = jnp.zeros(n_rows + 1, jnp.int32).at[senders].add(1)
+    starts = jnp.cumsum(counts) - counts
+    column = jnp.arange(senders.shape[0], dtype=jnp.int32) - starts[ordered]
+    keep = (ordered < n_rows) & (column < width)
+    out = jnp.full((n_rows, width), n_rows * n_slots, jnp.int32)
+    out = out.at[jnp.where(keep, ordered, n_rows), jnp.where(keep, column, 0)].set(order.astype(jnp.int32), mode="drop")
+    return out, jnp.max(counts[:n_rows]) > width
+
+
+def list_reach(translations, mask, system_index, n_systems):
+    """Per system, 1 + the longest integer translation |t| in its list (the factor of a cell change in
+    :func:`list_is_stale`)."""
+    lengths = jnp.where(mask, jnp.linalg.norm(translations.astype(float), axis=-1), 0.0)
+    return jax.ops.segment_max(jnp.max(lengths, axis=1), system_index, n_systems).clip(0.0) + 1.0

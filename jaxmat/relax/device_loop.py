@@ -1,20 +1,26 @@
-"""The relaxation loop on the device: force evaluation, convergence checks and optimizer steps of many
-systems in one compiled ``lax.while_loop``, for force fields with a device model (JAX MACE, pair potentials).
+"""The relaxation loop on the device: force evaluation, convergence checks, optimizer steps and neighbour-list
+updates of many systems in one compiled ``lax.while_loop``, for force fields with a device model (JAX
+MACE, pair potentials).
 
 One state pytree holds every running system at fixed capacities — rows (atoms), systems (the last
-slot collects padding rows and is never read), neighbour slots — with the optimizer's coordinates
-(atom positions, plus three cell rows per system when cells relax through :mod:`jaxmat.relax.cell`),
-per-row and per-system optimizer state, step counters, status codes and the last energies, forces
-and stresses. Each iteration does what one iteration of the host loop (:mod:`jaxmat.relax.runner`)
-does, in the same order: evaluate, retire systems that converged (max force < fmax, cell rows
-included), failed (non-finite or exploding forces) or hit max_steps, then step the others with the
-same optimizer code (FIRE, L-BFGS), so the steps are the host loop's and ASE's. The loop returns to
-the host after ``max_inner`` iterations, when no system is left running, when a system finished while
-others wait in the queue (retire and refill), or when the neighbour list may be stale (an atom moved,
-or a cell changed, by enough to bring a pair from beyond cutoff + skin to within the cutoff): the host
-rebuilds it before any evaluation with a stale one, so no neighbour is ever dropped. Capacities change
-only when a rebuilt list needs more slots, so a run compiles once or a few times; ``stats`` counts
-compilations and their seconds, the device loop's seconds (compilation excluded) and the host's.
+slot collects padding rows and is never read), neighbour slots, system blocks and the shift cube of
+the on-device list — with the optimizer's coordinates (atom positions, plus three cell rows per
+system when cells relax through :mod:`jaxmat.relax.cell`), per-row and per-system optimizer state,
+step counters, status codes and the last energies, forces and stresses. Each iteration does what one
+iteration of the host loop (:mod:`jaxmat.relax.host_loop`) does, in the same order: evaluate, let a
+line search take the evaluation, retire systems that converged (max force < fmax, cell rows
+included; only at the optimizer's points), failed (non-finite or exploding forces, a failed line
+search) or hit max_steps, then step the others with the same optimizer code (FIRE, L-BFGS,
+LBFGSLineSearch), so the steps are the host loop's and ASE's. When the neighbour list may be stale
+(an atom moved, or a cell changed, by enough to bring a pair from beyond cutoff + skin to within
+the cutoff) it is rebuilt on the device before the next evaluation
+(:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`); if the rebuilt list does not fit its
+slots, outgoing slots or shift cube, the loop returns with an overflow flag and the host
+re-allocates larger capacities (vesin) before any evaluation, so no neighbour is ever dropped. The
+loop also returns after ``max_inner`` iterations, when no system is left running, or when a system
+finished while others wait in the queue (retire and refill). Capacities change only on overflow, so a
+run compiles once or a few times; ``stats`` counts compilations and their seconds, on-device
+rebuilds, re-allocations, the device loop's seconds (compilation excluded) and the host's.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.mace.ops import outgoing_slots
-from jaxmat.forcefields.neighbors import bucket, list_is_stale, neighbor_matrix, pad_neighbor_matrix
+from jaxmat.forcefields.neighbors import (DeviceCapacity, bucket, device_capacity, device_neighbor_matrix, device_outgoing,
+                                         list_is_stale, list_reach, neighbor_matrix, pad_neighbor_matrix)
 from jaxmat.relax import cell as cell_filter
 
 RUNNING, CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED, SEARCH_FAILED = 0, 1, 2, 3, 4, 5
@@ -44,8 +51,10 @@ def cutoff_of(force_field) -> float:
 
 
 def make_loop(optimizer, evaluate, relax_cell: bool):
-    """A pure function (params, state, limits, exit_on_finish) -> (state, iterations, rebuild); limits holds
-    fmax (eV/Å), max_force (eV/Å, beyond it a system has exploded), skin (Å), max_steps and max_inner."""
+    """A pure function (params, state, limits, exit_on_finish) -> (state, iterations, overflow, rebuilds); limits
+    holds fmax (eV/Å), max_force (eV/Å, beyond it a system has exploded), skin (Å), cutoff (Å, the list
+    radius: the model's cutoff + skin), max_steps and max_inner. A stale list is rebuilt inside the loop;
+    overflow: the rebuilt list did not fit its capacities (the host re-allocates before any evaluation)."""
 
     def run(params, state, limits, exit_on_finish):
         fmax, max_force, skin, max_steps, max_inner = (limits[k] for k in ("fmax", "max_force", "skin", "max_steps", "max_inner"))
@@ -53,7 +62,7 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
         index, real, row_index, row_real = state["system_index"], state["row_mask"], state["row_index"], state["row_real"]
 
         def body(carry):
-            state, iteration, _, _ = carry
+            state, iteration, _, _, rebuilds = carry
             energy, forces, stress = evaluate(params, {k: state[k] for k in GRAPH_KEYS})
             coords = state["coords"]
             bad_system = ~jnp.isfinite(energy)
@@ -77,7 +86,7 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
                                                                    jnp.where(active, energy, 0.0), row_index, active)
             failed = active & non_finite
             exploded = active & ~non_finite & (largest > max_force)
-            lost = active & ~non_finite & ~exploded & lost
+            lost = active & ~non_finite & ~exploded & lost  # its last step never completed: ASE does not count it
             converged = active & ~non_finite & ~exploded & ~lost & at_point & (largest < fmax)
             out_of_steps = active & ~non_finite & ~exploded & ~lost & ~converged & at_point & (state["steps"] >= max_steps)
             running = active & ~(failed | exploded | lost | converged | out_of_steps)
@@ -93,22 +102,33 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
                 positions, cells = coords, state["cells"]
             evaluated = active[index][:, None]
             new = dict(state, atom_state=atoms, system_state=systems, coords=coords, positions=positions, cells=cells,
-                       status=status, active=running, steps=state["steps"] + (running & at_point).astype(state["steps"].dtype),
+                       status=status, active=running, steps=state["steps"] + (running & at_point).astype(state["steps"].dtype) - lost.astype(state["steps"].dtype),
                        energy=jnp.where(active, energy, state["energy"]), forces=jnp.where(evaluated, forces, state["forces"]),
                        stress=jnp.where(active[:, None, None], stress, state["stress"]), fmax=jnp.where(active, largest, state["fmax"]),
                        evaluations=state["evaluations"] + jnp.sum(active[:-1]).astype(state["evaluations"].dtype))
-            rebuild = list_is_stale(positions, state["reference"], real & running[index], skin,
-                                    cells, state["reference_cells"], state["reach"], running)
+            stale = list_is_stale(positions, state["reference"], real & running[index], skin,
+                                  cells, state["reference_cells"], state["reach"], running)
+            new, overflow = jax.lax.cond(stale, rebuild, lambda s: (s, jnp.bool_(False)), new)
             finished = jnp.any(active & ~running)
-            stop = rebuild | ~jnp.any(running) | (exit_on_finish & finished)
-            return new, iteration + 1, stop, rebuild
+            stop = overflow | ~jnp.any(running) | (exit_on_finish & finished)
+            return new, iteration + 1, stop, overflow, rebuilds + stale.astype(jnp.int32)
+
+        def rebuild(s):
+            """The list at the new geometry, on the device (same capacities)."""
+            capacity = DeviceCapacity(s["members"], s["shifts"], s["periodic"])
+            neighbors, translations, mask, overflow = device_neighbor_matrix(s["positions"], s["cells"], capacity, limits["cutoff"],
+                                                                             s["neighbors"].shape[1])
+            outgoing, too_many = device_outgoing(neighbors, mask, s["outgoing"].shape[1])
+            return dict(s, neighbors=neighbors, translations=translations, mask=mask, outgoing=outgoing, reference=s["positions"],
+                        reference_cells=s["cells"], reach=list_reach(translations, mask, index, n_systems)), overflow | too_many
 
         def cond(carry):
-            _, iteration, stop, _ = carry
+            _, iteration, stop, _, _ = carry
             return (iteration < max_inner) & ~stop
 
-        state, iterations, _, rebuild = jax.lax.while_loop(cond, body, (state, jnp.int32(0), jnp.bool_(False), jnp.bool_(False)))
-        return state, iterations, rebuild
+        start = (state, jnp.int32(0), jnp.bool_(False), jnp.bool_(False), jnp.int32(0))
+        state, iterations, _, overflow, rebuilds = jax.lax.while_loop(cond, body, start)
+        return state, iterations, overflow, rebuilds
 
     return run
 
@@ -169,11 +189,12 @@ class DeviceRelaxation:
         # at least one padding row (where empty neighbour slots point); small batches padded by at most 12.5 %
         self.rows = min(int(-(-(row_capacity + 1) // 64) * 64), bucket(row_capacity + 1))
         self.systems = system_capacity + 1  # the last system slot holds the padding rows
-        self.slots = self.outgoing_width = 0
-        self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "max_steps": int(max_steps),
+        self.slots = self.outgoing_width = self.shift_reach = self.block = 0
+        self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "cutoff": self.cutoff,
+                       "max_steps": int(max_steps),
                        "max_inner": int(max_inner)}
         self.loop = compiled_loop(force_field, optimizer, evaluate, relax_cell)
-        self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "refills": 0, "structure_evaluations": 0,
+        self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "reallocations": 0, "refills": 0, "structure_evaluations": 0,
                          "compilations": 0, "compile_seconds": 0.0, "device_seconds": 0.0, "host_seconds": 0.0}
 
     # --- one system's share of the state (host arrays) -----------------------------------------------
@@ -256,9 +277,14 @@ class DeviceRelaxation:
         lengths = np.where(matrix.mask, np.linalg.norm(matrix.translations, axis=-1), 0.0).max(axis=1)
         reach = np.zeros(self.systems)
         np.maximum.at(reach, np.asarray(system_index), lengths)
+        periodic = np.zeros(self.systems, bool)
+        periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
+        capacity = device_capacity(system_index, n_atoms, self.systems, self.block, cells.astype(np.float64), periodic, self.cutoff, self.shift_reach)
+        self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
         return {"neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
                 "outgoing": outgoing_slots(matrix.neighbors, matrix.mask, self.outgoing_width),
-                "reference": positions.copy(), "reference_cells": cells.copy(), "reach": reach + 1.0}
+                "reference": positions.copy(), "reference_cells": cells.copy(), "reach": reach + 1.0,
+                "members": capacity.members, "shifts": capacity.shifts, "periodic": capacity.periodic}
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -266,6 +292,7 @@ class DeviceRelaxation:
         """Relax the queued structures (indices into structures; sizes: the rows each counts against the atom
         budget, as in the host loop); returns counters."""
         running, state, done = [], None, []
+        self.block = max([self.block] + [len(structures[i]) for i in queue])  # rows of the largest system: the list's blocks
         while queue or running:
             host_started = time.perf_counter()
             if state is None or done:
@@ -275,22 +302,23 @@ class DeviceRelaxation:
                 state = jax.device_put(state)
             self.counters["host_seconds"] += time.perf_counter() - host_started
             started = time.perf_counter()
-            state, iterations, rebuild = self.loop(self.params, state, self.limits, bool(queue), self.counters)
+            state, iterations, overflow, rebuilds = self.loop(self.params, state, self.limits, bool(queue), self.counters)
             status, active = np.asarray(state["status"]), np.asarray(state["active"])  # waits for the device
             self.counters["device_seconds"] += time.perf_counter() - started
             host_started = time.perf_counter()
             self.counters["loop_calls"] += 1
             self.counters["iterations"] += int(iterations)
+            self.counters["rebuilds"] += int(rebuilds)
             self.counters["structure_evaluations"] = int(state["evaluations"])
             done = [k for k in range(len(running)) if not active[k] and status[k] != RUNNING]
             if done:
                 state = jax.tree_util.tree_map(np.asarray, state)
                 self.report(running, state, done, finish)
-            elif bool(rebuild):
+            elif bool(overflow):  # re-allocate on the host (vesin) with larger capacities: a new compiled shape
                 host = jax.tree_util.tree_map(np.asarray, state)
                 host.update(self.neighbor_arrays(running, host["positions"], host["cells"], host["system_index"]))
                 state = jax.device_put(host)
-                self.counters["rebuilds"] += 1
+                self.counters["reallocations"] += 1
             self.counters["host_seconds"] += time.perf_counter() - host_started
         self.counters["device_seconds"] -= self.counters["compile_seconds"]
         return self.counters

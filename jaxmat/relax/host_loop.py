@@ -133,8 +133,9 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
             g_max = float(np.max(np.linalg.norm(generalized[k], axis=1)))
             if g_max > max_force:
                 done("failed", f"exploding forces (max {g_max:.3g} eV/Å)")
-            elif search_failed[k]:
-                done("failed", "line search failed (ASE raises 'LineSearch failed!')")
+            elif search_failed[k]:  # the step that could not open its search never completed: ASE does not count it
+                finish(slot.index, slot.atoms.copy(), "failed", slot.steps - 1, e_k, f_k, s_k,
+                       "line search failed (ASE raises 'LineSearch failed!')")
             elif at_point[k] and g_max < fmax:
                 done("converged")
             elif at_point[k] and slot.steps >= max_steps:
