@@ -8,7 +8,9 @@ Open MPI, Kubernetes ...). After it, ``jax.devices()`` lists every process's dev
 
 Only entry points call :func:`initialize` and :func:`use_cpu_collectives` (they change process-wide JAX
 state); library code asks :func:`process_index` / :func:`process_count` and calls :func:`barrier` and
-:func:`check_same`, which are no-ops in a single process.
+:func:`check_same`, which are no-ops in a single process. Training joins every process's devices into
+one mesh; relaxation (``join_devices=False``) only shares the coordination service: its shards never
+communicate, and each process's force field and optimizer stay on its own devices.
 
 The key-value store and barriers are those of the distributed client (``jax._src.distributed``): JAX
 has no public name for them yet.
@@ -25,6 +27,7 @@ import jax
 from jaxmat.errors import ConfigError, JaxmatInputError
 
 DEFAULT_TIMEOUT_S = 300  # seconds to reach the coordinator / to wait for the other processes
+_COORDINATION: dict = {}  # coordinate-only mode: client, service, index, count
 
 
 def add_arguments(parser) -> None:
@@ -46,11 +49,13 @@ def use_cpu_collectives() -> None:
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
+               timeout_s: int = DEFAULT_TIMEOUT_S, join_devices: bool = True) -> None:
     """Start (process 0) or join the JAX distributed runtime; clear errors for partial flags or no coordinator.
 
     All three of coordinator, num_processes and process_id, or none of them (then the cluster environment
     gives them). ``timeout_s``: seconds to wait for the coordinator and every process to connect.
+    ``join_devices=False`` (relaxation): only the coordination service (key-value store, barriers); each
+    process's JAX keeps its own devices, so nothing compiled for one process spans another's devices.
     """
     given = [x is not None for x in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
@@ -60,6 +65,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise JaxmatInputError(f"--process-id {process_id} is not in 0 .. {num_processes - 1}")
     if coordinator is not None and process_id != 0:
         wait_for_coordinator(coordinator, timeout_s)
+    if not join_devices:
+        return _coordinate_only(coordinator, num_processes, process_id, timeout_s)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=int(timeout_s))
     except ValueError as exc:  # no flags and no cluster environment found
@@ -68,6 +75,39 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         where = coordinator or "the coordinator of the cluster environment"
         raise JaxmatInputError(f"could not reach {where} within {timeout_s} s as process {process_id} of "
                                f"{num_processes}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def _coordinate_only(coordinator, num_processes, process_id, timeout_s) -> None:
+    """The coordination service and client of jax.distributed.initialize without the device backend."""
+    import atexit
+
+    from jax._src import clusters
+    from jax._src.lib import _jax
+
+    if coordinator is None:
+        coordinator, num_processes, process_id, _ = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+            None, None, None, None, None, int(timeout_s))
+        if coordinator is None:
+            raise JaxmatInputError("cannot start the distributed runtime: no --coordinator and no cluster environment found")
+        if process_id != 0:
+            wait_for_coordinator(coordinator, timeout_s)
+    service = None
+    if process_id == 0:
+        service = _jax.get_distributed_runtime_service("[::]:" + coordinator.rsplit(":", 1)[1], num_processes)
+    client = _jax.get_distributed_runtime_client(coordinator, process_id, init_timeout=int(timeout_s), use_compression=True)
+    try:
+        client.connect()
+    except Exception as exc:
+        raise JaxmatInputError(f"could not connect to the coordinator {coordinator} within {timeout_s} s as process "
+                               f"{process_id} of {num_processes}: {str(exc).splitlines()[0]}") from exc
+    _COORDINATION.update(client=client, service=service, index=int(process_id), count=int(num_processes))
+
+    def shut_down():  # waits for every process (the service lives in process 0)
+        client.shutdown()
+        if service is not None:
+            service.shutdown()
+
+    atexit.register(shut_down)
 
 
 def wait_for_coordinator(address: str, timeout_s: float) -> None:
@@ -91,26 +131,31 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
             time.sleep(0.2)
 
 
-def initialize_from_args(args) -> None:
+def initialize_from_args(args, join_devices: bool = True) -> None:
     """:func:`initialize` from the flags of :func:`add_arguments` when --distributed is given; CPU runs get
     gloo collectives first."""
     if not args.distributed:
         if any(x is not None for x in (args.coordinator, args.num_processes, args.process_id)):
             raise JaxmatInputError("--coordinator/--num-processes/--process-id need --distributed")
         return
-    use_cpu_collectives()  # read by CPU devices only: harmless on GPU hosts
-    initialize(args.coordinator, args.num_processes, args.process_id, args.distributed_timeout)
+    if join_devices:
+        use_cpu_collectives()  # read by CPU devices only: harmless on GPU hosts
+    initialize(args.coordinator, args.num_processes, args.process_id, args.distributed_timeout, join_devices)
 
 
 def process_index() -> int:
-    return jax.process_index()
+    """This process's index (0 in a single process)."""
+    return _COORDINATION["index"] if _COORDINATION else jax.process_index()
 
 
 def process_count() -> int:
-    return jax.process_count()
+    """Number of processes of the run (1 without --distributed)."""
+    return _COORDINATION["count"] if _COORDINATION else jax.process_count()
 
 
 def _client():
+    if _COORDINATION:
+        return _COORDINATION["client"]
     from jax._src import distributed as jax_distributed
 
     return jax_distributed.global_state.client

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     distributed.add_arguments(parser)
     args = parser.parse_args(argv)
     cli.configure_logging(logging.WARNING)
-    distributed.initialize_from_args(args)  # several processes: each relaxes its share (jaxmat.relax.shards)
+    distributed.initialize_from_args(args, join_devices=False)  # each process relaxes its share on its own devices
     distributed.check_same("arguments", {k: v for k, v in vars(args).items() if k != "process_id"}, args.distributed_timeout)
 
     from jaxmat import compile_cache
