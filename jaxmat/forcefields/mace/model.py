@@ -38,6 +38,19 @@ def spherical_harmonics(vectors, lmax: int):
     return [sh[:, l * l:(l + 1) * (l + 1)] for l in range(lmax + 1)]
 
 
+def _radial_weights(params, config, lengths, mask):
+    """Per-layer tensor-product weights (E, weight_numel) of edges of these lengths (Å); mask (E,) False on padding."""
+    radial = ops.bessel_basis(lengths, jnp.asarray(config["bessel_frequencies"], lengths.dtype), config["bessel_prefactor"])
+    cutoff = ops.polynomial_cutoff(lengths, config["r_max"], config["num_polynomial_cutoff"]) * mask[:, None]
+    edge_feats = radial * cutoff if config["apply_cutoff"] else radial
+    out = []
+    for layer, inter_cfg in enumerate(config["interactions"]):
+        with jax.named_scope(f"mace_radial_mlp_L{layer}"):
+            w = ops.radial_mlp(params["interactions"][layer]["radial"], inter_cfg["radial_activation_scale"], edge_feats)
+            out.append(w if config["apply_cutoff"] else w * cutoff)
+    return out
+
+
 def node_energies(params, config, species, vectors, neighbors, neighbor_mask, head: int = 0, outgoing_slots=None):
     """Interaction energy of every atom (eV, after scale and shift, without the E0s).
 
@@ -50,11 +63,12 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
     r_max = config["r_max"]
     far = jnp.asarray([2.0 * r_max, 0.0, 0.0], vectors.dtype)
     vectors = jnp.where(neighbor_mask[..., None], vectors, far).reshape(-1, 3)  # padding sits beyond the cutoff
-    lengths = jnp.linalg.norm(vectors, axis=-1)
-    edge_sh = [y.reshape(n_nodes, k_slots, -1) for y in spherical_harmonics(vectors, config["sh_lmax"])]
-    radial = ops.bessel_basis(lengths, jnp.asarray(config["bessel_frequencies"], vectors.dtype), config["bessel_prefactor"])
-    cutoff = ops.polynomial_cutoff(lengths, r_max, config["num_polynomial_cutoff"]) * neighbor_mask.reshape(-1, 1)
-    edge_feats = radial * cutoff if config["apply_cutoff"] else radial
+    with jax.named_scope("mace_sh"):
+        lengths = jnp.linalg.norm(vectors, axis=-1)
+        edge_sh = [y.reshape(n_nodes, k_slots, -1) for y in spherical_harmonics(vectors, config["sh_lmax"])]
+    with jax.named_scope("mace_radial"):
+        tp_weights_per_layer = [w.reshape(n_nodes, k_slots, -1)
+                                for w in _radial_weights(params, config, lengths, neighbor_mask.reshape(-1))]
 
     embedding = config["node_embedding"]
     (w_embed,) = params["node_embedding"]
@@ -63,26 +77,34 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
     features_per_layer = []
     for layer, (inter_cfg, prod_cfg) in enumerate(zip(config["interactions"], config["products"])):
         inter_params, prod_params = params["interactions"][layer], params["products"][layer]
-        sc = _species_linear(node_feats, species, inter_cfg["skip"], inter_params["skip"]) if inter_cfg["residual"] else None
-        up = _linear(node_feats, inter_cfg["linear_up"], inter_params["linear_up"])
-        tp_weights = ops.radial_mlp(inter_params["radial"], inter_cfg["radial_activation_scale"], edge_feats)
-        if not config["apply_cutoff"]:
-            tp_weights = tp_weights * cutoff
-        tp_weights = tp_weights.reshape(n_nodes, k_slots, -1)
-        gathered = [b[neighbors] if outgoing_slots is None else ops.gather_neighbors(b, neighbors, outgoing_slots) for b in up]
-        messages = ops.convolution(gathered, edge_sh, tp_weights, inter_cfg["tp_paths"], config["cg"])
-        messages = [m / inter_cfg["avg_num_neighbors"] for m in _linear(messages, inter_cfg["linear"], inter_params["linear"])]
-        if not inter_cfg["residual"]:
-            messages = _species_linear(messages, species, inter_cfg["skip"], inter_params["skip"])
-        coupled = jnp.concatenate(messages, axis=1)  # (N, A, C): MACE's reshape_irreps, transposed
-        product_species = jnp.zeros_like(species) if prod_cfg["agnostic"] else species
-        blocks = ops.symmetric_contraction(coupled, product_species, prod_cfg["contractions"], prod_params["weights"])
-        node_feats = _linear(blocks, prod_cfg["linear"], prod_params["linear"])
-        if prod_cfg["use_sc"] and sc is not None:
-            node_feats = [a + b for a, b in zip(node_feats, sc)]
+        with jax.named_scope(f"mace_linears_L{layer}"):
+            sc = _species_linear(node_feats, species, inter_cfg["skip"], inter_params["skip"]) if inter_cfg["residual"] else None
+            up = _linear(node_feats, inter_cfg["linear_up"], inter_params["linear_up"])
+        tp_weights = tp_weights_per_layer[layer]
+        with jax.named_scope(f"mace_conv_L{layer}"):
+            gathered = [b[neighbors] if outgoing_slots is None else ops.gather_neighbors(b, neighbors, outgoing_slots) for b in up]
+            messages = ops.convolution(gathered, edge_sh, tp_weights, inter_cfg["tp_paths"], config["cg"])
+        with jax.named_scope(f"mace_linears_L{layer}"):
+            messages = [m / inter_cfg["avg_num_neighbors"] for m in _linear(messages, inter_cfg["linear"], inter_params["linear"])]
+            if not inter_cfg["residual"]:
+                messages = _species_linear(messages, species, inter_cfg["skip"], inter_params["skip"])
+            coupled = jnp.concatenate(messages, axis=1)  # (N, A, C): MACE's reshape_irreps, transposed
+        with jax.named_scope(f"mace_product_L{layer}"):
+            product_species = jnp.zeros_like(species) if prod_cfg["agnostic"] else species
+            blocks = ops.symmetric_contraction(coupled, product_species, prod_cfg["contractions"], prod_params["weights"])
+        with jax.named_scope(f"mace_linears_L{layer}"):
+            node_feats = _linear(blocks, prod_cfg["linear"], prod_params["linear"])
+            if prod_cfg["use_sc"] and sc is not None:
+                node_feats = [a + b for a, b in zip(node_feats, sc)]
         features_per_layer.append(node_feats)
 
-    energy = jnp.zeros((n_nodes,), vectors.dtype)
+    with jax.named_scope("mace_readouts"):
+        return _readouts(params, config, features_per_layer, n_nodes, head, vectors.dtype)
+
+
+def _readouts(params, config, features_per_layer, n_nodes, head, dtype):
+    """Sum of the readouts' node energies, scaled and shifted (eV)."""
+    energy = jnp.zeros((n_nodes,), dtype)
     readouts = config["readouts"]
     for i, (readout_cfg, readout_params) in enumerate(zip(readouts, params["readouts"])):
         feats = features_per_layer[-1 if len(readouts) == 1 else i]
@@ -98,8 +120,8 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
                 hidden = [h * keep for h in hidden]
             out = _linear(hidden, readout_cfg["linear_2"], readout_params["linear_2"])
         energy = energy + out[0][:, 0, head]
-    scale = jnp.asarray(config["scale"], vectors.dtype)[head]
-    shift = jnp.asarray(config["shift"], vectors.dtype)[head]
+    scale = jnp.asarray(config["scale"], dtype)[head]
+    shift = jnp.asarray(config["shift"], dtype)[head]
     return scale * energy + shift
 
 
