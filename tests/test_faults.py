@@ -249,7 +249,7 @@ def test_relax_killed_resumes_and_matches(relax_inputs, relax_references, env, t
         np.testing.assert_allclose(ours.get_forces(), theirs.get_forces(), atol=1e-9)
     assert not partial.exists() and leftovers(tmp_path) == []
     record(f"python -m jaxmat.relax --backend {backend}", moment, done_at_kill=done, total=N_STRUCTURES, resumed=True,
-           redone=len(rewritten) - (N_STRUCTURES - done), lost=0)
+           redone=len(rewritten), lost=0)  # redone: finished (trajectory written) but its frame not yet saved
 
 
 # --- python -m jaxmat.heo.finetune (a mace_run_train stage killed mid-run) -----------------------------------
