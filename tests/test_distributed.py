@@ -49,13 +49,13 @@ def max_relative_difference(a, b, keys=COMPARED):
     return max(abs(x[k] - y[k]) / max(abs(x[k]), 1e-300) for x, y in zip(a, b) for k in keys)
 
 
-def start_processes(module, args, n=2, timeout=60):
+def start_processes(module, args, n=2, timeout=60, env=ENV):
     """n processes of ``python -m module`` on a localhost coordinator; ``args``: one list, or one per process."""
     port = free_port()
     per_process = args if isinstance(args[0], list) else [args] * n
     common = ["--distributed", "--coordinator", f"localhost:{port}", "--num-processes", str(n),
               "--distributed-timeout", str(timeout)]
-    return [subprocess.Popen([sys.executable, "-m", module, *per_process[p], *common, "--process-id", str(p)], env=ENV,
+    return [subprocess.Popen([sys.executable, "-m", module, *per_process[p], *common, "--process-id", str(p)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(n)]
 
 
@@ -173,20 +173,21 @@ def test_two_process_relaxation_equals_one_process_and_survives_a_kill(tmp_path)
     source = tmp_path / "in.extxyz"
     ase.io.write(source, structures())
     args = [str(source), "--model", LJ, "--fmax", "1e-4", "--max-atoms", "64", "--no-progress"]
+    env = {**ENV, "JAXMAT_COMPILATION_CACHE": str(tmp_path / "xla")}  # later runs reuse the first one's programs
     subprocess.run([sys.executable, "-m", "jaxmat.relax", *args, "--out", str(tmp_path / "one.extxyz")], check=True,
-                   capture_output=True, env=ENV)
+                   capture_output=True, env=env)
     one = ase.io.read(tmp_path / "one.extxyz", index=":")
     assert [f.info["input_index"] for f in one] == list(range(12))
 
     if FULL:  # uninterrupted (the killed and rerun case below is compared the same way)
-        codes, errors = finish(start_processes("jaxmat.relax", args + ["--out", str(tmp_path / "two.extxyz")]))
+        codes, errors = finish(start_processes("jaxmat.relax", args + ["--out", str(tmp_path / "two.extxyz")], env=env))
         assert codes == [0, 0], errors
         same_frames(one, ase.io.read(tmp_path / "two.extxyz", index=":"))
         assert not list(tmp_path.glob("two.extxyz.partial*"))
 
     # kill process 1 once it has written its first frame, then process 0; rerun both
     out = tmp_path / "killed.extxyz"
-    processes = start_processes("jaxmat.relax", args + ["--out", str(out)])
+    processes = start_processes("jaxmat.relax", args + ["--out", str(out)], env=env)
     log = out.with_name(out.name + ".partial.1")
     deadline = time.time() + 300
     while not (log.exists() and log.stat().st_size) and time.time() < deadline and processes[1].poll() is None:
@@ -197,7 +198,7 @@ def test_two_process_relaxation_equals_one_process_and_survives_a_kill(tmp_path)
     saved = len(ase.io.read(log, index=":", format="extxyz"))
     assert 1 <= saved < 6, f"process 1 finished {saved} of its 6 structures before the kill"
     assert not out.exists()
-    codes, errors = finish(start_processes("jaxmat.relax", args + ["--out", str(out)]))
+    codes, errors = finish(start_processes("jaxmat.relax", args + ["--out", str(out)], env=env))
     assert codes == [0, 0], errors
     assert "resuming" in errors[1]
     same_frames(one, ase.io.read(out, index=":"))
