@@ -109,7 +109,7 @@ def check_divisible(batch_size: int, n_devices: int) -> None:
     """The batch is split evenly over the devices (ConfigError otherwise)."""
     if batch_size % n_devices:
         raise ConfigError(f"train.batch_size {batch_size} is not divisible by the {n_devices} devices of the run: "
-                          f"use a multiple of {n_devices}")
+                          f"use a multiple of {n_devices}, or fewer devices (CUDA_VISIBLE_DEVICES, run_training(devices=...))")
 
 
 class DataParallel:
