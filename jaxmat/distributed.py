@@ -168,8 +168,8 @@ def barrier(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
     try:
         _client().wait_at_barrier(f"jaxmat/{name}", int(timeout_s * 1000))
     except Exception as exc:
-        raise RuntimeError(f"not every process reached {name!r} within {timeout_s} s (one died?): "
-                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise RuntimeError(f"not every process reached {name!r} (a process died or {timeout_s} s passed); rerun "
+                           f"every process with the same command: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
 def _differing_keys(a, b, prefix="") -> list[str]:
