@@ -1,19 +1,25 @@
-"""Periodic neighbour lists for the JAX force fields and the device relaxation loop (one place).
-
-The pairs come from vesin on the host (a full list with integer lattice translations, so cells
-narrower than twice the cutoff — the 64-atom HEO cells at r_max 5–6 Å — and triclinic cells are
-handled by enumerating periodic images). jax-md's ``partition.neighbor_list`` is not used: it bins
-one system's atoms into a single cell list and assumes at most one periodic image of each neighbour,
-which fails exactly for those small cells and does not batch systems of different cells.
+"""Periodic neighbour lists for the JAX force fields and the device relaxation loop (one place; the only
+vesin call site of jaxmat.forcefields and jaxmat.relax).
 
 Two layouts: :func:`pair_list` (i, j, shift) for pair sums, and :func:`neighbor_matrix`, the
 receiver-major matrix the JAX MACE uses: row ``n`` lists the senders of atom ``n`` in K slots, with
 the integer lattice translation of each slot, so the vector r_n - r_sender + t @ cell can be rebuilt
-on the device for any positions and any cell. A list built with ``cutoff + skin`` stays complete
-until some atom has moved more than ``skin / 2``, or a cell changed enough (:func:`list_is_stale`): the Verlet-list contract
-of jax-md (allocate on the host with a capacity margin, check on the device, re-allocate when it no
-longer holds). Pairs beyond the model's own cutoff contribute exactly zero (the MACE envelope and the
-pair potentials' smooth cutoffs vanish there with their derivatives).
+on the device for any positions and any cell. Pairs beyond the model's own cutoff contribute exactly
+zero (the MACE envelope and the pair potentials' smooth cutoffs vanish there with their derivatives).
+
+The contract is jax-md's ``partition.neighbor_list``: **allocate** on the host (vesin's full list
+with integer translations; capacities with a margin: slots, outgoing slots, per-system blocks of
+rows, a cube of lattice translations sized from the current cells, :func:`device_capacity`),
+**update** on the device (:func:`device_neighbor_matrix`, inside the compiled relaxation loop, when
+:func:`list_is_stale`: some atom moved more than skin / 2 or a cell changed enough), and
+**did_buffer_overflow** (an atom with more neighbours than slots, a cell needing translations beyond
+the cube): the loop stops and the host re-allocates, nothing is dropped. jax-md's partition itself is
+not used: it bins one system's atoms into a single cell list and assumes at most one periodic image
+of each neighbour, which fails exactly for cells narrower than twice the cutoff (the 64-atom HEO cells
+at r_max 5–6 Å, primitive cells), and it does not batch systems of different cells. The device
+update instead enumerates, per system block of B rows, every (receiver, sender, translation) of the
+cube after wrapping atoms into the cell: O(B^2 T) per system, fine for 64–512-atom cells, never the
+batch squared; triclinic and changing cells need nothing special.
 """
 
 from __future__ import annotations
@@ -50,6 +56,14 @@ def pair_list(batch: SystemBatch, cutoff: float):
     cat = lambda xs, shape, dtype: np.concatenate(xs).astype(dtype) if xs else np.zeros(shape, dtype)
     return (cat(pairs_i, (0,), np.int32), cat(pairs_j, (0,), np.int32), cat(translations, (0, 3), np.int64),
             cat(systems, (0,), np.int32))
+
+
+def close_pairs(positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: float):
+    """Each pair of atoms of one structure closer than ``cutoff`` (Å) once (half list): i, j, distance (Å)."""
+    from vesin import NeighborList
+
+    return NeighborList(cutoff=float(cutoff), full_list=False).compute(
+        np.asarray(positions, float), np.asarray(cell, float) if periodic else np.zeros((3, 3)), periodic, "ijd")
 
 
 def pair_shift_vectors(batch: SystemBatch, translations: np.ndarray, systems: np.ndarray) -> np.ndarray:

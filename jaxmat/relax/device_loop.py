@@ -37,12 +37,14 @@ from jaxmat.forcefields.mace.ops import outgoing_slots
 from jaxmat.forcefields.neighbors import (DeviceCapacity, bucket, device_capacity, device_neighbor_matrix, device_outgoing,
                                          list_is_stale, list_reach, neighbor_matrix, pad_neighbor_matrix)
 from jaxmat.relax import cell as cell_filter
+from jaxmat.relax import state as packing
+from jaxmat.relax.scheduler import Capacities, admit
+from jaxmat.relax.state import RUNNING
 
-RUNNING, CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED, SEARCH_FAILED = 0, 1, 2, 3, 4, 5
+CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED, SEARCH_FAILED = 1, 2, 3, 4, 5  # and RUNNING (0), from relax.state
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed", SEARCH_FAILED: "failed"}
 GRAPH_KEYS = ("positions", "cells", "species", "system_index", "neighbors", "translations", "mask", "outgoing")
 SLOT_MARGIN = 1.05  # neighbour-slot capacity over the most neighbours seen at allocation (then rounded up by bucket)
-RECORDS = ("steps", "status", "energy", "fmax", "stress")  # per-system records carried through repacking
 
 
 def cutoff_of(force_field) -> float:
@@ -197,65 +199,12 @@ class DeviceRelaxation:
         self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "reallocations": 0, "refills": 0, "structure_evaluations": 0,
                          "compilations": 0, "compile_seconds": 0.0, "device_seconds": 0.0, "host_seconds": 0.0}
 
-    # --- one system's share of the state (host arrays) -----------------------------------------------
-
-    def fresh_block(self, running: Running) -> dict:
-        atoms, n = running.atoms, running.n_atoms
-        block = {"coords": atoms.positions.copy(), "positions": atoms.positions.copy(), "cell": np.asarray(atoms.cell[:], float),
-                 "original_cell": np.asarray(atoms.cell[:], float), "cell_coords": cell_filter.initial_cell_rows([n])[0],
-                 "atom_state": self.optimizer.init_atoms(n), "cell_state": self.optimizer.init_atoms(3),
-                 "system_state": self.optimizer.init_systems(1), "forces": np.zeros((n, 3)), "steps": np.int32(0),
-                 "status": np.int32(RUNNING), "energy": np.nan, "fmax": 0.0, "stress": np.zeros((3, 3))}
-        return block
-
-    def block_of(self, state: dict, k: int, rows: slice) -> dict:
-        n_rows = self.rows
-        cell_rows = slice(n_rows + 3 * k, n_rows + 3 * k + 3)
-        return {"coords": state["coords"][rows], "positions": state["positions"][rows], "cell": state["cells"][k],
-                "original_cell": state["original_cells"][k], "cell_coords": state["coords"][cell_rows] if self.relax_cell else None,
-                "atom_state": {key: v[rows] for key, v in state["atom_state"].items()},
-                "cell_state": {key: v[cell_rows] for key, v in state["atom_state"].items()} if self.relax_cell else None,
-                "system_state": {key: v[k : k + 1] for key, v in state["system_state"].items()},
-                "forces": state["forces"][rows]} | {key: state[key][k] for key in RECORDS}
-
     def pack(self, running: list[Running], blocks: list[dict], evaluations: int) -> dict:
-        """The device state of these systems from their blocks, padded to the capacities."""
-        n_rows = sum(r.n_atoms for r in running)
-        if n_rows >= self.rows or len(running) >= self.systems:
-            raise ValueError(f"{len(running)} systems / {n_rows} atoms exceed the device batch ({self.systems - 1} / {self.rows - 1})")
-        pad_rows, pad_systems = self.rows - n_rows, self.systems - len(running)
-        cat_rows = lambda key: _pad(np.concatenate([b[key] for b in blocks]), pad_rows)
-        cat_systems = lambda key, fill=0: _pad(np.stack([np.asarray(b[key]) for b in blocks]), pad_systems, fill)
-        system_index = np.concatenate([np.repeat(np.arange(len(running)), [r.n_atoms for r in running]),
-                                       np.full(pad_rows, self.systems - 1)]).astype(np.int32)
-        identity = np.tile(np.eye(3), (pad_systems, 1, 1))
-        cells = np.concatenate([np.stack([b["cell"] for b in blocks]), identity])
+        """The device state of these systems (:func:`jaxmat.relax.state.pack`) with their neighbour lists."""
         numbers = np.concatenate([r.atoms.numbers for r in running])
-        atom_state = {key: _pad(np.concatenate([b["atom_state"][key] for b in blocks]), pad_rows) for key in blocks[0]["atom_state"]}
-        row_mask = np.arange(self.rows) < n_rows
-        state = {
-            "coords": cat_rows("coords"), "positions": cat_rows("positions"), "cells": cells,
-            "original_cells": np.concatenate([np.stack([b["original_cell"] for b in blocks]), identity]),
-            "n_atoms": _pad(np.array([r.n_atoms for r in running], float), pad_systems, 1.0),  # padding: F = I
-            "species": _pad(self.force_field.device_species(numbers).astype(np.int32), pad_rows),
-            "system_index": system_index, "row_mask": row_mask, "row_index": system_index, "row_real": row_mask,
-            "atom_state": atom_state,
-            "system_state": {key: _pad(np.concatenate([b["system_state"][key] for b in blocks]), pad_systems)
-                             for key in blocks[0]["system_state"]},
-            "active": np.arange(self.systems) < len(running), "forces": cat_rows("forces"),
-            "steps": cat_systems("steps").astype(np.int32), "status": cat_systems("status").astype(np.int32),
-            "energy": cat_systems("energy").astype(float), "fmax": cat_systems("fmax").astype(float),
-            "stress": cat_systems("stress").astype(float), "evaluations": np.asarray(evaluations, np.int64),
-        }
-        if self.relax_cell:  # three cell rows per system slot after the atom rows
-            cell_coords = np.concatenate([np.stack([b["cell_coords"] for b in blocks]), np.zeros((pad_systems, 3, 3))])
-            state["coords"] = np.concatenate([state["coords"], cell_coords.reshape(-1, 3)])
-            state["row_index"] = np.concatenate([system_index, np.repeat(np.arange(self.systems), 3)]).astype(np.int32)
-            state["row_real"] = np.concatenate([row_mask, np.repeat(state["active"], 3)])
-            fresh = self.optimizer.init_atoms(3 * pad_systems)
-            state["atom_state"] = {key: np.concatenate([v, np.concatenate([b["cell_state"][key] for b in blocks]), fresh[key]])
-                                   for key, v in atom_state.items()}
-        state.update(self.neighbor_arrays(running, state["positions"], state["cells"], system_index))
+        state = packing.pack(blocks, [r.n_atoms for r in running], self.force_field.device_species(numbers), evaluations,
+                             rows=self.rows, systems=self.systems, optimizer=self.optimizer, relax_cell=self.relax_cell)
+        state.update(self.neighbor_arrays(running, state["positions"], state["cells"], state["system_index"]))
         return state
 
     def neighbor_arrays(self, running: list[Running], positions, cells, system_index) -> dict:
@@ -329,20 +278,17 @@ class DeviceRelaxation:
         finished = set(done)
         starts = np.concatenate([[0], np.cumsum([r.n_atoms for r in running])]).astype(int)
         keep = [k for k in range(len(running)) if k not in finished]
-        blocks = [self.block_of(state, k, slice(starts[k], starts[k + 1])) for k in keep]
+        blocks = [packing.block_of(state, k, slice(starts[k], starts[k + 1]), self.rows, self.relax_cell) for k in keep]
         survivors = [running[k] for k in keep]
         used = sum(sizes[r.index] for r in survivors)
-        new = []
-        while queue and len(survivors) + len(new) < self.systems - 1 and used + sizes[queue[0]] <= self.atom_budget:
-            index = queue.pop(0)
-            new.append(Running(index, structures[index], len(structures[index])))
-            used += sizes[index]
+        admitted = admit(queue, sizes, used, len(survivors), Capacities(self.atom_budget, self.systems - 1))
+        new = [Running(index, structures[index], len(structures[index])) for index in admitted]
         if not survivors and not new:
             return [], None
         running = survivors + new
         self.counters["refills"] += 1
         evaluations = int(state["evaluations"]) if state is not None else 0
-        return running, self.pack(running, blocks + [self.fresh_block(r) for r in new], evaluations)
+        return running, self.pack(running, blocks + [packing.fresh_block(self.optimizer, r.atoms) for r in new], evaluations)
 
     def report(self, running, state, done, finish):
         starts = np.concatenate([[0], np.cumsum([r.n_atoms for r in running])])
@@ -359,8 +305,3 @@ class DeviceRelaxation:
             stress = np.array(state["stress"][k]) if self.relax_cell else None
             finish(r.index, atoms, STATUS_NAMES[code], int(state["steps"][k]), float(state["energy"][k]),
                    np.array(state["forces"][rows]), stress, message)
-
-
-def _pad(array, extra: int, value=0) -> np.ndarray:
-    array = np.asarray(array)
-    return np.concatenate([array, np.full((extra,) + array.shape[1:], value, array.dtype)])

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from jaxmat.forcefields.base import SystemBatch, batch_from_atoms
+from jaxmat.relax.scheduler import Capacities, admit
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,8 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
 
     while queue or slots:
         if queue and len(slots) < system_capacity:  # refill: keep running systems with their state, add new ones that fit
-            used, new = sum(s.n_rows for s in slots), []
-            while queue and len(slots) + len(new) < system_capacity and used + sizes[queue[0]] <= row_capacity:
-                index = queue.pop(0)
-                new.append(Slot(index, structures[index], relax_cell))
-                used += sizes[index]
+            admitted = admit(queue, sizes, sum(s.n_rows for s in slots), len(slots), Capacities(row_capacity, system_capacity))
+            new = [Slot(index, structures[index], relax_cell) for index in admitted]
             if new:
                 fresh, fresh_systems = opt.init_atoms(sum(s.n_rows for s in new)), opt.init_systems(len(new))
                 row_state = {k: np.concatenate([np.asarray(v), fresh[k]]) for k, v in row_state.items()}

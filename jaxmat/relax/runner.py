@@ -9,7 +9,6 @@ that builds its :class:`RelaxResult`.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import jax
@@ -19,37 +18,14 @@ from tqdm import tqdm
 from jaxmat.errors import JaxmatInputError
 from jaxmat.precision import scoped_by
 from jaxmat.forcefields.base import unsupported_elements
+from jaxmat.forcefields.neighbors import close_pairs
 from jaxmat.relax import host_loop
 from jaxmat.relax.optimizers import FIRE, LBFGS, make_optimizer
+from jaxmat.relax.results import RelaxResult, Results
+from jaxmat.relax.scheduler import capacities, row_sizes
 
 MAX_FORCE = 1e4  # eV/Å; beyond this the structure is treated as exploded
 MIN_DISTANCE = 0.5  # Å; closer atoms are overlapping
-
-
-@dataclass
-class RelaxResult:
-    """Outcome for one structure: final atoms (positions in Å), energy (eV), forces (eV/Å)."""
-
-    index: int
-    atoms: object
-    status: str  # converged | max_steps | failed
-    n_steps: int
-    energy: float = float("nan")
-    forces: np.ndarray | None = None
-    stress: np.ndarray | None = None
-    message: str = ""
-    trajectory: list = field(default_factory=list)
-
-    @property
-    def structure(self):
-        """The final structure as a pymatgen Structure."""
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        return AseAtomsAdaptor.get_structure(self.atoms)
-
-    @property
-    def fmax(self) -> float:
-        return float(np.max(np.linalg.norm(self.forces, axis=1))) if self.forces is not None and len(self.forces) else float("nan")
 
 
 def check_elements(structures: Sequence, force_field, names: Sequence[str] | None = None) -> None:
@@ -66,15 +42,11 @@ def check_elements(structures: Sequence, force_field, names: Sequence[str] | Non
 
 def overlap_message(atoms) -> str | None:
     """Why the structure cannot be relaxed (overlapping atoms, non-finite coordinates), or None."""
-    from vesin import NeighborList
-
     if len(atoms) == 0:
         return "structure has no atoms"
     if not np.all(np.isfinite(atoms.positions)):
         return "non-finite coordinates"
-    periodic = bool(atoms.pbc.all())
-    i, j, d = NeighborList(cutoff=MIN_DISTANCE, full_list=False).compute(
-        atoms.positions, atoms.cell[:] if periodic else np.zeros((3, 3)), periodic, "ijd")
+    i, j, d = close_pairs(atoms.positions, atoms.cell[:], bool(atoms.pbc.all()), MIN_DISTANCE)
     if len(d):
         k = int(np.argmin(d))
         return f"atoms {i[k]} and {j[k]} overlap (distance {d[k]:.3f} Å)"
@@ -113,15 +85,15 @@ def relax(
     jaxmat.precision.float64_scope; the process-wide JAX setting is left alone).
     relax_cell: relax the cell too, through ASE's FrechetCellFilter per system (needs stress); then
     fmax also bounds the filter's cell forces, as in ASE.
-    loop: "device" runs evaluation, checks and optimizer steps in one compiled loop on the accelerator
-    (:mod:`jaxmat.relax.device_loop`; JAX force fields: JAX MACE, pair potentials; no trajectories), "host" the host-driven loop (any force field), "auto" (default) the device loop where
+    loop: "device" runs evaluation, checks, optimizer steps and neighbour-list updates in one compiled loop
+    on the accelerator (:mod:`jaxmat.relax.device_loop`; JAX force fields: JAX MACE, pair potentials; no
+    trajectories), "host" the host-driven loop (any force field), "auto" (default) the device loop where
     it applies. skin (Å): neighbour-list margin of the device loop, rebuilt when an atom moved skin / 2;
     max_inner: most iterations per device call (results and progress are reported between calls).
-    stats then also holds loop_calls, iterations, rebuilds, compilations, device_seconds, host_seconds.
+    stats then also holds loop_calls, iterations, rebuilds (on the device), reallocations (on the host after a
+    list overflow), refills, compilations, compile_seconds, device_seconds, host_seconds.
     """
     import time
-
-    from ase.calculators.singlepoint import SinglePointCalculator
 
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be auto, device or host, not {loop!r}")
@@ -135,65 +107,34 @@ def relax(
     opt = make_optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     structures = [_as_atoms(s) for s in structures]
     check_elements(structures, force_field, names)
-    results: list[RelaxResult | None] = [None] * len(structures)
+    bar = tqdm(total=len(structures), desc=f"relax ({opt.name})", unit="structure", disable=not progress, file=sys.stderr)
+    results = Results(len(structures), bar, on_result, keep_trajectory)
     queue = []
     for i, atoms in enumerate(structures):
         problem = overlap_message(atoms)
         if problem:
-            results[i] = RelaxResult(i, atoms.copy(), "failed", 0, message=problem)
+            results.add(RelaxResult(i, atoms.copy(), "failed", 0, message=problem))
         else:
             queue.append(i)
-    extra_rows = 3 if relax_cell else 0
-    sizes = {i: len(structures[i]) + extra_rows for i in queue}
     if queue:
-        largest = max(sizes.values())
-        budget = max(largest, max_atoms or min(sum(sizes.values()), max(4096, largest)))
-        quantum = int(np.lcm(64, jax.device_count()))  # rows shard evenly over all devices
-        row_capacity = int(-(-budget // quantum) * quantum)
-        system_capacity = max_systems or min(len(queue), max(1, row_capacity // max(1, min(sizes.values()))))
-    bar = tqdm(total=len(structures), desc=f"relax ({opt.name})", unit="structure", disable=not progress, file=sys.stderr)
-    for r in results:
-        if r is not None:
-            bar.update()
-            if on_result:
-                on_result(r)
+        sizes = row_sizes(structures, queue, relax_cell)
+        capacity = capacities(sizes, max_atoms, max_systems, jax.device_count())
+        if device_capable and loop != "host":
+            from jaxmat.relax.device_loop import DeviceRelaxation
 
-    trajectories: dict[int, list] = {}
-
-    def record(index, atoms, status, n_steps, energy, forces, stress, message=""):
-        """One finished structure (atoms: its final geometry, owned by the result) -> results, bar, on_result."""
-        extra = {"stress": full_3x3_to_voigt_6_stress(stress)} if stress is not None else {}
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, **extra)
-        result = RelaxResult(index, atoms, status, n_steps, energy, forces, stress, message)
-        if keep_trajectory:
-            result.trajectory = trajectories.pop(index, [])
-        results[index] = result
-        bar.update()
-        if on_result:
-            on_result(result)
-
-    from ase.stress import full_3x3_to_voigt_6_stress
-
-    if queue and device_capable and loop != "host":
-        from jaxmat.relax.device_loop import DeviceRelaxation
-
-        device = DeviceRelaxation(force_field, opt, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, MAX_FORCE,
-                                  relax_cell=relax_cell)
-        counters.update(device.run(structures, queue, sizes, record))  # record(index, atoms, status, steps, energy, forces, stress, message)
-        counters["force_calls"] = counters["iterations"]
-        counters["force_seconds"] = counters["device_seconds"]
-        bar.close()
-        if stats is not None:
-            stats.update(counters, total_seconds=time.perf_counter() - started)
-        return results
-
-    host_loop.run(structures, queue, sizes, force_field, opt, fmax=fmax, max_steps=max_steps, max_force=MAX_FORCE,
-                  row_capacity=row_capacity, system_capacity=system_capacity, relax_cell=relax_cell, counters=counters,
-                  finish=record, trajectories=trajectories if keep_trajectory else None)
+            device = DeviceRelaxation(force_field, opt, fmax, max_steps, capacity.rows, capacity.systems, skin, max_inner, MAX_FORCE,
+                                      relax_cell=relax_cell)
+            counters.update(device.run(structures, queue, sizes, results.record))
+            counters["force_calls"] = counters["iterations"]
+            counters["force_seconds"] = counters["device_seconds"]
+        else:
+            host_loop.run(structures, queue, sizes, force_field, opt, fmax=fmax, max_steps=max_steps, max_force=MAX_FORCE,
+                          row_capacity=capacity.rows, system_capacity=capacity.systems, relax_cell=relax_cell, counters=counters,
+                          finish=results.record, trajectories=results.trajectories if keep_trajectory else None)
     bar.close()
     if stats is not None:
         stats.update(counters, total_seconds=time.perf_counter() - started)
-    return results
+    return results.items
 
 
 def _as_atoms(structure):

@@ -1,0 +1,70 @@
+"""Results of a relaxation: one :class:`RelaxResult` per input structure, recorded as each one finishes.
+
+:class:`Results` is what both loops hand a finished system to (``record``): it attaches the final
+energy, forces (and stress) to the Atoms as a SinglePointCalculator, keeps the trajectory if asked,
+advances the progress bar and calls ``on_result`` (e.g. to append the frame to an output file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class RelaxResult:
+    """Outcome for one structure: final atoms (positions in Å), energy (eV), forces (eV/Å), stress (eV/Å^3)."""
+
+    index: int
+    atoms: object
+    status: str  # converged | max_steps | failed
+    n_steps: int
+    energy: float = float("nan")
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    message: str = ""
+    trajectory: list = field(default_factory=list)
+
+    @property
+    def structure(self):
+        """The final structure as a pymatgen Structure."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_structure(self.atoms)
+
+    @property
+    def fmax(self) -> float:
+        return float(np.max(np.linalg.norm(self.forces, axis=1))) if self.forces is not None and len(self.forces) else float("nan")
+
+
+class Results:
+    """The results of n structures in input order; ``items[i]`` stays None until structure i finished.
+
+    bar: anything with update() (a tqdm bar); on_result(result) after each; keep_trajectory: results carry
+    the frames collected in ``trajectories`` (index -> [(positions, energy, forces, cell), ...])."""
+
+    def __init__(self, n: int, bar=None, on_result: Callable | None = None, keep_trajectory: bool = False):
+        self.items: list[RelaxResult | None] = [None] * n
+        self.bar, self.on_result, self.keep_trajectory = bar, on_result, keep_trajectory
+        self.trajectories: dict[int, list] = {}
+
+    def add(self, result: RelaxResult) -> None:
+        """A finished structure's result -> the list, the bar, on_result."""
+        if self.keep_trajectory:
+            result.trajectory = self.trajectories.pop(result.index, [])
+        self.items[result.index] = result
+        if self.bar is not None:
+            self.bar.update()
+        if self.on_result:
+            self.on_result(result)
+
+    def record(self, index, atoms, status, n_steps, energy, forces, stress, message="") -> None:
+        """One finished structure (atoms: its final geometry, owned by the result; stress (3, 3) or None)."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        extra = {"stress": full_3x3_to_voigt_6_stress(stress)} if stress is not None else {}
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, **extra)
+        self.add(RelaxResult(index, atoms, status, n_steps, energy, forces, stress, message))

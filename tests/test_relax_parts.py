@@ -1,0 +1,89 @@
+"""The parts relax() is made of: scheduler (capacities, admission), state packing, results, input checks."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+from jaxmat.relax.optimizers import FIRE, LBFGSLineSearch
+from jaxmat.relax.results import RelaxResult, Results
+from jaxmat.relax.scheduler import Capacities, admit, capacities, row_sizes
+from jaxmat.relax.state import block_of, fresh_block, pack
+
+
+def test_capacities_and_admission_keep_queue_order():
+    structures = [bulk("Ar", "fcc", a=5.3, cubic=True) * r for r in ((2, 2, 2), (1, 1, 1), (2, 1, 1), (1, 1, 1))]
+    sizes = row_sizes(structures, [0, 1, 2, 3], relax_cell=True)
+    assert sizes == {0: 35, 1: 7, 2: 11, 3: 7}  # atoms + 3 cell rows
+    assert capacities(sizes) == Capacities(64, 4)  # every row, rounded to 64; every system (9 of the smallest would fit)
+    assert capacities(sizes, max_atoms=10) == Capacities(64, 4)  # never below the largest structure
+    assert capacities(sizes, max_atoms=100, max_systems=2, devices=3) == Capacities(192, 2)  # multiple of lcm(64, 3)
+    queue = [0, 1, 2, 3]
+    assert admit(queue, sizes, 0, 0, Capacities(50, 9)) == [0, 1] and queue == [2, 3]  # 2 does not fit: 3 (it would) waits too
+    assert admit(queue, sizes, 30, 1, Capacities(45, 2)) == [2] and queue == [3]  # the system limit
+    assert admit(queue, sizes, 0, 0, Capacities(45, 0)) == [] and queue == [3]
+
+
+@pytest.mark.parametrize("optimizer, relax_cell", [(FIRE(), False), (LBFGSLineSearch(memory=3), True)])
+def test_pack_and_block_of_round_trip(optimizer, relax_cell):
+    """Blocks packed at the capacities come back unchanged (positions, cells, optimizer state, records)."""
+    systems = [bulk("Ar", "fcc", a=5.3, cubic=True), bulk("Ar", "fcc", a=5.3) * (2, 1, 1)]
+    blocks = [fresh_block(optimizer, atoms) for atoms in systems]
+    for k, block in enumerate(blocks):
+        block["positions"] = block["positions"] + 0.1 * (k + 1)
+        block["steps"] = np.int32(k + 3)
+        block["atom_state"] = {key: v + k + 1 for key, v in block["atom_state"].items()}
+    n_atoms = [len(a) for a in systems]
+    state = pack(blocks, n_atoms, np.zeros(sum(n_atoms), int), 7, rows=16, systems=4, optimizer=optimizer, relax_cell=relax_cell)
+    assert state["coords"].shape == (16 + 12 * relax_cell, 3) and state["active"].tolist() == [True, True, False, False]
+    assert state["system_index"].tolist() == [0] * 4 + [1] * 2 + [3] * 10 and int(state["evaluations"]) == 7
+    starts = np.cumsum([0] + n_atoms)
+    for k, block in enumerate(blocks):
+        back = block_of(state, k, slice(starts[k], starts[k + 1]), 16, relax_cell)
+        np.testing.assert_array_equal(back["positions"], block["positions"])
+        np.testing.assert_array_equal(back["cell"], block["cell"])
+        assert int(back["steps"]) == k + 3
+        for key in block["atom_state"]:
+            np.testing.assert_array_equal(back["atom_state"][key], block["atom_state"][key])
+        if relax_cell:
+            np.testing.assert_array_equal(back["cell_coords"], block["cell_coords"])
+    with pytest.raises(ValueError, match="exceed the device batch"):
+        pack(blocks, n_atoms, np.zeros(6, int), 0, rows=6, systems=4, optimizer=optimizer, relax_cell=relax_cell)
+
+
+def test_results_record_and_report():
+    seen, ticks = [], []
+
+    class Bar:
+        def update(self):
+            ticks.append(1)
+
+    results = Results(3, Bar(), seen.append, keep_trajectory=True)
+    atoms = bulk("Ar", "fcc", a=5.3)
+    results.trajectories[2] = ["frame"]
+    results.record(2, atoms, "converged", 5, -1.5, np.ones((1, 3)), np.eye(3) * 0.01)
+    results.add(RelaxResult(0, atoms.copy(), "failed", 0, message="overlap"))
+    assert [r is None for r in results.items] == [False, True, False] and len(ticks) == 2 and seen[0].index == 2
+    done = results.items[2]
+    assert done.trajectory == ["frame"] and done.fmax == pytest.approx(np.sqrt(3))
+    assert done.atoms.get_potential_energy() == -1.5 and done.atoms.get_stress()[:3].tolist() == [0.01] * 3
+
+
+def test_overlap_check_uses_the_neighbour_module():
+    from jaxmat.forcefields.neighbors import close_pairs
+    from jaxmat.relax.runner import overlap_message
+
+    atoms = Atoms("Ar2", positions=[[0.0, 0.0, 0.0], [3.9, 0.0, 0.0]], cell=[4.0, 4.0, 4.0], pbc=True)  # 0.1 Å through the face
+    i, j, d = close_pairs(atoms.positions, atoms.cell[:], True, 0.5)
+    assert len(d) == 1 and d[0] == pytest.approx(0.1)
+    assert "overlap (distance 0.100 Å)" in overlap_message(atoms)
+    atoms.pbc = False
+    assert overlap_message(atoms) is None  # 3.9 Å apart without periodic images
+
+
+def test_no_structures_no_work(x64):
+    from jaxmat.forcefields.classical import lennard_jones
+    from jaxmat.relax import relax
+
+    stats = {}
+    assert relax([], lennard_jones(), progress=False, stats=stats) == [] and stats["force_calls"] == 0
