@@ -104,7 +104,8 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
                 positions, cells = coords, state["cells"]
             evaluated = active[index][:, None]
             new = dict(state, atom_state=atoms, system_state=systems, coords=coords, positions=positions, cells=cells,
-                       status=status, active=running, steps=state["steps"] + (running & at_point).astype(state["steps"].dtype) - lost.astype(state["steps"].dtype),
+                       status=status, active=running,
+                       steps=state["steps"] + (running & at_point).astype(state["steps"].dtype) - lost.astype(state["steps"].dtype),
                        energy=jnp.where(active, energy, state["energy"]), forces=jnp.where(evaluated, forces, state["forces"]),
                        stress=jnp.where(active[:, None, None], stress, state["stress"]), fmax=jnp.where(active, largest, state["fmax"]),
                        evaluations=state["evaluations"] + jnp.sum(active[:-1]).astype(state["evaluations"].dtype))
@@ -193,8 +194,7 @@ class DeviceRelaxation:
         self.systems = system_capacity + 1  # the last system slot holds the padding rows
         self.slots = self.outgoing_width = self.shift_reach = self.block = 0
         self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "cutoff": self.cutoff,
-                       "max_steps": int(max_steps),
-                       "max_inner": int(max_inner)}
+                       "max_steps": int(max_steps), "max_inner": int(max_inner)}
         self.loop = compiled_loop(force_field, optimizer, evaluate, relax_cell)
         self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "reallocations": 0, "refills": 0, "structure_evaluations": 0,
                          "compilations": 0, "compile_seconds": 0.0, "device_seconds": 0.0, "host_seconds": 0.0}
@@ -228,7 +228,8 @@ class DeviceRelaxation:
         np.maximum.at(reach, np.asarray(system_index), lengths)
         periodic = np.zeros(self.systems, bool)
         periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
-        capacity = device_capacity(system_index, n_atoms, self.systems, self.block, cells.astype(np.float64), periodic, self.cutoff, self.shift_reach)
+        capacity = device_capacity(system_index, n_atoms, self.systems, self.block, cells.astype(np.float64), periodic, self.cutoff,
+                                   self.shift_reach)
         self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
         return {"neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
                 "outgoing": outgoing_slots(matrix.neighbors, matrix.mask, self.outgoing_width),

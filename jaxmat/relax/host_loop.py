@@ -77,7 +77,8 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
         return (place_rows({k: pad_rows_to(np.asarray(v), row_capacity) for k, v in row_state.items()}),
                 place_systems({k: pad_rows_to(np.asarray(v), system_capacity + 1) for k, v in system_state.items()}),
                 place_rows(pad_rows_to(rows, row_capacity)), place_rows(pad_rows_to(np.concatenate(generalized), row_capacity)),
-                place_rows(system_index), place_systems(active), place_systems(pad_rows_to(np.asarray(energies, float), system_capacity + 1)),
+                place_rows(system_index), place_systems(active),
+                place_systems(pad_rows_to(np.asarray(energies, float), system_capacity + 1)),
                 n_rows)
 
     while queue or slots:
@@ -115,7 +116,8 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
             generalized.append(slot.generalized_forces(e_k, f_k, s_k) if finite[k] else np.zeros((slot.n_rows, 3)))
         at_point, search_failed = np.ones(len(slots), bool), np.zeros(len(slots), bool)
         if advance_fn is not None:  # the line searches take this evaluation first
-            p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(np.where(finite, energies, 0.0), generalized)
+            p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(np.where(finite, energies, 0.0),
+                                                                                                generalized)
             p_rows, p_systems, points, lost = advance_fn(p_rows, p_systems, p_coords, p_forces, p_energy, p_index, p_active)
             row_state = {k: np.asarray(v)[:n_rows] for k, v in p_rows.items()}
             system_state = {k: np.asarray(v)[: len(slots)] for k, v in p_systems.items()}
@@ -187,7 +189,8 @@ def evaluate_one_by_one(force_field, batch: SystemBatch, error: Exception, compu
     stresses = np.full((batch.n_systems, 3, 3), np.nan) if compute_stress else None
     for s in range(batch.n_systems):
         mask = batch.system_index == s
-        single = SystemBatch(batch.positions[mask], batch.numbers[mask], batch.cells[s : s + 1], batch.pbc[s : s + 1], np.zeros(mask.sum(), int))
+        single = SystemBatch(batch.positions[mask], batch.numbers[mask], batch.cells[s : s + 1], batch.pbc[s : s + 1],
+                             np.zeros(mask.sum(), int))
         try:
             out = force_field(single, compute_stress=compute_stress)
             energies[s], forces[mask] = out.energy[0], out.forces

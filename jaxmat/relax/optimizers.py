@@ -242,7 +242,8 @@ class LBFGSLineSearch(LBFGS):
         return new_atoms, new_systems, jnp.where(move, x0 + search["stp"][idx][:, None] * p, positions)
 
 
-OPTIMIZERS = {"fire": FIRE, "lbfgs": LBFGS, "lbfgs-linesearch": LBFGSLineSearch}  # the one table of optimizers: CLI choices, relax(optimizer=name)
+# the one table of optimizers: CLI choices, relax(optimizer=name)
+OPTIMIZERS = {"fire": FIRE, "lbfgs": LBFGS, "lbfgs-linesearch": LBFGSLineSearch}
 
 
 def make_optimizer(name: str, **options):
