@@ -169,7 +169,7 @@ def same_frames(a, b):
         np.testing.assert_array_equal(x.positions, y.positions)
 
 
-def test_two_process_relaxation_equals_one_process_and_survives_a_kill(tmp_path):
+def test_relaxation_on_four_devices_and_two_processes_equals_one_process_and_survives_a_kill(tmp_path):
     source = tmp_path / "in.extxyz"
     ase.io.write(source, structures())
     args = [str(source), "--model", LJ, "--fmax", "1e-4", "--max-atoms", "64", "--no-progress"]
@@ -178,6 +178,11 @@ def test_two_process_relaxation_equals_one_process_and_survives_a_kill(tmp_path)
                    capture_output=True, env=env)
     one = ase.io.read(tmp_path / "one.extxyz", index=":")
     assert [f.info["input_index"] for f in one] == list(range(12))
+
+    # one process, 4 forced CPU devices, each relaxing its own share as whole systems
+    subprocess.run([sys.executable, "-m", "jaxmat.relax", *args, "--per-device", "--out", str(tmp_path / "four.extxyz")],
+                   check=True, capture_output=True, env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    same_frames(one, ase.io.read(tmp_path / "four.extxyz", index=":"))
 
     if FULL:  # uninterrupted (the killed and rerun case below is compared the same way)
         codes, errors = finish(start_processes("jaxmat.relax", args + ["--out", str(tmp_path / "two.extxyz")], env=env))

@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", choices=list(BACKENDS), default="torch", help="MACE implementation")
     parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--per-device", action="store_true",
+                        help="each local device relaxes its own share of the structures (JAX force fields)")
     from jaxmat import distributed
 
     distributed.add_arguments(parser)
@@ -100,7 +102,8 @@ def main(argv=None) -> int:
 
     names = [f"structure {i} of {args.input}" for i in todo]
     if todo:  # (a process whose share is all done has nothing to relax)
-        relax([structures[i] for i in todo], force_field, args.optimizer, args.fmax, args.max_steps, args.max_atoms,
+        run = shards.on_local_devices(relax) if args.per_device else relax
+        run([structures[i] for i in todo], force_field, args.optimizer, args.fmax, args.max_steps, args.max_atoms,
               progress=not args.no_progress, on_result=on_result, keep_trajectory=traj_dir is not None, names=names,
               relax_cell=args.relax_cell)
     if not shards.finish(out, partial, done, len(structures)):  # several processes: the first writes OUT

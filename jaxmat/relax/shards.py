@@ -5,21 +5,71 @@ Process p of P relaxes the input structures p, p + P, p + 2P, ... (those not don
 done (a barrier), process 0 merges all partial logs, in input order, into OUT and deletes them. A rerun
 after a kill (of one process or all) first takes every frame already in any ``OUT.partial*``, so nothing
 is relaxed twice and nothing is lost, even with a different number of processes. One process (P = 1)
-keeps the single ``OUT.partial`` of the plain command.
+keeps the single ``OUT.partial`` of the plain command. Within a process, :func:`on_local_devices`
+(``--per-device``) gives each local device its own share the same way.
 
 OUT and its partial logs must be on a file system every process sees.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
+import threading
 from pathlib import Path
+
+import jax
 
 from jaxmat import distributed
 from jaxmat.errors import JaxmatInputError
 from jaxmat.files import read_frame_log, write_frames
 
 FINISH_TIMEOUT_S = 7 * 24 * 3600  # seconds the other processes may still be relaxing when one is done
+
+
+def on_local_devices(relax, devices=None):
+    """``relax`` made to split its structures over this process's devices: device k relaxes structures k,
+    k + D, ... as its own whole-system batches (force field included), one thread per device with that
+    device as JAX's default. ``on_result`` sees indices into the full list, one call at a time; the return
+    value is every result in input order. One device: ``relax`` itself. Needs a JAX force field."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    if len(devices) == 1:
+        return relax
+
+    def run(structures, force_field, *args, on_result=None, names=None, progress=True, **kwargs):
+        if not getattr(force_field, "supports_device_loop", False):
+            raise JaxmatInputError("one relaxation shard per device needs a JAX force field (--backend jax, lj, morse)")
+        lock, results, errors = threading.Lock(), {}, []
+
+        def work(k):
+            indices = list(range(k, len(structures), len(devices)))
+
+            def report(result):
+                result = copy.copy(result)
+                result.index = indices[result.index]
+                with lock:
+                    results[result.index] = result
+                    if on_result is not None:
+                        on_result(result)
+
+            try:
+                with jax.default_device(devices[k]):
+                    relax([structures[i] for i in indices], force_field, *args, on_result=report,
+                          names=None if names is None else [names[i] for i in indices], progress=progress and k == 0,
+                          **kwargs)
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(min(len(devices), len(structures)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return [results[i] for i in range(len(structures))]
+
+    return run
 
 
 def share(n_structures: int) -> list[int]:
