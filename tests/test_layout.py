@@ -13,7 +13,8 @@ FORBIDDEN = {
     "jaxmat.data": ("jaxmat.forcefields", "jaxmat.relax", "jaxmat.polysrl", "jaxmat.heo"),
     "jaxmat.forcefields": ("jaxmat.relax", "jaxmat.polysrl", "jaxmat.heo"),
     "jaxmat.relax": ("jaxmat.polysrl", "jaxmat.heo"),
-    "jaxmat.polysrl": ("jaxmat.relax", "jaxmat.heo", "jaxmat.forcefields"),
+    "jaxmat.polysrl": ("jaxmat.relax", "jaxmat.heo", "jaxmat.forcefields.mace", "jaxmat.forcefields.registry",
+                       "jaxmat.forcefields.classical", "jaxmat.forcefields.mace_torch", "jaxmat.forcefields.chgnet"),
     "jaxmat.heo": ("jaxmat.polysrl",),
 }
 SHARED = ("jaxmat.errors", "jaxmat.files", "jaxmat.cli", "jaxmat.precision", "jaxmat.plotting", "jaxmat.padding",

@@ -58,11 +58,12 @@ def pair_list(batch: SystemBatch, cutoff: float):
             cat(systems, (0,), np.int32))
 
 
-def close_pairs(positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: float):
-    """Each pair of atoms of one structure closer than ``cutoff`` (Å) once (half list): i, j, distance (Å)."""
+def close_pairs(positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: float, full_list: bool = False):
+    """The pairs of atoms of one structure closer than ``cutoff`` (Å), periodic images included: i, j,
+    distance (Å); each pair once (half list) or in both directions (``full_list``)."""
     from vesin import NeighborList
 
-    return NeighborList(cutoff=float(cutoff), full_list=False).compute(
+    return NeighborList(cutoff=float(cutoff), full_list=full_list).compute(
         np.asarray(positions, float), np.asarray(cell, float) if periodic else np.zeros((3, 3)), periodic, "ijd")
 
 

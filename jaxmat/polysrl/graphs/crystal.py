@@ -51,16 +51,13 @@ def merge_equivalent_edges(graph: CrystalGraph, dtype=np.float32) -> CrystalGrap
 
 
 def neighbor_pairs(record: StructureRecord, cutoff: float):
-    """All (i, j, distance) pairs within cutoff (Å), periodic images included (vesin)."""
-    from vesin import NeighborList
+    """All (i, j, distance) pairs within cutoff (Å), periodic images included, both directions."""
+    from jaxmat.forcefields.neighbors import close_pairs
 
     periodic = bool(record.pbc.all())
-    box = record.cell if periodic else np.zeros((3, 3))
     if record.pbc.any() and not periodic:
         raise StructureError(f"structure {record.id!r}: mixed periodicity {record.pbc.tolist()} is not supported")
-    i, j, d = NeighborList(cutoff=cutoff, full_list=True).compute(
-        points=record.positions, box=box, periodic=periodic, quantities="ijd"
-    )
+    i, j, d = close_pairs(record.positions, record.cell, periodic, cutoff, full_list=True)
     return i.astype(np.int64), j.astype(np.int64), d.astype(np.float64)
 
 
