@@ -1,6 +1,6 @@
 """Roofline of one JAX MACE force call: FLOPs, bytes and measured time per stage, forward and backward.
 
-    python benchmarks/mace_roofline.py [--model PATH.model] [--case W1] [--repeats 5] [--json out.json]
+    python benchmarks/mace_roofline.py [--model PATH.model] [--case W1] [--repeats 5] [--ref GIT_REF] [--json out.json]
 
 Each stage of ``model.node_energies`` is compiled on its own with the inputs it gets in the real call
 (the W1 batch by default: 16 x 64-atom HEO cells with the shared small MACE, float64), and timed
@@ -123,8 +123,16 @@ def main():
     parser.add_argument("--model", default="/work/shared/models/mace_heo_chgnet_small.model")
     parser.add_argument("--case", default="W1")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ref", help="take ops.py and model.py from this git ref (the baseline of a change)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.ref:
+        import sys
+
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+        from mace_forces import _jax_at
+
+        _jax_at(args.ref)
     peak, bandwidth = roofs(args.repeats)
     print(f"roofs: float64 GEMM {peak / 1e9:.1f} GFLOP/s, stream {bandwidth / 1e9:.1f} GB/s "
           f"(ridge {peak / bandwidth:.1f} FLOP/B)")
