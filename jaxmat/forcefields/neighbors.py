@@ -33,14 +33,6 @@ import numpy as np
 from jaxmat.forcefields.base import SystemBatch
 
 
-def bucket(n: int, minimum: int = 8) -> int:
-    """Round up to the next size of the form m * 2^k with m in 8..15 (at most 12.5 % padding): the padded
-    sizes of atoms, neighbour slots and systems, so that changing batches reuse a few compiled shapes."""
-    n = max(int(n), minimum)
-    step = 2 ** max(int(np.floor(np.log2(n))) - 3, 0)
-    return int(-(-n // step) * step)
-
-
 def pair_list(batch: SystemBatch, cutoff: float):
     """Full pair list over all systems: i, j (P,) int32, lattice translations (P, 3) int (the pair vector
     is r_j - r_i + t @ cell), system of each pair (P,) int32."""

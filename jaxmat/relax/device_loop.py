@@ -34,8 +34,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.mace.ops import outgoing_slots
-from jaxmat.forcefields.neighbors import (DeviceCapacity, bucket, device_capacity, device_neighbor_matrix, device_outgoing,
-                                         list_is_stale, list_reach, neighbor_matrix, pad_neighbor_matrix)
+from jaxmat.forcefields.neighbors import (
+    DeviceCapacity,
+    device_capacity,
+    device_neighbor_matrix,
+    device_outgoing,
+    list_is_stale,
+    list_reach,
+    neighbor_matrix,
+    pad_neighbor_matrix,
+)
+from jaxmat.padding import bucket, round_up
 from jaxmat.relax import cell as cell_filter
 from jaxmat.relax import state as packing
 from jaxmat.relax.scheduler import Capacities, admit
@@ -190,7 +199,7 @@ class DeviceRelaxation:
         self.cutoff = cutoff_of(force_field) + skin
         self.atom_budget = row_capacity  # atoms admitted at once, as in the host loop (cell rows not counted)
         # at least one padding row (where empty neighbour slots point); small batches padded by at most 12.5 %
-        self.rows = min(int(-(-(row_capacity + 1) // 64) * 64), bucket(row_capacity + 1))
+        self.rows = min(round_up(row_capacity + 1, 64), bucket(row_capacity + 1))
         self.systems = system_capacity + 1  # the last system slot holds the padding rows
         self.slots = self.outgoing_width = self.shift_reach = self.block = 0
         self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "cutoff": self.cutoff,

@@ -16,9 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxmat.errors import JaxmatInputError
-from jaxmat.precision import scoped_by
 from jaxmat.forcefields.base import unsupported_elements
 from jaxmat.forcefields.neighbors import close_pairs
+from jaxmat.precision import scoped_by
 from jaxmat.relax import host_loop
 from jaxmat.relax.optimizers import FIRE, LBFGS, make_optimizer
 from jaxmat.relax.results import RelaxResult, Results

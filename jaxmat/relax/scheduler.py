@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxmat.padding import round_up
+
 
 class Capacities(NamedTuple):
     """rows: the atom budget of one batch (rows of optimizer coordinates); systems: most systems at once."""
@@ -32,7 +34,7 @@ def capacities(sizes: dict, max_atoms: int | None = None, max_systems: int | Non
     largest = max(sizes.values())
     budget = max(largest, max_atoms or min(sum(sizes.values()), max(4096, largest)))
     quantum = int(np.lcm(64, devices))
-    rows = int(-(-budget // quantum) * quantum)
+    rows = round_up(budget, quantum)
     systems = max_systems or min(len(sizes), max(1, rows // max(1, min(sizes.values()))))
     return Capacities(rows, systems)
 

@@ -19,11 +19,11 @@ from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
 from jaxmat.forcefields.mace.model import energy_forces_stress
 from jaxmat.forcefields.mace.ops import outgoing_slots
 from jaxmat.forcefields.neighbors import (
-    bucket,
     neighbor_matrix,
     pad_neighbor_matrix,
     slot_shifts,
 )
+from jaxmat.padding import bucket
 from jaxmat.precision import float64_scope
 
 
