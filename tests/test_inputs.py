@@ -51,6 +51,7 @@ def failing(command, env) -> str:
     return result.stderr
 
 
+@pytest.mark.slow  # needs the training run shared with tests/test_faults.py
 def test_corrupted_latest_checkpoints_fall_back_and_reproduce_the_run(trained, env, tmp_path):
     """The last epoch's arrays damaged, the one before's metadata garbage: the rerun warns about both,
     resumes from the one before them, moves the damaged ones aside and ends with the uninterrupted run's
@@ -69,6 +70,7 @@ def test_corrupted_latest_checkpoints_fall_back_and_reproduce_the_run(trained, e
     assert sorted(p.name.split("-")[0] for p in (workdir / "checkpoints-corrupt").iterdir()) == [str(LAST - 1), str(LAST)]
 
 
+@pytest.mark.slow  # needs the training run shared with tests/test_faults.py
 def test_partly_written_checkpoint_is_ignored_and_cleaned(trained, tmp_path):
     from jaxmat.polysrl.checkpoint import checkpoint_manager, restore_params
 
@@ -86,6 +88,7 @@ def test_partly_written_checkpoint_is_ignored_and_cleaned(trained, tmp_path):
     assert not leftover.exists()
 
 
+@pytest.mark.slow  # needs the training run shared with tests/test_faults.py
 def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(trained, tmp_path):
     from jaxmat.polysrl.checkpoint import CheckpointError, checkpoint_manager, restore_checkpoint
 
@@ -100,6 +103,7 @@ def test_no_readable_checkpoint_is_a_clear_error_and_moves_nothing(trained, tmp_
     assert saved_epochs(workdir) == epochs and not (workdir / "checkpoints-corrupt").exists()  # nothing moved
 
 
+@pytest.mark.slow  # needs the training run shared with tests/test_faults.py
 def test_load_encoder_inputs(trained, tmp_path, caplog):
     from jaxmat.polysrl import load_encoder
     from jaxmat.polysrl.checkpoint import CheckpointError
@@ -138,6 +142,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # needs the training run shared with tests/test_faults.py
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(trained, env, tmp_path):
     workdir = tmp_path / "run"
     command = train_command(workdir, ["train.epochs=3"])
@@ -147,6 +152,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     assert metrics_rows(workdir) == metrics_rows(trained)[:2]
 
 
+@pytest.mark.slow  # needs the training run shared with tests/test_faults.py
 def test_resume_refuses_other_package_versions(trained, env, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
@@ -159,6 +165,7 @@ def test_resume_refuses_other_package_versions(trained, env, tmp_path):
     assert saved_epochs(workdir) == saved_epochs(trained) and len(metrics_rows(workdir)) == LAST
 
 
+@pytest.mark.slow  # needs the training run shared with tests/test_faults.py
 def test_resume_refuses_other_data_or_order(trained):
     from jaxmat.errors import ConfigError
     from jaxmat.polysrl.checkpoint import restore_params
@@ -308,9 +315,7 @@ def test_relax_isolates_a_failing_force_field(mode, x64):
     assert ("non-finite" if mode == "raise" else "exploding forces") in results[1].message
 
 
-@pytest.mark.xfail(strict=True, reason="jaxmat/relax/runner.py: relax([]) reaches host_loop.run with row_capacity unset "
-                                       "(UnboundLocalError); runner.py is owned by another engineer")
-def test_relax_of_no_structures_returns_nothing(x64):
+def test_relax_of_no_structures_returns_nothing(x64):  # (raised UnboundLocalError from 8d4650a until ed0fa71)
     from jaxmat.forcefields.classical import lennard_jones
     from jaxmat.relax import relax
 
@@ -418,6 +423,7 @@ def heo_evaluate(small_mace, data, out, *sets):
                  "--set", "in_distribution.count=2", "--set", "in_distribution.max_steps=3", *sum((["--set", s] for s in sets), [])])
 
 
+@pytest.mark.slow
 def test_heo_evaluate_skips_frames_a_model_cannot_run(small_mace, heo_data, tmp_path, capsys):
     import ase.io
 
@@ -434,6 +440,7 @@ def test_heo_evaluate_skips_frames_a_model_cannot_run(small_mace, heo_data, tmp_
     assert "lack elements of the data" in capsys.readouterr().err and not (tmp_path / "strict" / "test").exists()
 
 
+@pytest.mark.slow
 def test_heo_evaluate_with_nothing_left_is_an_input_error(small_mace, heo_data, tmp_path, capsys):
     out = tmp_path / "report"
     assert heo_evaluate(small_mace, heo_data, out, "test.split=only_foreign", "in_distribution.split=only_foreign") == 2
