@@ -62,8 +62,9 @@ def parse_formula(formula: str, *, require_embedding: bool = True) -> ParsedForm
 
 
 def _check_amounts(formula: str) -> None:
-    """Refuse zero, negative or non-finite amounts as written (pymatgen's Composition silently drops an
-    element written with amount 0, e.g. 'Fe0O' -> 'O', and refuses a negative one without naming it)."""
+    """Refuse zero, negative, tiny or non-finite amounts as written (pymatgen's Composition silently drops
+    an element written with amount 0 or below 1e-8, e.g. 'Fe0O' -> 'O', and refuses a negative one
+    without naming it)."""
     from pymatgen.core import Composition
 
     try:
@@ -75,6 +76,9 @@ def _check_amounts(formula: str) -> None:
     for symbol, amount in written.items():
         if not (math.isfinite(amount) and amount > 0):
             raise FormulaError(f"amount {amount:g} of {symbol!r} in formula {formula!r} is not a positive number")
+        if amount < Composition.amount_tolerance:  # pymatgen would silently drop the element
+            raise FormulaError(f"amount {amount:g} of {symbol!r} in formula {formula!r} is too small "
+                               f"(below {Composition.amount_tolerance:g})")
 
 
 def reduced_formula(numbers) -> str:
