@@ -39,7 +39,10 @@ def spherical_harmonics(vectors, lmax: int):
 
 
 def _radial_weights(params, config, lengths, mask):
-    """Per-layer tensor-product weights (E, weight_numel) of edges of these lengths (Å); mask (E,) False on padding."""
+    """Per-layer tensor-product weights (E, weight_numel) of edges of these lengths (Å); mask (E,) False on padding.
+    From params["radial_table"] (:func:`with_radial_table`) when there is one, else the exact radial MLPs."""
+    if "radial_table" in params:
+        return _interpolate_radial(params["radial_table"], lengths, mask, config["r_max"])
     radial = ops.bessel_basis(lengths, jnp.asarray(config["bessel_frequencies"], lengths.dtype), config["bessel_prefactor"])
     cutoff = ops.polynomial_cutoff(lengths, config["r_max"], config["num_polynomial_cutoff"]) * mask[:, None]
     edge_feats = radial * cutoff if config["apply_cutoff"] else radial
@@ -49,6 +52,64 @@ def _radial_weights(params, config, lengths, mask):
             w = ops.radial_mlp(params["interactions"][layer]["radial"], inter_cfg["radial_activation_scale"], edge_feats)
             out.append(w if config["apply_cutoff"] else w * cutoff)
     return out
+
+
+def _cubic_pieces(values, slopes, h):
+    """Per-interval cubic coefficients (G-1, 4, W) of the Hermite interpolant in s = (r - r_i) / h."""
+    v0, v1, d0, d1 = values[:-1], values[1:], h * slopes[:-1], h * slopes[1:]
+    return jnp.stack([v0, d0, 3 * (v1 - v0) - 2 * d0 - d1, 2 * (v0 - v1) + d0 + d1], axis=1)
+
+
+@jax.custom_vjp
+def _table_lookup(pieces, lengths, r_min, step):
+    """w(r) (E, W) from the cubic pieces: one gathered (4, W) row per edge, Horner in s. Differentiable in the
+    lengths only (the analytic slope); no gradient reaches the table, which is for evaluation, not training."""
+    return _table_lookup_forward(pieces, lengths, r_min, step)[0]
+
+
+def _table_lookup_forward(pieces, lengths, r_min, step):
+    t = jnp.clip((lengths - r_min) / step, 0.0, float(pieces.shape[0]))
+    i = jnp.minimum(jnp.floor(t).astype(jnp.int32), pieces.shape[0] - 1)
+    s = (t - i)[:, None]
+    c = pieces[i]  # (E, 4, W)
+    value = c[:, 0] + s * (c[:, 1] + s * (c[:, 2] + s * c[:, 3]))
+    slope = (c[:, 1] + s * (2 * c[:, 2] + s * 3 * c[:, 3])) / step  # dw/dr, zero where the length was clamped
+    inside = ((lengths - r_min) / step >= 0.0) & ((lengths - r_min) / step <= pieces.shape[0])
+    return value, (jnp.where(inside[:, None], slope, 0.0),)
+
+
+def _table_lookup_backward(residuals, g):
+    (slope,) = residuals
+    return None, jnp.sum(g * slope, axis=1), None, None
+
+
+_table_lookup.defvjp(_table_lookup_forward, _table_lookup_backward)
+
+
+def _interpolate_radial(tables, lengths, mask, r_max: float):
+    keep = (mask & (lengths < r_max))[:, None]
+    return [jnp.where(keep, _table_lookup(t["pieces"], lengths, t["r_min"], t["step"]), 0.0) for t in tables]
+
+
+def with_radial_table(params, config, step: float = 1e-3, r_min: float = 0.5):
+    """Optional acceleration (off by default): params plus "radial_table", every layer's radial weights w(r) -
+    a function of the edge length alone, the same for every element pair - tabulated on r_min..r_max (Å)
+    every ``step`` Å with exact values and r-derivatives (forward-mode AD), read by cubic Hermite interpolation.
+    Returns (params, max_error): the largest |w_table - w_exact| over all weights at the grid's midpoints and
+    quarter points (where the interpolation error peaks). Lengths below r_min are clamped to r_min (no
+    physical structure has neighbours that close); beyond r_max the weights are zero as in the exact model."""
+    r_max = float(config["r_max"])
+    intervals = int(np.ceil((r_max - r_min) / step))
+    step = (r_max - r_min) / intervals  # uniform grid ending on r_max
+    grid = jnp.asarray(np.linspace(r_min, r_max, intervals + 1))
+    exact = lambda r: _radial_weights(params, config, r, jnp.ones_like(r, dtype=bool))
+    values, slopes = jax.jvp(exact, (grid,), (jnp.ones_like(grid),))
+    tables = [{"pieces": _cubic_pieces(v, d, step), "step": jnp.asarray(step, grid.dtype),
+               "r_min": jnp.asarray(r_min, grid.dtype)} for v, d in zip(values, slopes)]
+    probe = jnp.concatenate([grid[:-1] + f * jnp.diff(grid) for f in (0.25, 0.5, 0.75)])
+    probe_mask = jnp.ones_like(probe, dtype=bool)
+    errors = [jnp.max(jnp.abs(a - b)) for a, b in zip(_interpolate_radial(tables, probe, probe_mask, r_max), exact(probe))]
+    return {**params, "radial_table": tables}, float(max(errors))
 
 
 def node_energies(params, config, species, vectors, neighbors, neighbor_mask, head: int = 0, outgoing_slots=None):
