@@ -1,6 +1,6 @@
 """Relax many structures at once.
 
-    python -m jaxmat.relax INPUT.extxyz --model MODEL --out OUT.extxyz [--optimizer fire|lbfgs]
+    python -m jaxmat.relax INPUT.extxyz --model MODEL --out OUT.extxyz [--optimizer fire|lbfgs|lbfgs-linesearch]
         [--fmax 0.05] [--max-steps 300] [--max-atoms N] [--relax-cell] [--trajectory DIR] [--backend torch|jax]
 
 MODEL is a mace-torch model file (``--backend torch`` runs it with mace-torch, ``--backend jax`` with

@@ -54,6 +54,7 @@ CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED, SEARCH_FAILED = 1, 2, 3, 4, 5  # and
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed", SEARCH_FAILED: "failed"}
 GRAPH_KEYS = ("positions", "cells", "species", "system_index", "neighbors", "translations", "mask", "outgoing")
 SLOT_MARGIN = 1.05  # neighbour-slot capacity over the most neighbours seen at allocation (then rounded up by bucket)
+GROWTH = 1.5  # a capacity that overflowed grows at least this much: a cell that keeps compressing re-allocates a few times, not every step
 
 
 def cutoff_of(force_field) -> float:
@@ -227,11 +228,12 @@ class DeviceRelaxation:
                             np.stack([r.atoms.pbc for r in running]).reshape(-1, 3), np.asarray(system_index)[:n_atoms])
         matrix = neighbor_matrix(batch, self.cutoff, n_atoms + 1)
         if matrix.slots_needed > self.slots or self.slots == 0:  # at least one slot, also with no pairs at all
-            self.slots = bucket(int(np.ceil(matrix.slots_needed * SLOT_MARGIN)), 4)
+            self.slots = bucket(max(int(np.ceil(matrix.slots_needed * SLOT_MARGIN)), int(np.ceil(self.slots * GROWTH))), 4)
         matrix = pad_neighbor_matrix(matrix, n_atoms, self.rows, self.slots)
         incoming = np.bincount(matrix.neighbors[matrix.mask], minlength=self.rows).max(initial=0)
         if incoming > self.outgoing_width or self.outgoing_width == 0:
-            self.outgoing_width = bucket(max(int(np.ceil(incoming * SLOT_MARGIN)), self.slots), 4)
+            self.outgoing_width = bucket(max(int(np.ceil(incoming * SLOT_MARGIN)), int(np.ceil(self.outgoing_width * GROWTH)),
+                                             self.slots), 4)
         lengths = np.where(matrix.mask, np.linalg.norm(matrix.translations, axis=-1), 0.0).max(axis=1)
         reach = np.zeros(self.systems)
         np.maximum.at(reach, np.asarray(system_index), lengths)
@@ -239,6 +241,10 @@ class DeviceRelaxation:
         periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
         capacity = device_capacity(system_index, n_atoms, self.systems, self.block, cells.astype(np.float64), periodic, self.cutoff,
                                    self.shift_reach)
+        needed = int(np.abs(capacity.shifts).max(initial=0))
+        if self.shift_reach and needed > self.shift_reach:  # the cube overflowed: one shell more than needed now
+            capacity = device_capacity(system_index, n_atoms, self.systems, self.block, cells.astype(np.float64), periodic,
+                                       self.cutoff, needed + 1)
         self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
         return {"neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
                 "outgoing": outgoing_slots(matrix.neighbors, matrix.mask, self.outgoing_width),
