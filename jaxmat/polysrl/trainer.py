@@ -143,7 +143,6 @@ def _train(config: dict, workdir, progress: bool, devices: list) -> list[dict]:
     )
     from jaxmat.polysrl.plots import plot_training
 
-    config = resolve_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_resumable(workdir, config)

@@ -43,6 +43,7 @@ from jaxmat.forcefields.neighbors import (
     list_reach,
     neighbor_matrix,
     pad_neighbor_matrix,
+    shift_reach,
 )
 from jaxmat.padding import bucket, round_up
 from jaxmat.relax import cell as cell_filter
@@ -239,12 +240,12 @@ class DeviceRelaxation:
         np.maximum.at(reach, np.asarray(system_index), lengths)
         periodic = np.zeros(self.systems, bool)
         periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
-        capacity = device_capacity(system_index, n_atoms, self.systems, self.block, cells.astype(np.float64), periodic, self.cutoff,
-                                   self.shift_reach)
-        needed = int(np.abs(capacity.shifts).max(initial=0))
+        cells64 = cells.astype(np.float64)
+        needed = shift_reach(cells64, periodic, self.cutoff)
         if self.shift_reach and needed > self.shift_reach:  # the cube overflowed: one shell more than needed now
-            capacity = device_capacity(system_index, n_atoms, self.systems, self.block, cells.astype(np.float64), periodic,
-                                       self.cutoff, needed + 1)
+            needed += 1
+        capacity = device_capacity(system_index, n_atoms, self.systems, self.block, cells64, periodic, self.cutoff,
+                                   max(needed, self.shift_reach))
         self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
         return {"neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
                 "outgoing": outgoing_slots(matrix.neighbors, matrix.mask, self.outgoing_width),

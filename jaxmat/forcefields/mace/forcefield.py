@@ -142,8 +142,7 @@ class MACEJax:
 
     def __call__(self, batch: SystemBatch, compute_stress: bool = False) -> ForceFieldOutput:
         n_atoms, n_systems = len(batch.numbers), batch.n_systems
-        with float64_scope(self.float64):
-            energy, forces, stress = self.evaluate_padded(self.padded_inputs(batch))
+        energy, forces, stress = self.evaluate_padded(self.padded_inputs(batch))  # each runs in this model's precision
         return ForceFieldOutput(
             np.asarray(energy, np.float64)[:n_systems], np.asarray(forces, np.float64)[:n_atoms],
             np.asarray(stress, np.float64)[:n_systems] if compute_stress else None,
