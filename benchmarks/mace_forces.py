@@ -1,7 +1,7 @@
 """Energy + forces of one MACE: jaxmat's JAX MACE (jit) vs mace-torch, same CPU, threads and dtype.
 
     python benchmarks/mace_forces.py [--model medium|PATH.model] [--dtype float64|float32] [--repeats 5]
-        [--cases W1,cell512] [--contenders mace-torch,jaxmat-jax,jaxmat-jax@REF] [--json out.json]
+        [--cases W1,cell512] [--contenders mace-torch,jaxmat-jax,jaxmat-jax@REF] [--one-at-a-time] [--json out.json]
 
 medium = the MACE-MP-0 "medium" shape (128x0e+128x1o, max_ell 3, correlation 3, r_max 6 Å, 2 interactions,
 89 elements) with random weights; PATH = any mace-torch model file (e.g. the shared HEO model).
@@ -11,6 +11,10 @@ forces and stress). Every contender lives in its own worker process (same enviro
 heap), is warmed up with one call (the JAX compilation is reported separately), and then the workers are
 called in turn, one call each per round, rotating the order: on a machine shared with other jobs the load
 hits all contenders alike, so the per-round ratios (and their median) are what to read.
+``--one-at-a-time`` runs each worker alone instead (for a quiet machine and cases near its memory: with
+the tuned allocator mace-torch's worker keeps 14 GiB resident for one medium-shape 512-atom cell, and beside
+it the JAX worker's calls took a median 3.9 s against 2.2 s alone; with the default allocator, 7.4 GiB, the
+same pairing was steady).
 ``jaxmat-jax@REF`` is the JAX MACE with ``ops.py`` and ``model.py`` as of git REF (e.g. HEAD): a change
 measured against its own baseline in the same run. Peak resident memory of each worker is reported.
 The last line is the summary.
@@ -114,30 +118,56 @@ def _reply(process, token):
     raise SystemExit(f"a worker stopped without '{token}'")
 
 
+def _start(args, name, case, tmp):
+    """A worker process for one contender (not yet warmed up)."""
+    command = [sys.executable, __file__, "--worker", name, "--case", case, "--npz", str(Path(tmp) / f"{name}.{case}.npz"),
+               "--model", args.model, "--dtype", args.dtype, "--threads", str(args.threads)]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+
+def _warm_up(worker):
+    line = _reply(worker, "ready")  # warm up one at a time, so compilation is timed alone
+    worker.first, worker.atoms, worker.times = float(line[1]), int(line[2]), []
+    return worker
+
+
+def _call(worker):
+    worker.stdin.write("call\n")
+    worker.stdin.flush()
+    worker.times.append(float(_reply(worker, "time")[1]))
+
+
+def _finish(worker, name, case, tmp) -> dict:
+    worker.stdin.write("stop\n")
+    worker.stdin.flush()
+    peak = float(_reply(worker, "done")[1])
+    worker.wait()
+    return {"first_call_s": worker.first, "seconds": worker.times, "atoms": worker.atoms, "peak_rss_gib": peak,
+            "arrays": dict(np.load(Path(tmp) / f"{name}.{case}.npz"))}
+
+
 def run_case(args, case, contenders, tmp):
-    """Alternate calls of all contenders on one case; returns {name: result} with per-call seconds."""
-    workers = {}
-    for name in contenders:
-        command = [sys.executable, __file__, "--worker", name, "--case", case, "--npz", str(Path(tmp) / f"{name}.{case}.npz"),
-                   "--model", args.model, "--dtype", args.dtype, "--threads", str(args.threads)]
-        workers[name] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        line = _reply(workers[name], "ready")  # warm up one at a time, so compilation is timed alone
-        workers[name].first, workers[name].atoms, workers[name].times = float(line[1]), int(line[2]), []
+    """Alternate calls of all contenders on one case (or, with --one-at-a-time, each contender alone: its
+    worker is the only one alive, so no contender's resident memory squeezes another's); {name: result}
+    with per-call seconds, or {name: {"failed": why}} for a worker that died (e.g. killed out of memory)."""
+    if args.one_at_a_time:
+        results = {}
+        for name in contenders:
+            worker = _start(args, name, case, tmp)
+            try:
+                _warm_up(worker)
+                for _ in range(args.repeats):
+                    _call(worker)
+                results[name] = _finish(worker, name, case, tmp)
+            except SystemExit:  # the worker died: report it, go on with the others
+                results[name] = {"failed": f"worker exited with code {worker.wait()} (-9: killed, e.g. out of memory)"}
+        return results
+    workers = {name: _warm_up(_start(args, name, case, tmp)) for name in contenders}
     for r in range(args.repeats):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
         for name in order:
-            workers[name].stdin.write("call\n")
-            workers[name].stdin.flush()
-            workers[name].times.append(float(_reply(workers[name], "time")[1]))
-    results = {}
-    for name, w in workers.items():
-        w.stdin.write("stop\n")
-        w.stdin.flush()
-        peak = float(_reply(w, "done")[1])
-        w.wait()
-        results[name] = {"first_call_s": w.first, "seconds": w.times, "atoms": w.atoms, "peak_rss_gib": peak,
-                         "arrays": dict(np.load(Path(tmp) / f"{name}.{case}.npz"))}
-    return results
+            _call(workers[name])
+    return {name: _finish(w, name, case, tmp) for name, w in workers.items()}
 
 
 def main():
@@ -149,6 +179,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="run each contender's worker alone (start, warm up, all calls, stop) instead of alternating "
+                             "calls between resident workers: for cases near the machine's memory, where one worker's "
+                             "resident heap would squeeze the other's")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one contender in this process
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--npz", help=argparse.SUPPRESS)
@@ -158,21 +192,30 @@ def main():
         return
     contenders = args.contenders.split(",")
     env = {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "XLA_FLAGS")}
-    print(f"model {args.model}; {args.dtype}; threads {args.threads}; contenders in their own processes, called in turn; "
+    print(f"model {args.model}; {args.dtype}; threads {args.threads}; contenders in their own processes, "
+          f"{'one at a time' if args.one_at_a_time else 'called in turn'}; "
           f"load average at start {os.getloadavg()[0]:.1f}; env {env}", flush=True)
     summary, record = [], {}
     reference = contenders[0]
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
             results = run_case(args, case, contenders, tmp)
+            for name in [n for n, r in results.items() if "failed" in r]:
+                print(f"{case:8s} {name:22s} FAILED: {results[name]['failed']}", flush=True)
+                summary.append(f"{case} {name} failed")
+                record[f"{case}/{name}"] = results.pop(name)
+            if reference not in results:
+                continue
             base = np.asarray(results[reference]["seconds"])
             for name, r in results.items():
                 t = np.asarray(r["seconds"])
-                ratio = base / t  # per round: how many times faster than the first contender
+                # per round: how many times faster than the first contender (alone: round i of each, read the medians)
+                ratio = base / t
                 diff = {k: float(np.abs(r["arrays"][k] - results[reference]["arrays"][k]).max()) for k in r["arrays"]}
                 print(f"{case:8s} {name:22s} median {1000 * np.median(t):8.1f} ms (min {1000 * t.min():.1f}; "
                       f"{len(t)} calls); {np.median(ratio):.2f}x {reference} (per-round median; range "
-                      f"{ratio.min():.2f}-{ratio.max():.2f}); first call {r['first_call_s']:.1f} s; peak RSS "
+                      f"{ratio.min():.2f}-{ratio.max():.2f}; ratio of medians {np.median(base) / np.median(t):.2f}x); "
+                      f"first call {r['first_call_s']:.1f} s; peak RSS "
                       f"{r['peak_rss_gib']:.2f} GiB; vs {reference}: |dE| {diff['energy_per_atom']:.1e} eV/atom, "
                       f"|dF| {diff['forces']:.1e} eV/Å; {r['atoms']} atoms", flush=True)
                 if name != reference:
