@@ -50,7 +50,8 @@ def load_force_field(spec: str, backend: str = "torch", dtype: str = "float64"):
     """A force field from a name in :data:`NAMED` (``lj:3.4,0.01,8``) or a MACE model path.
 
     backend: "torch" (mace-torch) or "jax" (jaxmat's JAX MACE) for MACE models; dtype: "float64" or
-    "float32" for MACE models (pair potentials compute in the precision the caller runs JAX in).
+    "float32" for MACE models, or for the JAX MACE "mixed" (float32 model, float64 geometry and sums:
+    :mod:`jaxmat.forcefields.mace.forcefield`); pair potentials compute in the precision the caller runs JAX in.
     """
     if backend not in BACKENDS:
         raise JaxmatInputError(f"backend must be one of {BACKENDS}, not {backend!r}")
@@ -81,6 +82,9 @@ def load_force_field(spec: str, backend: str = "torch", dtype: str = "float64"):
             raise JaxmatInputError(str(error)) from error
     if path.is_dir():
         raise JaxmatInputError(f"{spec} is a converted JAX MACE directory: use backend jax (--backend jax)")
+    if dtype not in ("float64", "float32"):
+        raise JaxmatInputError(f"dtype {dtype!r} is not available with mace-torch (float64 or float32); "
+                               f"'mixed' is a JAX MACE mode: use backend jax (--backend jax)")
     from jaxmat.forcefields.mace_torch import MACETorch
 
     return MACETorch(read_mace_file(path), dtype=dtype)

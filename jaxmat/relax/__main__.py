@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     parser.add_argument("--relax-cell", action="store_true", help="relax the cell too (ASE FrechetCellFilter per structure)")
     parser.add_argument("--trajectory", help="folder for one extxyz trajectory per structure")
     parser.add_argument("--backend", choices=list(BACKENDS), default="torch", help="MACE implementation")
-    parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    parser.add_argument("--dtype", choices=["float64", "float32", "mixed"], default="float64",
+                        help="MACE precision; mixed (--backend jax only): float32 model, float64 positions and sums")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--per-device", action="store_true",
                         help="each local device relaxes its own share of the structures (JAX force fields)")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     from jaxmat.relax import shards
     from jaxmat.relax.runner import relax
 
-    use_float64(args.dtype == "float64")
+    use_float64(args.dtype != "float32")  # mixed: positions, optimizer and sums in float64
     compile_cache.enable()  # a rerun with the same shapes compiles nothing ($JAXMAT_COMPILATION_CACHE=0: off)
     structures = read_atoms(args.input)
     force_field = load_force_field(args.model, args.backend, args.dtype)

@@ -4,6 +4,11 @@ Neighbour lists come from :mod:`jaxmat.forcefields.neighbors` (full list, period
 smaller than the cutoff work); atoms, edges and systems are padded to a few bucket sizes so a
 relaxation whose batch changes (systems leaving and joining) reuses the same compiled shapes.
 :meth:`MACEJax.device_model` is the same energy for the device relaxation loop.
+
+Precision (``dtype``): "float64" (default, exact), "float32", or "mixed" - an optional acceleration, off by
+default: params and every model operation in float32, while positions, cells, periodic shifts, the edge
+vectors (subtracted in float64, then cast), the per-system sums of node energies, the E0s and the gradient
+sums back into forces and stress stay in float64, as do the outputs (LAMMPS's "mixed" precision).
 """
 
 from __future__ import annotations
@@ -27,24 +32,30 @@ from jaxmat.padding import bucket
 from jaxmat.precision import float64_scope
 
 
+DTYPES = {"float64": ("float64", "float64"), "float32": ("float32", "float32"), "mixed": ("float64", "float32")}
+"""dtype name -> (geometry, sums and outputs; params and model operations)"""
+
+
 class MACEJax:
     """Force field from a JAX MACE (config, params); ``MACEJax.from_torch(path)`` or ``MACEJax.load(dir)``."""
 
     def __init__(self, config: dict, params, dtype: str = "float64", head: str | None = None,
                  matmul_precision: str = "highest"):
-        """matmul_precision: "highest" (default) multiplies float32 matrices in full float32, as mace-torch
-        does; "default" lets XLA use TensorFloat-32 on NVIDIA GPUs, faster but measured 1e-3 eV/atom and
-        0.06-0.14 eV/Å off mace-torch on an H200 (benchmarks/gpu). No effect in float64 or on CPU."""
-        if dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype must be float64 or float32, not {dtype!r}")
+        """dtype: a name in :data:`DTYPES` (the module docstring). matmul_precision: "highest" (default)
+        multiplies float32 matrices in full float32, as mace-torch does; "default" lets XLA use TensorFloat-32
+        on NVIDIA GPUs, faster but measured 1e-3 eV/atom and 0.06-0.14 eV/Å off mace-torch on an H200
+        (benchmarks/gpu). It applies to float32 and "mixed"; no effect in float64 or on CPU."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         if matmul_precision not in ("highest", "high", "default"):
             raise ValueError(f"matmul_precision must be highest, high or default, not {matmul_precision!r}")
         self.matmul_precision = matmul_precision
         self.config = config
-        self.dtype = jnp.float64 if dtype == "float64" else jnp.float32
-        self.float64 = dtype == "float64"  # float64 work runs in jaxmat.precision.float64_scope, not a global switch
+        self.precision = dtype
+        self.dtype, self.compute_dtype = (jnp.dtype(name) for name in DTYPES[dtype])  # geometry and sums; model
+        self.float64 = self.dtype == jnp.float64  # float64 work runs in jaxmat.precision.float64_scope, not a global switch
         with float64_scope(self.float64):
-            self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.dtype), params)
+            self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.compute_dtype), params)
         self.r_max = float(config["r_max"])
         self.heads = list(config["heads"])
         head = head or self.heads[-1]
@@ -54,7 +65,8 @@ class MACEJax:
         self.supported_numbers = frozenset(int(z) for z in config["atomic_numbers"])
         self._species_of = np.full(119, -1, np.int32)
         self._species_of[np.asarray(config["atomic_numbers"])] = np.arange(len(config["atomic_numbers"]))
-        self._evaluate = jax.jit(functools.partial(energy_forces_stress, config=config, head=self.head_index),
+        self._evaluate = jax.jit(functools.partial(energy_forces_stress, config=config, head=self.head_index,
+                                                   compute_dtype=self.compute_dtype),
                                  static_argnames=("n_systems",))
         self.compiled_shapes: list[tuple[int, int, int]] = []  # (atoms, neighbour slots, systems) seen so far
 
@@ -128,14 +140,15 @@ class MACEJax:
         """(params, energy_forces_stress(params, graph)) for the device relaxation loop: graph holds
         positions, cells, species, system_index, neighbors, translations, mask, outgoing (padded)."""
         config, head, precision, dtype = self.config, self.head_index, self.matmul_precision, self.dtype
-        float64 = self.float64
+        float64, compute_dtype = self.float64, self.compute_dtype
 
         def evaluate(params, graph):
             with jax.default_matmul_precision(precision), float64_scope(float64):
                 positions, cells = graph["positions"].astype(dtype), graph["cells"].astype(dtype)
                 shifts = slot_shifts(graph["translations"], cells, graph["system_index"])
                 out = energy_forces_stress(params, config, positions, graph["species"], cells, graph["system_index"],
-                                           graph["neighbors"], shifts, graph["mask"], cells.shape[0], head, graph["outgoing"])
+                                           graph["neighbors"], shifts, graph["mask"], cells.shape[0], head, graph["outgoing"],
+                                           compute_dtype)
                 return tuple(x.astype(graph["positions"].dtype) for x in out)
 
         return self.params, evaluate

@@ -192,21 +192,30 @@ def reference_energies(config, species, head: int = 0):
 
 
 def energy_forces_stress(params, config, positions, species, cells, system_index, neighbors, shifts,
-                         neighbor_mask, n_systems: int, head: int = 0, outgoing_slots=None):
+                         neighbor_mask, n_systems: int, head: int = 0, outgoing_slots=None, compute_dtype=None):
     """Total energies (S,) eV, forces (N, 3) eV/Å = -dE/dx and stress (S, 3, 3) eV/Å^3 = (1/V) dE/d(strain).
 
     neighbors (N, K) senders of each atom's neighbour slots; shifts (N, K, 3) Å the periodic image
     offset of each slot (vector = r_atom - r_neighbor + shift); neighbor_mask (N, K).
+
+    compute_dtype: the dtype of :func:`node_energies` (default: that of params). The geometry - strain,
+    edge vectors r_receiver - r_sender + shift -, the per-system sums of node energies, the E0s and so the
+    backward pass's sums over edges into forces and stress run in the dtype of positions. Float32 params
+    with float64 positions, cells and shifts (``MACEJax(dtype="mixed")``, inside a float64 scope) thus give
+    a float32 model with float64 geometry and accumulation: each vector is cast to float32 after the
+    subtraction, each node energy back to float64 before the sum, and the cotangents cross the same casts.
     """
+    if compute_dtype is None:
+        compute_dtype = next(a.dtype for a in jax.tree_util.tree_leaves(params) if jnp.issubdtype(a.dtype, jnp.floating))
 
     def interaction_energy(positions, strain):
         atom_deform = deformation(strain)[system_index]
         pos = jnp.einsum("na,nab->nb", positions, atom_deform)
         shift = jnp.einsum("nka,nab->nkb", shifts, atom_deform)  # an edge belongs to its receiver's system
         senders = pos[neighbors] if outgoing_slots is None else ops.gather_neighbors(pos, neighbors, outgoing_slots)
-        vectors = pos[:, None, :] - senders + shift
+        vectors = (pos[:, None, :] - senders + shift).astype(compute_dtype)  # rounded to the edge, not the coordinates
         e_node = node_energies(params, config, species, vectors, neighbors, neighbor_mask, head, outgoing_slots)
-        return jax.ops.segment_sum(e_node, system_index, n_systems)
+        return jax.ops.segment_sum(e_node.astype(positions.dtype), system_index, n_systems)
 
     e_inter, forces, stress = energies_forces_stress(interaction_energy, positions, cells, n_systems)
     e0 = jax.ops.segment_sum(reference_energies(config, species, head).astype(positions.dtype), system_index, n_systems)
