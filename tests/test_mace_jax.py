@@ -202,3 +202,17 @@ def test_float32_matmul_precision_is_chosen_by_the_force_field(precision):
 def test_matmul_precision_is_checked():
     with pytest.raises(ValueError, match="matmul_precision"):
         MACEJax.from_torch(build_small_mace([8, 12]), matmul_precision="tf32")
+
+
+def test_float32_after_float64_from_one_config():
+    """A float64 MACEJax called first, then a float32 one built from the same config (one process, e.g. a user
+    comparing precisions): the product basis's cached index tables must not carry float64-scope int64 into
+    the float32 program (it raised a dtype TypeError inside JAX)."""
+    import jax
+
+    config, params = from_torch(build_small_mace([8, 12, 27, 28, 29, 30], hidden_irreps="8x0e+8x1o"))
+    batch = batch_from_atoms([rocksalt_heo(1, seed=3, rattle=0.1)])
+    with jax.enable_x64(False):  # as in a user's process: only the float64 force field turns float64 on, in its scope
+        exact, fast = MACEJax(config, params, dtype="float64"), MACEJax(config, params, dtype="float32")
+        energy64, energy32 = exact(batch).energy, fast(batch).energy
+    np.testing.assert_allclose(energy32, energy64, atol=1e-4)

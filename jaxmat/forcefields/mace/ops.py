@@ -246,8 +246,11 @@ def _folded_terms(terms) -> dict:
     m = np.repeat(np.arange(terms["n_m"]), np.diff(f["start"]))
     keys = np.concatenate([m[:, None], np.asarray(f["index"]).reshape(len(m), -1)], axis=1)
     unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-    return {"m": unique[:, 0].astype(np.int32), "index": unique[:, 1:].astype(np.int32), "inverse": inverse.ravel(),
-            "value": np.asarray(f["value"]), "k": np.asarray(f["k"]), "n_m": terms["n_m"]}
+    # int32 indices whatever the x64 scope: with int64 ones, a float32 MACEJax traced after a float64 one built
+    # from the same config failed inside JAX (int64/int32 TypeError; tests/test_mace_jax.py)
+    return {"m": unique[:, 0].astype(np.int32), "index": unique[:, 1:].astype(np.int32),
+            "inverse": inverse.ravel().astype(np.int32), "value": np.asarray(f["value"]),
+            "k": np.asarray(f["k"]).astype(np.int32), "n_m": terms["n_m"]}
 
 
 def _folded_weights(w, folded):
