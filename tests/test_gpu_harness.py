@@ -27,7 +27,9 @@ def _smoke_env(**extra):
 @pytest.mark.slow
 def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     out = tmp_path / "gpu"
-    cases = ("forces-small-float64," if harness.find_model() else "") + "forces-medium-float64,relax-W3-lbfgs,polysrl"
+    model = harness.find_model()
+    profile_name = f"profile-{'small' if model else 'random-small'}-float64"  # without ../shared: the relaxations' random model
+    cases = ("forces-small-float64," if model else "") + f"forces-medium-float64,{profile_name},relax-W3-lbfgs,polysrl"
     done = subprocess.run(["bash", str(HARNESS / "run.sh"), str(out)], cwd=REPO, capture_output=True, text=True, timeout=900,
                           env=_smoke_env(JAXMAT_GPU_BUDGET="600", JAXMAT_GPU_CASES=cases))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -44,6 +46,20 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
         if name in units:
             timing = units[name]["result"]["workloads"]["W1"]
             assert timing["call_s"] and timing["model_s"] and timing["atoms"] == 16 and timing["edges"] > 0
+    # the JAX MACE stage by stage: the first stages of the call compiled alone and timed, the rest traced
+    profile = units[profile_name]["result"]
+    stages = profile["stages"]
+    assert [r["stage"] for r in stages] == ["edge vectors (position gather)", "lengths + spherical harmonics",
+                                            "radial basis + MLPs (all layers)", "L0 linear_up + neighbour gather", "L0 edge TP + neighbour sum"]
+    for row in stages:
+        assert len(row["fwd_s"]) == len(row["fwd_bwd_s"]) == 1 and min(row["fwd_s"] + row["fwd_bwd_s"]) > 0, row
+        assert row["compile_fwd_s"] > 0 and (row["compile_fwd_bwd_s"] > 0) == row["differentiated"], row
+    assert [r["differentiated"] for r in stages] == [True, True, True, False, True]  # the embedding does not move
+    assert sum(r["fwd_bwd_flops"] for r in stages) > 0 and sum(r["fwd_bwd_bytes"] for r in stages) > 0
+    assert {"L1 edge TP + neighbour sum", "L1 symmetric contraction", "readouts"} <= set(profile["traced_only"])
+    assert len(stages) + len(profile["traced_only"]) == 14 and "stopped" not in profile
+    assert profile["workload"] == "W1" and profile["atoms"] == 16 and profile["edges"] > 0
+    assert min(profile["call"]["call_s"]) > 0 and profile["call"]["compile_s"] > 0 and profile["call"]["flops"] > 0
     # relaxation: jaxmat takes ASE's steps and ends at ASE's energies
     jax_relax = units["relax-W3-lbfgs-jaxmat-jax"]["result"]
     ase_relax = units["relax-W3-lbfgs-ase"]["result"]
@@ -61,6 +77,7 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
         assert polysrl["loss_rel_diff"] < 1e-4 and len(polysrl["torch_step_s"]) == 2
     text = (out / "results.md").read_text()
     assert "## Parity" in text and "relax-W3-lbfgs-jaxmat-jax" in text and "SMOKE RUN" in text
+    assert "## Where the JAX MACE's time goes" in text and "| L0 edge TP + neighbour sum |" in text and "| whole call |" in text
     assert (out / "results.png").stat().st_size > 1000 and (out / "harness.log").exists()
 
 
@@ -100,7 +117,14 @@ def test_unknown_case_prefix_is_named(monkeypatch):
 def test_plan_order_and_sizes():
     plan = harness.build_plan(smoke=False, model="model.file")
     names = [u["name"] for u in plan]
-    assert names[0] == "env" and names[1:3] == ["forces-small-float64-mace-torch", "forces-small-float64-jaxmat-jax"]
+    assert names[0] == "env" and names[1:4] == ["forces-small-float64-mace-torch", "forces-small-float64-jaxmat-jax", "profile-small-float64"]
+    assert names.index("forces-small-float32-jaxmat-jax") < names.index("profile-small-float32") < names.index("polysrl")
+    profiles = [u for u in plan if u["kind"] == "profile"]
+    assert all(u["spec"]["workload"] == "W3" and u["spec"]["repeats"] == 3 and u["cap_s"] <= 120 for u in profiles)
+    assert all(u["spec"]["max_stages"] is None for u in profiles)  # every stage measured on the device
+    smoke_profiles = [u for u in harness.build_plan(smoke=True, model=None) if u["kind"] == "profile"]
+    assert [(u["name"], u["spec"]["workload"], u["spec"]["max_stages"]) for u in smoke_profiles] == [
+        ("profile-random-small-float64", "W1", 5), ("profile-random-small-float32", "W1", 5)]
     assert names.index("relax-W3-lbfgs-jaxmat-jax") < names.index("forces-small-float32-jaxmat-jax") < names.index("polysrl")
     relax = [u for u in plan if u["kind"] == "relax"]
     assert {u["spec"]["workload"] for u in relax} == {"W3", "W4"} and all(u["spec"]["max_steps"] == 300 for u in relax)

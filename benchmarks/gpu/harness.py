@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,8 +47,9 @@ def find_model() -> str | None:
 def build_plan(smoke: bool, model: str | None) -> list[dict]:
     """Units in order of value: name, kind, spec, min_s (skip below this budget left), cap_s (its own limit).
 
-    Parity and force calls of the shared model in float64 first, then the headline relaxations (W3, W4;
-    L-BFGS, then FIRE), float32 force calls, the MACE-MP-0 medium shape, and the PolySRL train step.
+    Parity and force calls of the shared model in float64 first, then the JAX MACE's per-stage profile
+    (where its GPU time goes), the headline relaxations (W3, W4; L-BFGS, then FIRE), float32 force calls
+    and profile, the MACE-MP-0 medium shape, and the PolySRL train step.
     """
     repeats = 1 if smoke else 3
     workloads = ["W1"] if smoke else ["W1", "W3", "W4"]
@@ -61,6 +63,16 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
                  "spec": {"model": model_spec, "dtype": dtype, "contender": contender, "workloads": workloads, "repeats": repeats}}
                 for contender in ("mace-torch", "jaxmat-jax")]
 
+    def profile(dtype):
+        # W3 (16,384 atoms, ~1M edges) with the shared model: ~15 stages, two compilations each, on the GPU about
+        # a minute; the medium shape standing in is far larger, so W1. Smoke (CI, near its time limit): W1 at toy
+        # size with the relaxations' model, the first 5 stages measured and the rest only traced.
+        model_spec = model or ("random-small" if smoke else "medium")
+        name = "small" if model else ("random-small" if smoke else "medium")
+        spec = {"model": model_spec, "dtype": dtype, "workload": "W3" if model and not smoke else "W1", "repeats": repeats,
+                "max_stages": 5 if smoke else None}
+        return [{"name": f"profile-{name}-{dtype}", "kind": "profile", "min_s": 60, "cap_s": 120, "spec": spec}]
+
     def relaxations(workload, optimizer):
         if not relax_model:
             return []
@@ -71,9 +83,9 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
                 for contender in contenders]
 
     plan = [{"name": "env", "kind": "env", "spec": {}, "min_s": 5, "cap_s": 60}]
-    plan += forces(small, small_name, "float64")
+    plan += forces(small, small_name, "float64") + profile("float64")
     plan += relaxations("W3", "lbfgs") + relaxations("W4", "lbfgs") + relaxations("W3", "fire") + relaxations("W4", "fire")
-    plan += forces(small, small_name, "float32")
+    plan += forces(small, small_name, "float32") + profile("float32")
     if model:
         plan += forces("medium", "medium", "float32") + forces("medium", "medium", "float64")
     plan.append({"name": "polysrl", "kind": "polysrl", "min_s": 40, "cap_s": 200,
@@ -102,7 +114,8 @@ def run_unit(unit: dict, workdir: Path, timeout: float, log) -> dict:
     log.write(f"\n===== {unit['name']} (limit {timeout:.0f} s) =====\n")
     log.flush()
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    env = dict(os.environ, JAXMAT_GPU_UNIT_DEADLINE=str(time.time() + timeout))  # a unit may stop early, keeping its results
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT, env=env)
     try:
         code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -115,7 +128,7 @@ def run_unit(unit: dict, workdir: Path, timeout: float, log) -> dict:
     result = json.loads(result_path.read_text())
     if "unavailable" in result:
         return {"status": "unavailable", "wall_s": wall, "note": result["unavailable"]}
-    return {"status": "ok", "wall_s": wall, "result": result}
+    return {"status": "ok", "wall_s": wall, "result": result, **({"note": result["stopped"]} if result.get("stopped") else {})}
 
 
 def _last_error(log_path: str) -> str:
@@ -209,7 +222,11 @@ def main(argv=None) -> int:
             entry["kind"], entry["spec"] = unit["kind"], unit["spec"]
             record["units"][unit["name"]] = entry
             print(f"{unit['name']:40s} {entry['status']:11s} {entry.get('wall_s', 0):6.1f} s  {entry.get('note', '')}", flush=True)
-            write_outputs(record, units_dir, out)
+            try:
+                write_outputs(record, units_dir, out)
+            except Exception:  # a bug in the report must not end the device run: the raw record still goes out
+                traceback.print_exc()
+                (out / "results.json").write_text(json.dumps(record, indent=1, default=float))
     print(f"wrote {out / 'results.md'}", flush=True)
     return 0
 

@@ -71,6 +71,45 @@ def _ok(record, name):
     return entry["result"] if entry and entry["status"] == "ok" else None
 
 
+def profile_lines(record: dict) -> list[str]:
+    """A table per ``profile`` unit: the JAX MACE stage by stage, each stage's share of the whole call."""
+    lines = []
+    for name, entry in record["units"].items():
+        if entry["kind"] != "profile" or entry["status"] != "ok":
+            continue
+        r, call = entry["result"], entry["result"]["call"]
+        call_s = float(np.median(call["call_s"]))
+        ms = lambda seconds: f"{1000 * seconds:.3g}"
+        per = lambda a, b, scale=1.0, form=".0f": format(scale * a / b, form) if b > 0 else "–"  # a report never divides by 0
+        lines += ["", f"## Where the JAX MACE's time goes: `{name}` ({r['workload']}, {r['atoms']} atoms, {r['edges']} edges, "
+                      f"{r['dtype']}, {r['device']})", "",
+                  f"Each stage compiled alone with the inputs it gets in the real call (benchmarks/mace_roofline.py); median of "
+                  f"{len(call['call_s'])} calls, each synchronised, compilation excluded (its own column). *fwd+bwd*: the VJP "
+                  "w.r.t. what depends on the positions, as in a force call (*no backward*: nothing there does). *share*: "
+                  "fwd+bwd over the whole call; stages alone do not fuse across their borders, so the shares need not sum "
+                  "to 100 %. GFLOP and GB: XLA's cost analysis of the fwd+bwd program (bytes: operands and results of every "
+                  f"op, an upper bound on memory traffic; a loop body counted once). Whole compiled call (energies, forces, "
+                  f"stress): **{ms(call_s)} ms**, {call['flops'] / 1e9:.3g} GFLOP, {call['bytes'] / 1e9:.3g} GB, compiled "
+                  f"in {call['compile_s']:.1f} s; host inputs (neighbour matrix, padding) {r['host_inputs_s']:.2f} s.", "",
+                  "| stage | fwd ms | fwd+bwd ms | GFLOP | GB | GB/s | share of call | compile s |", "|---|---|---|---|---|---|---|---|"]
+        totals = np.zeros(3)
+        for row in r["stages"]:
+            fwd, both = float(np.median(row["fwd_s"])), float(np.median(row["fwd_bwd_s"]))
+            compile_s = row["compile_fwd_s"] + row["compile_fwd_bwd_s"]
+            totals += (fwd, both, compile_s)
+            lines.append(f"| {row['stage']}{'' if row['differentiated'] else ' (no backward)'} | {ms(fwd)} | {ms(both)} | "
+                         f"{row['fwd_bwd_flops'] / 1e9:.3g} | {row['fwd_bwd_bytes'] / 1e9:.3g} | {per(row['fwd_bwd_bytes'], both, 1e-9)} | "
+                         f"{per(both, call_s, 100, '.1f')} % | {compile_s:.1f} |")
+        lines.append(f"| sum of the stages | {ms(totals[0])} | {ms(totals[1])} | | | | {per(totals[1], call_s, 100)} % | {totals[2]:.1f} |")
+        lines.append(f"| whole call | | {ms(call_s)} | {call['flops'] / 1e9:.3g} | {call['bytes'] / 1e9:.3g} | "
+                     f"{per(call['bytes'], call_s, 1e-9)} | 100 % | {call['compile_s']:.1f} |")
+        if r.get("stopped"):
+            lines += ["", f"Profile {r['stopped']}."]
+        if r.get("traced_only"):
+            lines += ["", f"Traced only, neither compiled nor timed (the smoke run's shortcut): {', '.join(r['traced_only'])}."]
+    return lines
+
+
 def render(record: dict) -> str:
     env = _ok(record, "env") or {}
     lines = ["# GPU benchmark results", ""]
@@ -103,6 +142,7 @@ def render(record: dict) -> str:
                 lines.append(f"| {model} | {dtype} | {workload} | {t.get('atoms') or j.get('atoms')} | {_ms(t.get('call_s'))} | {_ms(t.get('model_s'))} | "
                              f"{_ms(j.get('call_s'))} | {_ms(j.get('model_s'))} | {j.get('first_call_s', float('nan')):.1f} | {ratio('call_s')} | "
                              f"{ratio('model_s')} | {_mib(t.get('peak_device_bytes'))} / {_mib(j.get('peak_device_bytes'))} |")
+    lines += profile_lines(record)
     lines += ["", "## Relaxation (float64, fmax 0.05 eV/Å, all structures in one batch; ASE one at a time on the first few)", "",
               "| workload | optimizer | contender | structures | seconds | structures/s | steps mean / max | converged | "
               "outside force calls | cold run (s) / compiled shapes |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -14,6 +14,9 @@ outputs, ``block_until_ready`` or ``torch.cuda.synchronize``). Units:
   structure at a time) on one workload with FIRE or L-BFGS.
 - ``polysrl``: the PolySRL train step, jaxmat (jit) vs the PyTorch + torch-geometric expression of
   benchmarks/polysrl_train_step.py, same parameters and noise.
+- ``profile``: where the JAX MACE's time goes: every stage of one call (benchmarks/mace_roofline.py)
+  compiled alone with the inputs it gets in the real call, forward and forward+backward, XLA FLOPs and
+  bytes, compile seconds apart; and the whole compiled call on the same inputs.
 """
 
 from __future__ import annotations
@@ -315,4 +318,46 @@ def unit_polysrl(spec, arrays):
     return out
 
 
-UNITS = {"env": unit_env, "forces": unit_forces, "relax": unit_relax, "polysrl": unit_polysrl}
+def unit_profile(spec, arrays):
+    """The JAX MACE stage by stage on one workload (mace_roofline.profile_stages / profile_call): the whole
+    compiled call first, then each stage, compiled alone (compile seconds reported, not timed), forward and
+    forward+backward, ``repeats`` synchronised calls after a warm-up (spec max_stages: the first few only, the
+    rest traced, as the smoke run does). Stops before a stage that would not finish before the harness's
+    limit for this unit (JAXMAT_GPU_UNIT_DEADLINE) and says so."""
+    if spec["smoke"]:  # toy timings mean nothing; XLA's backend optimisations off: 40 % less compilation (CI's time)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    import jax
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from mace_roofline import profile_call, profile_stages
+
+    from jaxmat.forcefields.base import batch_from_atoms
+    from jaxmat.forcefields.mace.forcefield import MACEJax
+
+    smoke, repeats = spec["smoke"], spec["repeats"]
+    deadline = float(os.environ.get("JAXMAT_GPU_UNIT_DEADLINE", "inf"))  # time.time() when the harness kills this unit
+    force_field = MACEJax.from_torch(load_model(spec["model"], smoke), dtype=spec["dtype"])
+    batch = batch_from_atoms(structures(spec["workload"], smoke))
+    started = time.perf_counter()
+    inputs = force_field.padded_inputs(batch)
+    host_s = time.perf_counter() - started
+    call = profile_call(force_field, inputs, repeats)
+    print(f"whole call {1e3 * np.median(call['call_s']):.1f} ms (compiled in {call['compile_s']:.1f} s), "
+          f"{call['flops'] / 1e9:.3f} GFLOP, {call['bytes'] / 1e9:.3f} GB", flush=True)
+
+    def show(row):
+        print(f"{row['stage']:38s} fwd {1e3 * np.median(row['fwd_s']):9.2f} ms  fwd+bwd {1e3 * np.median(row['fwd_bwd_s']):9.2f} ms  "
+              f"compile {row['compile_fwd_s'] + row['compile_fwd_bwd_s']:5.1f} s", flush=True)
+
+    profile = profile_stages(force_field, inputs, repeats, max_stages=spec.get("max_stages"), deadline=deadline - 5, log=show)
+    result = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "workload": spec["workload"],
+              "dtype": spec["dtype"], "atoms": len(batch.numbers), "systems": batch.n_systems,
+              "edges": int(np.asarray(inputs["neighbor_mask"]).sum()), "neighbor_matrix": list(inputs["neighbors"].shape),
+              "host_inputs_s": host_s, "call": call, "stages": profile["rows"], "traced_only": profile["traced_only"],
+              "peak_device_bytes": jax_peak_bytes()}
+    if profile["stopped"]:
+        result["stopped"] = profile["stopped"]
+    return result
+
+
+UNITS = {"env": unit_env, "forces": unit_forces, "relax": unit_relax, "polysrl": unit_polysrl, "profile": unit_profile}
