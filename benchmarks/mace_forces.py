@@ -15,6 +15,8 @@ hits all contenders alike, so the per-round ratios (and their median) are what t
 the tuned allocator mace-torch's worker keeps 14 GiB resident for one medium-shape 512-atom cell, and beside
 it the JAX worker's calls took a median 3.9 s against 2.2 s alone; with the default allocator, 7.4 GiB, the
 same pairing was steady).
+A contender may name its own precision after a colon (``jaxmat-jax:mixed``, ``jaxmat-jax:float32``,
+``mace-torch:float32``; otherwise ``--dtype``); agreement is always reported against the first contender.
 ``jaxmat-jax@REF`` is the JAX MACE with ``ops.py`` and ``model.py`` as of git REF (e.g. HEAD): a change
 measured against its own baseline in the same run. Peak resident memory of each worker is reported.
 The last line is the summary.
@@ -64,6 +66,8 @@ def make_force_field(name, model_spec, dtype, threads):
 
     torch.set_num_threads(threads)
     model = medium_model() if model_spec == "medium" else model_spec
+    if ":" in name:  # a contender's own precision, e.g. jaxmat-jax:mixed
+        name, dtype = name.rsplit(":", 1)
     if name == "mace-torch":
         from jaxmat.forcefields.mace_torch import MACETorch
 
