@@ -86,6 +86,8 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
     plan += forces(small, small_name, "float64") + profile("float64")
     plan += relaxations("W3", "lbfgs") + relaxations("W4", "lbfgs") + relaxations("W3", "fire") + relaxations("W4", "fire")
     plan += forces(small, small_name, "float32") + profile("float32")
+    if not smoke:  # the JAX MACE's float32 model with float64 geometry and sums; its speed peer is mace-torch float32
+        plan += [unit for unit in forces(small, small_name, "mixed") if unit["spec"]["contender"] == "jaxmat-jax"]
     if model:
         plan += forces("medium", "medium", "float32") + forces("medium", "medium", "float64")
     plan.append({"name": "polysrl", "kind": "polysrl", "min_s": 40, "cap_s": 200,

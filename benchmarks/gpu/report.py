@@ -24,12 +24,14 @@ def parity_rows(record: dict, folder: Path) -> list[dict]:
     rows = []
     for model in ("small", "medium"):
         reference = _arrays(folder, f"forces-{model}-float64-mace-torch")
-        for dtype in ("float64", "float32"):
+        for dtype in ("float64", "float32", "mixed"):
             torch_arrays = _arrays(folder, f"forces-{model}-{dtype}-mace-torch")
             jax_arrays = _arrays(folder, f"forces-{model}-{dtype}-jaxmat-jax")
             pairs = [("jaxmat-jax vs mace-torch", jax_arrays, torch_arrays)]
             if dtype == "float32":
                 pairs += [("mace-torch float32 vs float64", torch_arrays, reference), ("jaxmat-jax float32 vs mace-torch float64", jax_arrays, reference)]
+            if dtype == "mixed":  # mace-torch has no mixed mode
+                pairs = [("jaxmat-jax mixed vs mace-torch float64", jax_arrays, reference)]
             for label, a, b in pairs:
                 if a is None or b is None:
                     continue
@@ -124,12 +126,14 @@ def render(record: dict) -> str:
         lines.append(f"| {row['model']} | {row['dtype']} | {row['comparison']} | {row['workload']} | {row['max_abs_energy_per_atom_eV']:.1e} | {row['max_abs_force_eV_per_A']:.1e} |")
     lines += ["", "## One force call (energies + forces), median ms", "",
               "`call`: as the relaxer makes it, host neighbour lists / graphs and copies included; `model`: the model alone on "
-              "inputs already on the device. Peak: device memory (torch: max allocated in the call; JAX: process peak so far).", "",
+              "inputs already on the device. Peak: device memory (torch: max allocated in the call; JAX: process peak so far). "
+              "`mixed`: the JAX MACE's float32 model with float64 geometry and sums, beside mace-torch float32.", "",
               "| model | dtype | workload | atoms | mace-torch call | mace-torch model | jaxmat call | jaxmat model | jaxmat first call (s) | "
               "speed-up call | speed-up model | peak MiB torch / jax |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model in ("small", "medium"):
-        for dtype in ("float64", "float32"):
-            torch_result = _ok(record, f"forces-{model}-{dtype}-mace-torch")
+        for dtype in ("float64", "float32", "mixed"):
+            # mixed (JAX only) is set against mace-torch's own fast mode, float32
+            torch_result = _ok(record, f"forces-{model}-{'float32' if dtype == 'mixed' else dtype}-mace-torch")
             jax_result = _ok(record, f"forces-{model}-{dtype}-jaxmat-jax")
             if not torch_result and not jax_result:
                 continue
