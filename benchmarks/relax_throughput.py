@@ -7,6 +7,9 @@ timed run compiles its own batch shape, as a first run would), same MACE model, 
         [--contenders ase-fire,ase-lbfgs,torch-sim-fire,jaxmat-fire,jaxmat-lbfgs,jaxmat-jax-fire,jaxmat-jax-lbfgs]
         [--json out.json]
 
+A JAX contender may name the JAX MACE's precision after a colon: jaxmat-jax-lbfgs:mixed (float32 model,
+float64 geometry and sums) or jaxmat-jax-lbfgs:float32; the optimizer always runs in float64.
+
 W1 = 16 x 64-atom cells, W2 = 4 x 216-atom cells (MgO conventional cell a = 4.2 Å, cations drawn from
 Mg/Co/Ni/Cu/Zn, rattle 0.1 Å, seeds 0..k-1); fmax 0.05 eV/Å, at most 300 steps, float64.
 Run every contender in the same environment (e.g. all with the tuned allocator of
@@ -73,13 +76,13 @@ def run_torch_sim(structures, model, fmax, max_steps):
             "converged": int(sum(f < fmax for f in fmax_per)), "force_evaluations": None}
 
 
-def run_jaxmat(structures, model, kind, fmax, max_steps, backend="torch"):
+def run_jaxmat(structures, model, kind, fmax, max_steps, backend="torch", dtype="float64"):
     from jaxmat.relax import relax
 
     if backend == "jax":
         from jaxmat.forcefields.mace.forcefield import MACEJax
 
-        force_field = MACEJax.from_torch(model)
+        force_field = MACEJax.from_torch(model, dtype=dtype)
         relax(structures[:1], force_field, kind, fmax=fmax, max_steps=2, progress=False)  # compile outside the timing
     else:
         from jaxmat.forcefields.mace_torch import MACETorch
@@ -123,7 +126,9 @@ def main():
         elif name == "torch-sim-fire":
             results[name] = run_torch_sim(structures, args.model, args.fmax, args.max_steps)
         elif name.startswith("jaxmat-jax-"):
-            results[name] = run_jaxmat(structures, args.model, name[11:], args.fmax, args.max_steps, backend="jax")
+            kind, _, dtype = name[11:].partition(":")
+            results[name] = run_jaxmat(structures, args.model, kind, args.fmax, args.max_steps, backend="jax",
+                                       dtype=dtype or "float64")
         elif name.startswith("jaxmat-"):
             results[name] = run_jaxmat(structures, args.model, name[7:], args.fmax, args.max_steps)
         else:
@@ -136,17 +141,18 @@ def main():
             extra += f" (device loop: {r['compilations']} compilations, {r['compile_seconds']:.1f} s)"
         print(f"{name:15s} {r['seconds']:8.1f} s  {r['structures_per_s']:.3f} structures/s  {steps}  "
               f"converged {r['converged']}/{len(structures)}  force evaluations {r['force_evaluations']}{extra}", flush=True)
-    for mine, peer in (("jaxmat-fire", "ase-fire"), ("jaxmat-lbfgs", "ase-lbfgs"), ("jaxmat-jax-fire", "ase-fire"),
-                       ("jaxmat-jax-lbfgs", "ase-lbfgs")):
-        if mine in results and peer in results:
+    pairs = []  # (jaxmat contender, its peer): ASE's optimizer of the same kind, the torch bridge, torch-sim FIRE
+    for mine in results:
+        if mine.startswith("jaxmat-"):
+            base, _, dtype = mine.partition(":")
+            kind = base.removeprefix("jaxmat-jax-").removeprefix("jaxmat-")
+            pairs += [(mine, f"ase-{kind}"), (mine, "torch-sim-fire")] + ([(mine, f"jaxmat-{kind}")] if "-jax-" in mine else [])
+            pairs += [(mine, base)] if dtype else []  # a reduced precision against the same contender in float64
+    for mine, peer in pairs:
+        if peer in results and not peer.startswith("torch-sim"):
             diff = np.abs(np.array(results[mine]["energies"]) - np.array(results[peer]["energies"]))
             print(f"final energies {mine} vs {peer}: max |dE| {diff.max():.2e} eV, mean {diff.mean():.2e} eV")
-    ratios = []
-    for mine, peer in (("jaxmat-fire", "ase-fire"), ("jaxmat-lbfgs", "ase-lbfgs"), ("jaxmat-fire", "torch-sim-fire"), ("jaxmat-lbfgs", "torch-sim-fire"),
-                       ("jaxmat-jax-fire", "ase-fire"), ("jaxmat-jax-lbfgs", "ase-lbfgs"), ("jaxmat-jax-fire", "jaxmat-fire"),
-                       ("jaxmat-jax-lbfgs", "jaxmat-lbfgs"), ("jaxmat-jax-fire", "torch-sim-fire")):
-        if mine in results and peer in results:
-            ratios.append(f"{mine}/{peer} {results[peer]['seconds'] / results[mine]['seconds']:.2f}x")
+    ratios = [f"{mine}/{peer} {results[peer]['seconds'] / results[mine]['seconds']:.2f}x" for mine, peer in pairs if peer in results]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
     print(f"summary {args.workload}: " + ", ".join(ratios))
