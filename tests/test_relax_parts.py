@@ -87,3 +87,45 @@ def test_no_structures_no_work(x64):
 
     stats = {}
     assert relax([], lennard_jones(), progress=False, stats=stats) == [] and stats["force_calls"] == 0
+
+
+def test_structures_that_cannot_be_relaxed_fail_alone_with_a_reason(x64):
+    """Found in review: a NaN or flat periodic cell and coordinates of 1e12 Å stopped the whole process inside
+    vesin; a slab with pbc [T, T, F] was silently relaxed as a molecule; FixAtoms was silently ignored; a
+    molecule with relax_cell failed deep inside ASE's filter. Each is now one failed structure with a reason,
+    the good structure beside it relaxes, on both loops."""
+    from ase.constraints import FixAtoms
+
+    from jaxmat.forcefields.classical import lennard_jones
+    from jaxmat.relax import relax
+
+    lj = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=6.0)
+    good = bulk("Ar", "fcc", a=5.3, cubic=True)
+    good.rattle(0.05, seed=1)
+    nan_cell, flat_cell, far, slab, fixed = (good.copy() for _ in range(5))
+    nan_cell.cell[0, 0] = np.nan
+    flat_cell.set_cell(np.diag([5.3, 5.3, 0.0]))
+    far.positions[1] = [1e12, 0.0, 0.0]
+    slab.pbc = [True, True, False]
+    fixed.set_constraint(FixAtoms(indices=[0]))
+    molecule = Atoms("Ar2", positions=[[0.0, 0.0, 0.0], [3.8, 0.0, 0.0]])
+    reasons = {1: "non-finite cell", 2: "zero volume", 3: "coordinates beyond", 4: "partly periodic", 5: "FixAtoms",
+               6: "relax_cell needs a periodic structure"}
+    for loop in ("host", "device"):
+        results = relax([good, nan_cell, flat_cell, far, slab, fixed, molecule], lj, "fire", fmax=1e-3, relax_cell=True,
+                        progress=False, loop=loop)
+        assert results[0].status == "converged", (loop, results[0].message)
+        for i, reason in reasons.items():
+            assert results[i].status == "failed" and reason in results[i].message, (loop, i, results[i].message)
+    assert relax([molecule], lj, "fire", fmax=1e-3, progress=False)[0].status == "converged"  # fine without relax_cell
+
+
+@pytest.mark.parametrize("setting", [{"fmax": float("nan")}, {"fmax": 0.0}, {"max_steps": -1}, {"max_systems": -1},
+                                     {"max_atoms": 0}])
+def test_settings_that_cannot_describe_a_relaxation_are_refused(setting):
+    from jaxmat.errors import ConfigError
+    from jaxmat.forcefields.classical import lennard_jones
+    from jaxmat.relax import relax
+
+    with pytest.raises(ConfigError, match=next(iter(setting))):
+        relax([bulk("Ar", "fcc", a=5.3)], lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=6.0), progress=False, **setting)

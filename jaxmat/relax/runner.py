@@ -1,6 +1,7 @@
 """``relax()``: a queue of structures, a batch bounded by an atom budget, in-flight batching.
 
-It checks the input (unknown elements before any work, overlapping atoms), sizes the batch and runs
+It checks the input (settings and unknown elements before any work; per structure, what
+:func:`overlap_message` names marks it failed while the rest runs), sizes the batch and runs
 either the compiled device loop (:mod:`jaxmat.relax.device_loop`, JAX force fields) or the host loop
 (:mod:`jaxmat.relax.host_loop`, any force field); both hand each finished system to one ``record``
 that builds its :class:`RelaxResult`.
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxmat.errors import JaxmatInputError
+from jaxmat.errors import ConfigError, JaxmatInputError
 from jaxmat.forcefields.base import unsupported_elements
 from jaxmat.forcefields.neighbors import close_pairs
 from jaxmat.precision import scoped_by
@@ -40,17 +41,51 @@ def check_elements(structures: Sequence, force_field, names: Sequence[str] | Non
                                    f"which the force field does not support")
 
 
-def overlap_message(atoms) -> str | None:
-    """Why the structure cannot be relaxed (overlapping atoms, non-finite coordinates), or None."""
+MAX_COORDINATE = 1e6  # Å; beyond this neighbour searches fail (vesin stops the process on 1e11 Å)
+MIN_CELL_VOLUME = 1e-3  # Å^3; a periodic cell at or below this is degenerate
+
+
+def overlap_message(atoms, relax_cell: bool = False) -> str | None:
+    """Why the structure cannot be relaxed, or None: no atoms, non-finite or absurd coordinates, a periodic
+    cell that is non-finite or flat, partial periodicity, ASE constraints (not applied by jaxmat's
+    optimizers), a non-periodic structure with ``relax_cell``, overlapping atoms."""
     if len(atoms) == 0:
         return "structure has no atoms"
     if not np.all(np.isfinite(atoms.positions)):
         return "non-finite coordinates"
-    i, j, d = close_pairs(atoms.positions, atoms.cell[:], bool(atoms.pbc.all()), MIN_DISTANCE)
+    if np.abs(atoms.positions).max() > MAX_COORDINATE:
+        return f"coordinates beyond {MAX_COORDINATE:.0e} Å (largest {np.abs(atoms.positions).max():.3g} Å)"
+    pbc = np.asarray(atoms.pbc, bool)
+    if pbc.any() and not pbc.all():
+        return (f"partly periodic (pbc {pbc.tolist()}): jaxmat relaxes fully periodic or non-periodic structures; "
+                "make a slab fully periodic with a vacuum layer")
+    if pbc.all():
+        cell = np.asarray(atoms.cell[:], float)
+        if not np.all(np.isfinite(cell)):
+            return "non-finite cell"
+        if abs(np.linalg.det(cell)) <= MIN_CELL_VOLUME:
+            return f"periodic cell with (near) zero volume ({abs(np.linalg.det(cell)):.3g} Å^3)"
+    elif relax_cell:
+        return "relax_cell needs a periodic structure (pbc all True), this one is not periodic"
+    if atoms.constraints:
+        names = ", ".join(type(c).__name__ for c in atoms.constraints)
+        return f"has ASE constraints ({names}), which jaxmat's optimizers do not apply; remove them or relax with ASE"
+    i, j, d = close_pairs(atoms.positions, atoms.cell[:], bool(pbc.all()), MIN_DISTANCE)
     if len(d):
         k = int(np.argmin(d))
         return f"atoms {i[k]} and {j[k]} overlap (distance {d[k]:.3f} Å)"
     return None
+
+
+def check_settings(fmax: float, max_steps: int, max_atoms: int | None, max_systems: int | None) -> None:
+    """Refuse settings that cannot describe a relaxation (before any work)."""
+    if not (np.isfinite(fmax) and fmax > 0):
+        raise ConfigError(f"fmax must be a positive number of eV/Å, not {fmax!r}")
+    if int(max_steps) != max_steps or max_steps < 0:
+        raise ConfigError(f"max_steps must be a whole number >= 0, not {max_steps!r}")
+    for name, value in (("max_atoms", max_atoms), ("max_systems", max_systems)):
+        if value is not None and (int(value) != value or value < 1):
+            raise ConfigError(f"{name} must be a whole number >= 1 (or None), not {value!r}")
 
 
 @scoped_by("float64")
@@ -95,6 +130,7 @@ def relax(
     """
     import time
 
+    check_settings(fmax, max_steps, max_atoms, max_systems)
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be auto, device or host, not {loop!r}")
     if not skin >= 0 or int(max_inner) < 1:
@@ -111,7 +147,7 @@ def relax(
     results = Results(len(structures), bar, on_result, keep_trajectory)
     queue = []
     for i, atoms in enumerate(structures):
-        problem = overlap_message(atoms)
+        problem = overlap_message(atoms, relax_cell)
         if problem:
             results.add(RelaxResult(i, atoms.copy(), "failed", 0, message=problem))
         else:
