@@ -8,13 +8,17 @@ jaxmat's JAX MACE after converting the weights), a directory written by scripts/
 (``--backend jax``, no torch needed), or a classical potential for quick tests:
 ``lj[:sigma,epsilon,cutoff]`` / ``morse[:sigma,epsilon,alpha,cutoff]`` (Å, eV).
 Finished structures are appended to OUT.partial as they complete; a killed run started again
-with the same command skips them. OUT holds every structure in input order, with
+with the same command skips them. OUT.partial.json records what the results depend on (the input
+structures' fingerprint, model, backend, dtype, optimizer, fmax, max-steps, relax-cell); a rerun with a
+different input or setting is refused rather than mixing two runs' results. OUT holds every structure in input order, with
 info['status'] (converged / max_steps / failed), info['n_steps'], energy (eV) and forces (eV/Å).
 ``--max-steps 0`` only evaluates energies and forces.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -32,6 +36,76 @@ def _frame(result, index: int):
     if result.status == "failed" and not np.isfinite(result.energy):
         atoms.calc = None
     return atoms
+
+
+MANIFEST_VERSION = 1
+SETTINGS = ("model", "backend", "dtype", "optimizer", "fmax", "max_steps", "relax_cell")  # change the results
+
+
+def fingerprint(structures) -> str:
+    """sha256 of every structure's atomic numbers, positions, cell and pbc, in order (not the file's name)."""
+    digest = hashlib.sha256()
+    for atoms in structures:
+        digest.update(np.int64(len(atoms)).tobytes())
+        for array, dtype in ((atoms.numbers, np.int64), (atoms.positions, np.float64),
+                             (atoms.cell.array, np.float64), (atoms.pbc, np.bool_)):
+            digest.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    return digest.hexdigest()
+
+
+def manifest_path(out) -> Path:
+    """OUT.partial.json: what the results in OUT.partial* depend on (shared by every process's log)."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial.json")
+
+
+def run_manifest(args, structures) -> dict:
+    return {"version": MANIFEST_VERSION, "input": str(args.input), "n_structures": len(structures),
+            "structures": fingerprint(structures), **{k: getattr(args, k) for k in SETTINGS}}
+
+
+def check_resumable(out, manifest: dict) -> None:
+    """Refuse (JaxmatInputError) when partial logs of OUT exist but were written by another run: different
+    input structures or settings, or no OUT.partial.json (an older jaxmat). Without logs, record ``manifest``."""
+    from jaxmat import distributed
+    from jaxmat.errors import JaxmatInputError
+    from jaxmat.files import write_json
+    from jaxmat.relax import shards
+
+    path = manifest_path(out)
+    logs = [p for p in shards.partial_logs(out) if p.stat().st_size]
+    if not logs:  # a fresh run (a manifest left without logs is stale: nothing to mix)
+        if distributed.process_index() == 0:
+            write_json(path, manifest)
+        return
+    names = ", ".join(str(p) for p in logs)
+    advice = f"delete {names} (and {path.name}) or choose another --out"
+    if not path.exists():
+        raise JaxmatInputError(f"cannot resume from {names}: it has no {path.name} saying which input and settings "
+                               f"produced it (an older jaxmat, or a different run); {advice}")
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    differs = []
+    if (recorded.get("structures"), recorded.get("n_structures")) != (manifest["structures"], manifest["n_structures"]):
+        differs.append(f"input structures differ ({manifest['input']}: {manifest['n_structures']} structures, "
+                       f"partial file from {recorded.get('input')}: {recorded.get('n_structures')} structures)")
+    differs += [f"--{k.replace('_', '-')} {manifest[k]} (partial file: {recorded.get(k)})"
+                for k in SETTINGS if recorded.get(k) != manifest[k]]
+    if differs:
+        raise JaxmatInputError(f"cannot resume from {names}: it was written by a different run: "
+                               f"{'; '.join(differs)}; {advice}")
+
+
+def _check_indices(done: dict, n_structures: int, out, source) -> None:
+    """Refuse results for structures the input does not have (e.g. 9 done of 5)."""
+    from jaxmat.errors import JaxmatInputError
+
+    extra = sorted(i for i in done if not 0 <= i < n_structures)
+    if extra:
+        raise JaxmatInputError(f"cannot resume from {out}.partial*: it holds results for structures {extra[:10]} but "
+                               f"{source} has {n_structures}; delete {out}.partial* or choose another --out")
 
 
 @cli.command
@@ -77,6 +151,7 @@ def main(argv=None) -> int:
     force_field = load_force_field(args.model, args.backend, args.dtype)
     out = Path(args.out)
     partial = shards.partial_path(out)  # OUT.partial, or OUT.partial.<process> with several
+    check_resumable(out, run_manifest(args, structures))  # never mixes two runs' results
     done = {}
     if partial.exists():
         frames, dropped = read_frame_log(partial)
@@ -85,8 +160,10 @@ def main(argv=None) -> int:
                   f"that structure is relaxed again", file=sys.stderr)
         for atoms in frames:
             done[int(atoms.info["input_index"])] = atoms
+        _check_indices(done, len(structures), out, args.input)
         print(f"resuming: {len(done)} of {len(structures)} structures already done in {partial}", file=sys.stderr)
     done.update(shards.done_elsewhere(out, partial, args.distributed_timeout))  # other processes' / earlier runs' logs
+    _check_indices(done, len(structures), out, args.input)
     todo = [i for i in shards.share(len(structures)) if i not in done]
     resumed = len(done)
     traj_dir = Path(args.trajectory) if args.trajectory else None
@@ -109,6 +186,7 @@ def main(argv=None) -> int:
               relax_cell=args.relax_cell)
     if not shards.finish(out, partial, done, len(structures)):  # several processes: the first writes OUT
         return 0
+    manifest_path(out).unlink(missing_ok=True)
     statuses = [done[i].info["status"] for i in range(len(structures))]
     counts = {s: statuses.count(s) for s in ("converged", "max_steps", "failed")}
     print(f"wrote {len(statuses)} structures to {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
