@@ -29,3 +29,14 @@ def x64():
     jax.config.update("jax_enable_x64", True)
     yield
     jax.config.update("jax_enable_x64", previous)
+
+
+def write_relax_manifest(argv, out):
+    """The OUT.partial.json that ``python -m jaxmat.relax argv`` writes when it starts: tests that hand-make an
+    OUT.partial (as if a run had been killed) need it, or the command refuses to resume from a stranger's file."""
+    from jaxmat.data.sources import read_atoms
+    from jaxmat.files import write_json
+    from jaxmat.relax.__main__ import build_parser, manifest_path, run_manifest
+
+    args = build_parser().parse_args(argv)
+    write_json(manifest_path(out), run_manifest(args, read_atoms(args.input)))

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
+from conftest import write_relax_manifest
 from test_faults import BATCHES, EPOCHS, FULL, REPO, metrics_rows, run, saved_epochs, shared_train_reference, train_command
 
 from jaxmat.errors import FormulaError, JaxmatInputError, StructureError
@@ -492,6 +493,7 @@ def test_relax_rerun_after_the_last_frame_was_saved_writes_the_output(tmp_path, 
     assert main(args) == 0
     first = (tmp_path / "out.extxyz").read_text()
     (tmp_path / "out.extxyz").rename(tmp_path / "out.extxyz.partial")
+    write_relax_manifest(args, tmp_path / "out.extxyz")  # the killed run's manifest (deleted only once OUT is written)
     capsys.readouterr()
     assert main(args) == 0
     assert "(0 relaxed in this run, 2 taken from out.extxyz.partial)" in capsys.readouterr().out

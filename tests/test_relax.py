@@ -7,6 +7,7 @@ from ase.build import bulk
 from ase.optimize import FIRE as ASEFIRE
 from ase.optimize import LBFGS as ASELBFGS
 
+from conftest import write_relax_manifest
 from jaxmat.errors import JaxmatInputError
 from jaxmat.forcefields.base import ForceFieldOutput, ase_calculator, batch_from_atoms
 from jaxmat.relax import relax
@@ -139,7 +140,9 @@ def test_cli_relax_outputs_and_resume(tmp_path, x64):
     partial = tmp_path / "again.extxyz.partial"
     ase.io.write(partial, [frames[0], frames[2]], format="extxyz")
     out2 = tmp_path / "again.extxyz"
-    assert main([str(source), "--model", "lj:3.4,0.0104,8.5", "--out", str(out2), "--fmax", "1e-3", "--no-progress"]) == 0
+    again_args = [str(source), "--model", "lj:3.4,0.0104,8.5", "--out", str(out2), "--fmax", "1e-3", "--no-progress"]
+    write_relax_manifest(again_args, out2)  # as the killed run would have left it
+    assert main(again_args) == 0
     again = ase.io.read(out2, index=":")
     assert [f.info["n_steps"] for f in again] == steps
     assert not partial.exists()
@@ -241,6 +244,7 @@ def test_cli_resume_keeps_saved_frames_and_drops_a_truncated_tail(tmp_path, x64,
     third = (tmp_path / "third.extxyz").read_text()
     partial.write_text(whole + third[: len(third) // 2])  # the append of structure 3, cut short
     capsys.readouterr()
+    write_relax_manifest(args + ["--out", str(tmp_path / "cut.extxyz")], tmp_path / "cut.extxyz")  # as the killed run left it
     assert main(args + ["--out", str(tmp_path / "cut.extxyz")]) == 0
     err = capsys.readouterr().err
     assert "dropped a truncated last frame" in err and "resuming: 2 of 4" in err

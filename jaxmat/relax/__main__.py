@@ -108,8 +108,8 @@ def _check_indices(done: dict, n_structures: int, out, source) -> None:
                                f"{source} has {n_structures}; delete {out}.partial* or choose another --out")
 
 
-@cli.command
-def main(argv=None) -> int:
+def build_parser():
+    """The command's arguments (also what a hand-made OUT.partial.json is computed from, in tests)."""
     from jaxmat.forcefields.registry import BACKENDS
     from jaxmat.relax.optimizers import OPTIMIZERS
 
@@ -132,7 +132,14 @@ def main(argv=None) -> int:
     from jaxmat import distributed
 
     distributed.add_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+@cli.command
+def main(argv=None) -> int:
+    from jaxmat import distributed
+
+    args = build_parser().parse_args(argv)
     cli.configure_logging(logging.WARNING)
     distributed.initialize_from_args(args, join_devices=False)  # each process relaxes its share on its own devices
     distributed.check_same("arguments", {k: v for k, v in vars(args).items() if k != "process_id"}, args.distributed_timeout)
