@@ -53,12 +53,15 @@ def killed_after(monkeypatch, k, argv):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def float64_after():
-    """--dtype float32 switches JAX to float32 for the process (the command's entry point): switch back."""
-    yield
-    from jaxmat.precision import use_float64
+def restore_precision():
+    """The command's entry point sets JAX's process-wide precision (float64, or float32 for --dtype float32):
+    put back what the test session had, or later modules (e.g. test_train's in-process training compared
+    with a CLI run) compute in another precision."""
+    import jax
 
-    use_float64(True)
+    previous = jax.config.jax_enable_x64
+    yield
+    jax.config.update("jax_enable_x64", previous)
 
 
 @pytest.fixture(scope="module")
