@@ -146,7 +146,7 @@ def main(argv=None) -> int:
 
     from jaxmat import compile_cache
     from jaxmat.data.sources import read_atoms
-    from jaxmat.files import append_frame, read_frame_log, write_frames
+    from jaxmat.files import append_frame, write_frames
     from jaxmat.forcefields.registry import load_force_field
     from jaxmat.precision import use_float64
     from jaxmat.relax import shards
@@ -159,15 +159,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     partial = shards.partial_path(out)  # OUT.partial, or OUT.partial.<process> with several
     check_resumable(out, run_manifest(args, structures))  # never mixes two runs' results
-    done = {}
+    done = shards.frames_by_index(partial) if partial.exists() else {}
+    _check_indices(done, len(structures), out, args.input)  # before "resuming: 9 of 5" could be printed
     if partial.exists():
-        frames, dropped = read_frame_log(partial)
-        if dropped:
-            print(f"warning: dropped a truncated last frame ({dropped} bytes, an interrupted write) from {partial}; "
-                  f"that structure is relaxed again", file=sys.stderr)
-        for atoms in frames:
-            done[int(atoms.info["input_index"])] = atoms
-        _check_indices(done, len(structures), out, args.input)
         print(f"resuming: {len(done)} of {len(structures)} structures already done in {partial}", file=sys.stderr)
     done.update(shards.done_elsewhere(out, partial, args.distributed_timeout))  # other processes' / earlier runs' logs
     _check_indices(done, len(structures), out, args.input)

@@ -91,7 +91,8 @@ def partial_logs(out) -> list[Path]:
                   if p.name == out.name + ".partial" or p.name[len(out.name) + 9:].isdigit())
 
 
-def _frames_by_index(path: Path) -> dict:
+def frames_by_index(path: Path) -> dict:
+    """The complete frames of one append log (input index -> Atoms), warning about a dropped truncated tail."""
     frames, dropped = read_frame_log(path)  # a truncated tail (a kill mid-append) is dropped
     if dropped:
         print(f"warning: dropped a truncated last frame ({dropped} bytes, an interrupted write) from {path}; "
@@ -136,7 +137,7 @@ def finish(out, own: Path, done: dict, n_structures: int) -> bool:
         if distributed.process_index() != 0:
             return False
         for path in partial_logs(out):
-            done.update(_frames_by_index(path))
+            done.update(frames_by_index(path))
     missing = [i for i in range(n_structures) if i not in done]
     if missing:
         raise JaxmatInputError(f"structures {missing[:10]} of {n_structures} have no result in {out}.partial*; "

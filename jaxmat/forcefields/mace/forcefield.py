@@ -51,7 +51,6 @@ class MACEJax:
             raise ValueError(f"matmul_precision must be highest, high or default, not {matmul_precision!r}")
         self.matmul_precision = matmul_precision
         self.config = config
-        self.precision = dtype
         self.dtype, self.compute_dtype = (jnp.dtype(name) for name in DTYPES[dtype])  # geometry and sums; model
         self.float64 = self.dtype == jnp.float64  # float64 work runs in jaxmat.precision.float64_scope, not a global switch
         with float64_scope(self.float64):
