@@ -80,9 +80,10 @@ def test_pair_list_agrees_with_the_pair_potential(lj):
     assert len(i) % 2 == 0 and set(systems.tolist()) == {0, 1} and t.dtype.kind == "i"
 
 
-@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
-def test_rebuilds_keep_the_host_loops_steps(lj, optimizer):
-    """A skin of 0.02 Å forces many list rebuilds mid-relaxation; steps and positions stay the host loop's."""
+@pytest.mark.parametrize("optimizer, allocation", [("fire", "host"), ("lbfgs", "host"), ("fire", "device"), ("lbfgs", "device")])
+def test_rebuilds_keep_the_host_loops_steps(lj, optimizer, allocation):
+    """A skin of 0.02 Å forces many list rebuilds mid-relaxation; steps and positions stay the host loop's, with
+    the lists of refilled systems built by vesin or on the device."""
     structures = []
     for seed in range(3):
         atoms = bulk("Ar", "fcc", a=5.3, cubic=True) * (2, 2, 2)
@@ -91,20 +92,21 @@ def test_rebuilds_keep_the_host_loops_steps(lj, optimizer):
     stats = {}
     host = relax(structures, lj, optimizer, fmax=1e-3, max_steps=300, progress=False, loop="host")
     device = relax(structures, lj, optimizer, fmax=1e-3, max_steps=300, progress=False, loop="device", skin=0.02,
-                   max_systems=2, stats=stats)
+                   max_systems=2, stats=stats, allocation=allocation)
     assert [r.n_steps for r in device] == [r.n_steps for r in host]
     assert [r.status for r in device] == ["converged"] * 3
     for a, b in zip(device, host):
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-10)
         assert a.energy == pytest.approx(b.energy, abs=1e-10)
         np.testing.assert_allclose(a.forces, b.forces, atol=1e-10)
-    assert stats["rebuilds"] >= 3 and stats["refills"] >= 2 and stats["compilations"] == 1
+    assert stats["rebuilds"] >= 3 and stats["refills"] >= 2 and stats["compilations"] <= 1  # 0: an earlier case compiled it
     assert stats["structure_evaluations"] == sum(r.n_steps + 1 for r in device)
 
 
-def test_neighbour_growth_reallocates_and_matches_the_host_loop(lj):
+@pytest.mark.parametrize("allocation", ["host", "device"])
+def test_neighbour_growth_reallocates_and_matches_the_host_loop(lj, allocation):
     """Eight argon atoms 4.6 Å apart condense: new neighbours come within the list radius, the slot capacity
-    grows (a second compiled shape) and nothing is dropped."""
+    grows (a second compiled shape, re-allocated by vesin or on the device) and nothing is dropped."""
     from jaxmat.forcefields.classical import lennard_jones
 
     short = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=5.0)
@@ -112,11 +114,12 @@ def test_neighbour_growth_reallocates_and_matches_the_host_loop(lj):
     gas = Atoms("Ar8", positions=grid, cell=[20.0, 20.0, 20.0], pbc=True)
     gas.rattle(0.05, seed=2)
     stats = {}
-    [device] = relax([gas], short, "fire", fmax=1e-3, max_steps=2000, progress=False, loop="device", skin=0.6, stats=stats)
+    [device] = relax([gas], short, "fire", fmax=1e-3, max_steps=2000, progress=False, loop="device", skin=0.6, stats=stats,
+                     allocation=allocation)
     [host] = relax([gas], short, "fire", fmax=1e-3, max_steps=2000, progress=False, loop="host")
     assert device.status == host.status == "converged" and device.n_steps == host.n_steps
     np.testing.assert_allclose(device.atoms.positions, host.atoms.positions, atol=1e-9)
-    assert stats["compilations"] == 2 and stats["rebuilds"] >= 1
+    assert stats["compilations"] == 2 and stats["rebuilds"] >= 1 and stats["reallocations"] >= 1
 
 
 def test_exploding_system_fails_alone(lj):
@@ -203,8 +206,8 @@ def test_cli_reuses_the_persistent_compilation_cache(tmp_path):
     assert run("c.extxyz", "0") == [] and not cache_off.exists()
 
 
-@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
-def test_cell_relaxation_on_the_device_equals_the_host_loop(lj, optimizer):
+@pytest.mark.parametrize("optimizer, allocation", [("fire", "host"), ("lbfgs", "host"), ("lbfgs", "device")])
+def test_cell_relaxation_on_the_device_equals_the_host_loop(lj, optimizer, allocation):
     """Cells relaxed through the JAX Fréchet filter: a compressed cell and an expanded one, a small
     triclinic cell, refills (two systems at a time); the expanding/contracting cells change the images in
     reach (list rebuilds) and the neighbour count (slot capacity grows). Same steps, cells and positions
@@ -218,7 +221,7 @@ def test_cell_relaxation_on_the_device_equals_the_host_loop(lj, optimizer):
     stats = {}
     host = relax(structures, lj, optimizer, fmax=2e-3, max_steps=600, relax_cell=True, progress=False, loop="host")
     device = relax(structures, lj, optimizer, fmax=2e-3, max_steps=600, relax_cell=True, progress=False, loop="device",
-                   max_systems=2, stats=stats)
+                   max_systems=2, stats=stats, allocation=allocation)
     assert [r.status for r in device] == [r.status for r in host]
     assert [r.n_steps for r in device] == [r.n_steps for r in host]
     for a, b in zip(device, host):

@@ -8,8 +8,8 @@ from ase.build import bulk
 
 from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.mace.ops import outgoing_slots
-from jaxmat.forcefields.neighbors import (DeviceCapacity, device_capacity, device_neighbor_matrix, device_outgoing, list_reach,
-                                         neighbor_matrix)
+from jaxmat.forcefields.neighbors import (DeviceCapacity, device_capacity, device_neighbor_counts, device_neighbor_matrix,
+                                         device_outgoing, list_reach, neighbor_matrix)
 from jaxmat.relax import relax
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -57,6 +57,7 @@ def test_device_list_holds_exactly_vesins_pairs():
     build = jax.jit(device_neighbor_matrix, static_argnums=(4,))
     neighbors, translations, mask, overflow = map(np.asarray, build(positions, cells, capacity, CUTOFF, host.slots_needed))
     assert not overflow
+    assert int(device_neighbor_counts(positions, cells, capacity, CUTOFF)) == host.slots_needed  # the device's allocation count
     start = 0
     for atoms in structures:
         rows = np.arange(start, start + len(atoms))

@@ -177,24 +177,37 @@ def device_capacity(system_index: np.ndarray, n_atoms: int, n_systems: int, bloc
     return DeviceCapacity(members, shifts, np.asarray(periodic, bool))
 
 
+def _block_frame(positions, cell, own, periodic):
+    """One system block's atoms wrapped into its cell: (cell, wrapped fractional (B, 3) in [0, 1), image (B, 3)
+    with r = (wrapped + image) @ cell, local row numbers (B,), pair_ok (B, B) both rows members)."""
+    cell = jnp.where(periodic, cell, jnp.eye(3, dtype=cell.dtype))
+    fractional = positions @ jnp.linalg.inv(cell)
+    image = jnp.where(periodic, jnp.floor(fractional), 0.0)
+    local = jnp.arange(positions.shape[0], dtype=jnp.int32)
+    return cell, fractional - image, image, local, own[:, None] & own[None, :]
+
+
+def _hits(frame, periodic, shift, cutoff):
+    """(B, B) True where receiver - (sender + shift) is a pair within ``cutoff`` (Å): the one rule of the device
+    lists (an atom is not its own neighbour in the home cell; non-periodic systems use the home cell only)."""
+    cell, wrapped, _, local, pair_ok = frame
+    vectors = (wrapped[:, None, :] - wrapped[None, :, :] + shift.astype(wrapped.dtype)) @ cell  # receiver - sender
+    zero = jnp.all(shift == 0)
+    return (pair_ok & (jnp.sum(vectors**2, -1) < cutoff**2) & ~(zero & (local[:, None] == local[None, :]))
+            & (periodic | zero))
+
+
 def _system_block(positions, cell, own, periodic, shifts, cutoff, n_slots):
     """One system's list: receivers and senders among its B member rows, images from the shift cube.
     Returns local senders (B, K), translations (B, K, 3), mask (B, K) and each receiver's count (B,)."""
     block = positions.shape[0]
-    cell = jnp.where(periodic, cell, jnp.eye(3, dtype=cell.dtype))
-    fractional = positions @ jnp.linalg.inv(cell)
-    image = jnp.where(periodic, jnp.floor(fractional), 0.0)
-    wrapped = fractional - image  # in [0, 1) per axis; r = (wrapped + image) @ cell
-    local = jnp.arange(block, dtype=jnp.int32)
-    pair_ok = own[:, None] & own[None, :]
+    frame = _block_frame(positions, cell, own, periodic)
+    _, _, image, local, _ = frame
     image_shift = (image[:, None, :] - image[None, :, :]).astype(jnp.int32)  # receiver minus sender
 
     def one_shift(carry, shift):
         count, senders, translations, mask = carry
-        vectors = (wrapped[:, None, :] - wrapped[None, :, :] + shift.astype(wrapped.dtype)) @ cell  # receiver - sender
-        zero = jnp.all(shift == 0)
-        hit = (pair_ok & (jnp.sum(vectors**2, -1) < cutoff**2) & ~(zero & (local[:, None] == local[None, :]))
-               & (periodic | zero))
+        hit = _hits(frame, periodic, shift, cutoff)
         slot = count[:, None] + jnp.cumsum(hit, axis=1, dtype=jnp.int32) - 1
         keep = hit & (slot < n_slots)
         rows, cols = jnp.where(keep, local[:, None], block), jnp.where(keep, slot, 0)
@@ -209,6 +222,30 @@ def _system_block(positions, cell, own, periodic, shifts, cutoff, n_slots):
     return senders, translations, mask, count
 
 
+def _chunk(n_systems: int, block: int, pairs_per_chunk: int) -> int:
+    """Systems per lax.map step: about pairs_per_chunk candidate pairs (never the whole batch squared)."""
+    return max(1, min(n_systems, pairs_per_chunk // max(1, block * block)))
+
+
+def device_neighbor_counts(positions, cells, capacity, cutoff, pairs_per_chunk: int = 1 << 22):
+    """The most neighbours within ``cutoff`` (Å) of any row, counted on the device over the same candidates and
+    rule as :func:`device_neighbor_matrix` (int32 scalar): the slot capacity to allocate. In a full list every
+    pair appears in both directions, so it bounds the outgoing slots too."""
+    members, shifts, periodic = capacity
+    n_rows, (n_systems, block) = positions.shape[0], members.shape
+    own = members < n_rows
+    safe = jnp.where(own, members, 0)
+
+    def one_system(args):
+        positions, cell, own, periodic = args
+        frame = _block_frame(positions, cell, own, periodic)
+        count = lambda total, shift: (total + jnp.sum(_hits(frame, periodic, shift, cutoff), axis=1, dtype=jnp.int32), None)
+        return jax.lax.scan(count, jnp.zeros(block, jnp.int32), shifts)[0]
+
+    counts = jax.lax.map(one_system, (positions[safe], cells, own, periodic), batch_size=_chunk(n_systems, block, pairs_per_chunk))
+    return jnp.max(jnp.where(own, counts, 0), initial=0)
+
+
 def device_neighbor_matrix(positions, cells, capacity, cutoff, n_slots: int, pairs_per_chunk: int = 1 << 22):
     """The neighbour matrix within ``cutoff`` (Å) built on the device, in the layout of :func:`neighbor_matrix`
     (padding slots point at the last row): candidates are every (receiver, sender, shift) of one system
@@ -220,9 +257,9 @@ def device_neighbor_matrix(positions, cells, capacity, cutoff, n_slots: int, pai
     n_rows, (n_systems, block) = positions.shape[0], members.shape
     own = members < n_rows
     safe = jnp.where(own, members, 0)
-    chunk = max(1, min(n_systems, pairs_per_chunk // max(1, block * block)))
-    senders, translations, mask, count = jax.lax.map(
-        lambda args: _system_block(*args, shifts, cutoff, n_slots), (positions[safe], cells, own, periodic), batch_size=chunk)
+    senders, translations, mask, count = jax.lax.map(lambda args: _system_block(*args, shifts, cutoff, n_slots),
+                                                     (positions[safe], cells, own, periodic),
+                                                     batch_size=_chunk(n_systems, block, pairs_per_chunk))
     global_senders = jnp.where(mask, jnp.take_along_axis(safe, senders.reshape(n_systems, -1), 1).reshape(senders.shape), n_rows - 1)
     rows = jnp.where(own, members, n_rows).reshape(-1)
     neighbors = jnp.full((n_rows, n_slots), n_rows - 1, jnp.int32).at[rows].set(global_senders.reshape(-1, n_slots), mode="drop")

@@ -25,6 +25,7 @@ rebuilds, re-allocations, the device loop's seconds (compilation excluded) and t
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from jaxmat.forcefields.mace.ops import outgoing_slots
 from jaxmat.forcefields.neighbors import (
     DeviceCapacity,
     device_capacity,
+    device_neighbor_counts,
     device_neighbor_matrix,
     device_outgoing,
     list_is_stale,
@@ -147,6 +149,18 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
     return run
 
 
+_count_on_device = jax.jit(device_neighbor_counts)
+
+
+@functools.partial(jax.jit, static_argnames=("n_slots", "width", "n_systems"))
+def _allocate_on_device(positions, cells, capacity, system_index, cutoff, n_slots: int, width: int, n_systems: int):
+    """The neighbour arrays of the loop's state built on the device at these capacities, and whether they overflowed."""
+    neighbors, translations, mask, overflow = device_neighbor_matrix(positions, cells, capacity, cutoff, n_slots)
+    outgoing, too_many = device_outgoing(neighbors, mask, width)
+    return {"neighbors": neighbors, "translations": translations, "mask": mask, "outgoing": outgoing,
+            "reach": list_reach(translations, mask, system_index, n_systems)}, overflow | too_many
+
+
 class CompiledLoop:
     """The loop of one force field and optimizer, compiled ahead of time once per shape of the state and
     kept with the force field (later runs of the same shapes compile nothing); with a persistent XLA cache
@@ -195,7 +209,13 @@ class DeviceRelaxation:
     result (stress None unless cells relax)."""
 
     def __init__(self, force_field, optimizer, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, max_force,
-                 relax_cell: bool = False):
+                 relax_cell: bool = False, allocation: str = "auto"):
+        """allocation: where neighbour lists are built when systems join or capacities grow - "host" (vesin),
+        "device" (the loop's own on-device rebuild, no host sorting or copies) or "auto": the device on
+        accelerators, the host on CPU (where vesin is the faster of the two)."""
+        if allocation not in ("auto", "host", "device"):
+            raise ValueError(f"allocation must be auto, host or device, not {allocation!r}")
+        self.allocation = allocation if allocation != "auto" else ("host" if jax.default_backend() == "cpu" else "device")
         self.force_field, self.optimizer, self.relax_cell = force_field, optimizer, relax_cell
         self.params, evaluate = force_field.device_model()
         self.cutoff = cutoff_of(force_field) + skin
@@ -220,37 +240,62 @@ class DeviceRelaxation:
 
     def neighbor_arrays(self, running: list[Running], positions, cells, system_index) -> dict:
         """Neighbour matrix (within cutoff + skin) of the running systems at this geometry, with the reference
-        geometry of the staleness check; grows the slot capacities when needed (a new compiled shape)."""
+        geometry of the staleness check and the on-device list's capacities; grows the slot capacities when
+        needed (a new compiled shape). Built by vesin on the host or on the device (``self.allocation``)."""
+        n_atoms = sum(r.n_atoms for r in running)
+        periodic = np.zeros(self.systems, bool)
+        periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
+        cells64 = np.asarray(cells, np.float64)
+        needed = shift_reach(cells64, periodic, self.cutoff)
+        if self.shift_reach and needed > self.shift_reach:  # the cube overflowed: one shell more than needed now
+            needed += 1
+        capacity = device_capacity(np.asarray(system_index), n_atoms, self.systems, self.block, cells64, periodic, self.cutoff,
+                                   max(needed, self.shift_reach))
+        self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
+        build = self._device_lists if self.allocation == "device" else self._host_lists
+        return build(running, n_atoms, positions, cells, system_index, capacity) | {
+            "members": capacity.members, "shifts": capacity.shifts, "periodic": capacity.periodic}
+
+    def _grow(self, slots_needed: int, incoming: int) -> None:
+        """Slot and outgoing-slot capacities that hold these counts, with a margin (a capacity that grows, grows
+        by at least GROWTH)."""
+        if slots_needed > self.slots or self.slots == 0:  # at least one slot, also with no pairs at all
+            self.slots = bucket(max(int(np.ceil(slots_needed * SLOT_MARGIN)), int(np.ceil(self.slots * GROWTH))), 4)
+        if incoming > self.outgoing_width or self.outgoing_width == 0:
+            self.outgoing_width = bucket(max(int(np.ceil(incoming * SLOT_MARGIN)), int(np.ceil(self.outgoing_width * GROWTH)),
+                                             self.slots), 4)
+
+    def _host_lists(self, running, n_atoms, positions, cells, system_index, capacity) -> dict:
+        """vesin's full list, sorted into slots on the host."""
         from jaxmat.forcefields.base import SystemBatch
 
-        n_atoms = sum(r.n_atoms for r in running)
         positions, cells = np.asarray(positions), np.asarray(cells)  # float32 where x64 is off
         batch = SystemBatch(positions[:n_atoms].astype(np.float64), np.zeros(n_atoms, int), cells[: len(running)].astype(np.float64),
                             np.stack([r.atoms.pbc for r in running]).reshape(-1, 3), np.asarray(system_index)[:n_atoms])
         matrix = neighbor_matrix(batch, self.cutoff, n_atoms + 1)
-        if matrix.slots_needed > self.slots or self.slots == 0:  # at least one slot, also with no pairs at all
-            self.slots = bucket(max(int(np.ceil(matrix.slots_needed * SLOT_MARGIN)), int(np.ceil(self.slots * GROWTH))), 4)
+        incoming = np.bincount(matrix.neighbors[matrix.mask], minlength=n_atoms + 1).max(initial=0)
+        self._grow(matrix.slots_needed, int(incoming))
         matrix = pad_neighbor_matrix(matrix, n_atoms, self.rows, self.slots)
-        incoming = np.bincount(matrix.neighbors[matrix.mask], minlength=self.rows).max(initial=0)
-        if incoming > self.outgoing_width or self.outgoing_width == 0:
-            self.outgoing_width = bucket(max(int(np.ceil(incoming * SLOT_MARGIN)), int(np.ceil(self.outgoing_width * GROWTH)),
-                                             self.slots), 4)
         lengths = np.where(matrix.mask, np.linalg.norm(matrix.translations, axis=-1), 0.0).max(axis=1)
         reach = np.zeros(self.systems)
         np.maximum.at(reach, np.asarray(system_index), lengths)
-        periodic = np.zeros(self.systems, bool)
-        periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
-        cells64 = cells.astype(np.float64)
-        needed = shift_reach(cells64, periodic, self.cutoff)
-        if self.shift_reach and needed > self.shift_reach:  # the cube overflowed: one shell more than needed now
-            needed += 1
-        capacity = device_capacity(system_index, n_atoms, self.systems, self.block, cells64, periodic, self.cutoff,
-                                   max(needed, self.shift_reach))
-        self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
         return {"neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
                 "outgoing": outgoing_slots(matrix.neighbors, matrix.mask, self.outgoing_width),
-                "reference": positions.copy(), "reference_cells": cells.copy(), "reach": reach + 1.0,
-                "members": capacity.members, "shifts": capacity.shifts, "periodic": capacity.periodic}
+                "reference": positions.copy(), "reference_cells": cells.copy(), "reach": reach + 1.0}
+
+    def _device_lists(self, running, n_atoms, positions, cells, system_index, capacity) -> dict:
+        """The same list built on the device (:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`, the loop's
+        own rebuild): neighbours counted first to size the slots (one small sync), nothing sorted on the host."""
+        positions, cells, system_index = (jax.device_put(np.asarray(a)) for a in (positions, cells, system_index))
+        capacity = DeviceCapacity(*(jax.device_put(a) for a in capacity))
+        cutoff = jnp.asarray(self.cutoff, positions.dtype)
+        needed = int(_count_on_device(positions, cells, capacity, cutoff))
+        self._grow(needed, needed)  # a full list is symmetric: no atom sends more than its own count
+        arrays, overflow = _allocate_on_device(positions, cells, capacity, system_index, cutoff, n_slots=self.slots,
+                                               width=self.outgoing_width, n_systems=self.systems)
+        if bool(overflow):
+            raise RuntimeError("the neighbour list built on the device overflowed the capacities counted for it (a bug)")
+        return arrays | {"reference": positions, "reference_cells": cells}
 
     # --- the run -------------------------------------------------------------------------------------
 

@@ -107,6 +107,7 @@ def relax(
     loop: str = "auto",
     skin: float = 0.3,
     max_inner: int = 50,
+    allocation: str = "auto",
 ) -> list[RelaxResult]:
     """Relax ASE Atoms (or pymatgen Structures) with per-system convergence; results in input order.
 
@@ -125,6 +126,9 @@ def relax(
     trajectories), "host" the host-driven loop (any force field), "auto" (default) the device loop where
     it applies. skin (Å): neighbour-list margin of the device loop, rebuilt when an atom moved skin / 2;
     max_inner: most iterations per device call (results and progress are reported between calls).
+    allocation: where the device loop builds neighbour lists when systems join or capacities grow: "host"
+    (vesin), "device" (on the accelerator, as its in-loop rebuilds) or "auto" (default: the device on
+    GPUs/TPUs, the host on CPU); same pairs either way.
     stats then also holds loop_calls, iterations, rebuilds (on the device), reallocations (on the host after a
     list overflow), refills, compilations, compile_seconds, device_seconds, host_seconds.
     """
@@ -159,7 +163,7 @@ def relax(
             from jaxmat.relax.device_loop import DeviceRelaxation
 
             device = DeviceRelaxation(force_field, opt, fmax, max_steps, capacity.rows, capacity.systems, skin, max_inner, MAX_FORCE,
-                                      relax_cell=relax_cell)
+                                      relax_cell=relax_cell, allocation=allocation)
             counters.update(device.run(structures, queue, sizes, results.record))
             counters["force_calls"] = counters["iterations"]
             counters["force_seconds"] = counters["device_seconds"]
