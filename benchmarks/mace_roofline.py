@@ -261,6 +261,48 @@ def profile_call(ff: MACEJax, inputs: dict, repeats: int = 3) -> dict:
     return dict(compile_s=compile_s, call_s=times, flops=flops, bytes=nbytes)
 
 
+def _relative_error(low, reference) -> float:
+    """max |low - reference| / max |reference| over every leaf (0 where the reference is all zero)."""
+    worst = 0.0
+    for a, b in zip(jax.tree_util.tree_leaves(low), jax.tree_util.tree_leaves(reference)):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        scale = float(np.max(np.abs(b), initial=0.0))
+        if scale > 0:
+            worst = max(worst, float(np.max(np.abs(a - b))) / scale)
+    return worst
+
+
+def stage_errors(reference: MACEJax, low: MACEJax, reference_inputs: dict, low_inputs: dict) -> list[dict]:
+    """Where a lower precision loses accuracy: every stage of ``low`` (e.g. float32) run on the *reference*
+    stage's inputs cast to its dtype, against the reference (float64) stage - so each row is that stage's own
+    error, not what earlier stages passed on. Per stage: the relative error of the forward output and of the
+    VJP with a cotangent of ones (w.r.t. what depends on the positions; what a force call differentiates)."""
+    low_dtype = getattr(low, "compute_dtype", low.dtype)
+    cast = lambda tree: jax.tree_util.tree_map(  # noqa: E731
+        lambda a: jnp.asarray(a, low_dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)
+    reference_stages, low_stages = iter_stages(reference, reference_inputs), iter_stages(low, low_inputs)
+    rows, out = [], None
+    while True:
+        try:
+            with model_precision(reference):
+                stage = reference_stages.send(out)
+            with model_precision(low):
+                low_stage = low_stages.send(None if out is None else cast(out))
+        except StopIteration:
+            break
+        with model_precision(reference):
+            out = jax.jit(stage.fn)(*stage.args)
+            reference_grads = (jax.jit(forward_backward(stage.fn, stage.argnums))(stage.args, jax.tree_util.tree_map(jnp.ones_like, out))[1]
+                               if stage.argnums else None)
+        with model_precision(low):
+            low_out = jax.jit(low_stage.fn)(*low_stage.args)
+            low_grads = (jax.jit(forward_backward(low_stage.fn, low_stage.argnums))(
+                low_stage.args, jax.tree_util.tree_map(jnp.ones_like, low_out))[1] if low_stage.argnums else None)
+        rows.append({"stage": stage.name, "forward": _relative_error(low_out, out),
+                     "backward": None if reference_grads is None else _relative_error(low_grads, reference_grads)})
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="/work/shared/models/mace_heo_chgnet_small.model")

@@ -29,7 +29,7 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     out = tmp_path / "gpu"
     model = harness.find_model()
     profile_name = f"profile-{'small' if model else 'random-small'}-float64"  # without ../shared: the relaxations' random model
-    cases = ("forces-small-float64," if model else "") + f"forces-medium-float64,{profile_name},relax-W3-lbfgs,polysrl"
+    cases = ("forces-small-float64," if model else "") + f"forces-medium-float64,{profile_name},relax-W3-lbfgs,precision,polysrl"
     done = subprocess.run(["bash", str(HARNESS / "run.sh"), str(out)], cwd=REPO, capture_output=True, text=True, timeout=900,
                           env=_smoke_env(JAXMAT_GPU_BUDGET="600", JAXMAT_GPU_CASES=cases))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -60,6 +60,12 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     assert len(stages) + len(profile["traced_only"]) == 14 and "stopped" not in profile
     assert profile["workload"] == "W1" and profile["atoms"] == 16 and profile["edges"] > 0
     assert min(profile["call"]["call_s"]) > 0 and profile["call"]["compile_s"] > 0 and profile["call"]["flops"] > 0
+    # float32 stage by stage against float64 on the float64 stage's inputs: on a CPU every stage is float32 rounding
+    precision = units["precision-float32-default"]["result"]
+    assert [r["stage"] for r in precision["stages"]] == [r["stage"] for r in stages] + profile["traced_only"]
+    assert all(r["forward"] < 1e-5 and (r["backward"] is None or r["backward"] < 1e-5) for r in precision["stages"])
+    assert sum(r["forward"] > 0 for r in precision["stages"]) >= 10  # compared in float32, not float64 against itself
+    assert precision["energy_per_atom_error"] < 1e-5 and precision["force_error"] < 1e-4 and precision["atoms"] == 16
     # relaxation: jaxmat takes ASE's steps and ends at ASE's energies
     jax_relax = units["relax-W3-lbfgs-jaxmat-jax"]["result"]
     ase_relax = units["relax-W3-lbfgs-ase"]["result"]
@@ -78,6 +84,7 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     text = (out / "results.md").read_text()
     assert "## Parity" in text and "relax-W3-lbfgs-jaxmat-jax" in text and "SMOKE RUN" in text
     assert "## Where the JAX MACE's time goes" in text and "| L0 edge TP + neighbour sum |" in text and "| whole call |" in text
+    assert "## Where float32 loses accuracy" in text and "| L1 symmetric contraction | " in text
     assert (out / "results.png").stat().st_size > 1000 and (out / "harness.log").exists()
 
 
@@ -119,6 +126,9 @@ def test_plan_order_and_sizes():
     names = [u["name"] for u in plan]
     assert names[0] == "env" and names[1:4] == ["forces-small-float64-mace-torch", "forces-small-float64-jaxmat-jax", "profile-small-float64"]
     assert names.index("forces-small-float32-jaxmat-jax") < names.index("profile-small-float32") < names.index("polysrl")
+    precision = [u for u in plan if u["kind"] == "precision"]  # the float32 diagnosis: default, TF32 off, Triton GEMMs off
+    assert [u["spec"]["env"] for u in precision] == [{}, {"NVIDIA_TF32_OVERRIDE": "0"}, {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}]
+    assert names.index("profile-small-float32") < names.index(precision[0]["name"]) < names.index("polysrl")
     profiles = [u for u in plan if u["kind"] == "profile"]
     assert all(u["spec"]["workload"] == "W3" and u["spec"]["repeats"] == 3 and u["cap_s"] <= 120 for u in profiles)
     assert all(u["spec"]["max_stages"] is None for u in profiles)  # every stage measured on the device

@@ -48,8 +48,8 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
     """Units in order of value: name, kind, spec, min_s (skip below this budget left), cap_s (its own limit).
 
     Parity and force calls of the shared model in float64 first, then the JAX MACE's per-stage profile
-    (where its GPU time goes), the headline relaxations (W3, W4; L-BFGS, then FIRE), float32 force calls
-    and profile, the MACE-MP-0 medium shape, and the PolySRL train step.
+    (where its GPU time goes), the headline relaxations (W3, W4; L-BFGS, then FIRE), float32 force calls,
+    profile and per-stage float32 error (``precision-*``), the MACE-MP-0 medium shape, and the PolySRL train step.
     """
     repeats = 1 if smoke else 3
     workloads = ["W1"] if smoke else ["W1", "W3", "W4"]
@@ -73,6 +73,16 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
                 "max_stages": 5 if smoke else None}
         return [{"name": f"profile-{name}-{dtype}", "kind": "profile", "min_s": 60, "cap_s": 120, "spec": spec}]
 
+    def precision():
+        # float32 on the GPU was 1e-3 eV/atom from float64 although every dot carries precision HIGHEST (2026-11-26): the
+        # stage that loses it, by default and with TensorFloat-32 switched off at the CUDA level / Triton GEMMs off
+        model_spec = model or ("random-small" if smoke else "medium")
+        variants = [("default", {})] + ([] if smoke else [("tf32-override-off", {"NVIDIA_TF32_OVERRIDE": "0"}),
+                                                         ("no-triton-gemm", {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"})])
+        return [{"name": f"precision-float32-{variant}", "kind": "precision", "min_s": 20, "cap_s": 90,
+                 "spec": {"model": model_spec, "dtype": "float32", "workload": "W1", "variant": variant, "env": env}}
+                for variant, env in variants]
+
     def relaxations(workload, optimizer):
         if not relax_model:
             return []
@@ -85,7 +95,7 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
     plan = [{"name": "env", "kind": "env", "spec": {}, "min_s": 5, "cap_s": 60}]
     plan += forces(small, small_name, "float64") + profile("float64")
     plan += relaxations("W3", "lbfgs") + relaxations("W4", "lbfgs") + relaxations("W3", "fire") + relaxations("W4", "fire")
-    plan += forces(small, small_name, "float32") + profile("float32")
+    plan += forces(small, small_name, "float32") + profile("float32") + precision()
     if not smoke:  # the JAX MACE's float32 model with float64 geometry and sums; its speed peer is mace-torch float32
         plan += [unit for unit in forces(small, small_name, "mixed") if unit["spec"]["contender"] == "jaxmat-jax"]
     if model:

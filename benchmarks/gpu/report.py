@@ -112,6 +112,28 @@ def profile_lines(record: dict) -> list[str]:
     return lines
 
 
+def precision_lines(record: dict) -> list[str]:
+    """One table of the ``precision`` units: each stage's relative error in float32 against float64 under every
+    environment variant measured (forward / VJP), and the whole call's errors."""
+    results = {name: entry["result"] for name, entry in record["units"].items() if entry["kind"] == "precision" and entry["status"] == "ok"}
+    if not results:
+        return []
+    first = next(iter(results.values()))
+    error = lambda value: "–" if value is None else f"{value:.1e}"  # noqa: E731
+    lines = ["", f"## Where float32 loses accuracy ({first['workload']}, {first['atoms']} atoms, {first['device']})", "",
+             "Each stage of the float32 JAX MACE on the float64 stage's inputs (cast), against the float64 stage: its own "
+             "relative error max|f32 - f64| / max|f64|, forward / VJP (benchmarks/mace_roofline.py stage_errors). "
+             "float32 rounding alone is ~1e-7; TensorFloat-32 gives ~1e-3. One column per environment variant.", "",
+             "| stage | " + " | ".join(r["variant"] for r in results.values()) + " |", "|---|" + "---|" * len(results)]
+    for i, row in enumerate(first["stages"]):
+        cells = [f"{error(r['stages'][i]['forward'])} / {error(r['stages'][i]['backward'])}" if i < len(r["stages"]) else "–"
+                 for r in results.values()]
+        lines.append(f"| {row['stage']} | " + " | ".join(cells) + " |")
+    lines.append("| whole call: energy eV/atom / forces eV/Å | " + " | ".join(
+        f"{r['energy_per_atom_error']:.1e} / {r['force_error']:.1e}" for r in results.values()) + " |")
+    return lines
+
+
 def render(record: dict) -> str:
     env = _ok(record, "env") or {}
     lines = ["# GPU benchmark results", ""]
@@ -147,6 +169,7 @@ def render(record: dict) -> str:
                              f"{_ms(j.get('call_s'))} | {_ms(j.get('model_s'))} | {j.get('first_call_s', float('nan')):.1f} | {ratio('call_s')} | "
                              f"{ratio('model_s')} | {_mib(t.get('peak_device_bytes'))} / {_mib(j.get('peak_device_bytes'))} |")
     lines += profile_lines(record)
+    lines += precision_lines(record)
     lines += ["", "## Relaxation (float64, fmax 0.05 eV/Å, all structures in one batch; ASE one at a time on the first few)", "",
               "| workload | optimizer | contender | structures | seconds | structures/s | steps mean / max | converged | "
               "outside force calls | cold run (s) / compiled shapes |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -17,6 +17,9 @@ outputs, ``block_until_ready`` or ``torch.cuda.synchronize``). Units:
 - ``profile``: where the JAX MACE's time goes: every stage of one call (benchmarks/mace_roofline.py)
   compiled alone with the inputs it gets in the real call, forward and forward+backward, XLA FLOPs and
   bytes, compile seconds apart; and the whole compiled call on the same inputs.
+- ``precision``: where the JAX MACE's float32 loses accuracy on this device, stage by stage against float64
+  (mace_roofline.stage_errors), under one environment variant set before JAX starts (TF32 override, XLA
+  flags), and the whole float32 call's energy and force error.
 """
 
 from __future__ import annotations
@@ -360,4 +363,34 @@ def unit_profile(spec, arrays):
     return result
 
 
-UNITS = {"env": unit_env, "forces": unit_forces, "relax": unit_relax, "polysrl": unit_polysrl, "profile": unit_profile}
+def unit_precision(spec, arrays):
+    """The float32 (or mixed) JAX MACE against its float64 self on one workload: each stage's own relative error,
+    forward and VJP, on the float64 stage's inputs (mace_roofline.stage_errors), then the whole call's energy
+    (eV/atom) and force (eV/Å) error. spec env: variables set before JAX starts (XLA_FLAGS appended to)."""
+    env = dict(spec.get("env", {}))
+    if spec["smoke"]:  # toy sizes: XLA's backend optimisations off, 40 % less compilation (CI's time)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    for key, value in env.items():
+        os.environ[key] = (os.environ.get(key, "") + " " + value).strip() if key == "XLA_FLAGS" else value
+    import jax
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from mace_roofline import stage_errors
+
+    from jaxmat.forcefields.base import batch_from_atoms
+    from jaxmat.forcefields.mace.forcefield import MACEJax
+
+    model = load_model(spec["model"], spec["smoke"])
+    batch = batch_from_atoms(structures(spec["workload"], spec["smoke"]))
+    reference, low = MACEJax.from_torch(model, dtype="float64"), MACEJax.from_torch(model, dtype=spec["dtype"])
+    stages = stage_errors(reference, low, reference.padded_inputs(batch), low.padded_inputs(batch))
+    exact, approximate = reference(batch), low(batch)
+    atoms_per_system = np.bincount(batch.system_index)
+    return {"variant": spec["variant"], "env": spec.get("env", {}), "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+            "dtype": spec["dtype"], "workload": spec["workload"], "atoms": len(batch.numbers), "stages": stages,
+            "energy_per_atom_error": float(np.max(np.abs(approximate.energy - exact.energy) / atoms_per_system)),
+            "force_error": float(np.max(np.abs(approximate.forces - exact.forces)))}
+
+
+UNITS = {"env": unit_env, "forces": unit_forces, "relax": unit_relax, "polysrl": unit_polysrl, "profile": unit_profile,
+         "precision": unit_precision}
