@@ -154,7 +154,8 @@ def iter_stages(ff: MACEJax, inputs: dict):
         product_species = jnp.zeros_like(species) if pc["agnostic"] else species
 
         def product(coupled, pp, product_species, pc=pc):
-            return ops.symmetric_contraction(coupled, product_species, pc["contractions"], pp["weights"])
+            return ops.symmetric_contraction(coupled, product_species, pc["contractions"], pp["weights"],
+                                             getattr(ff, "contraction_block", 1))
 
         blocks = yield Stage(f"L{layer} symmetric contraction", product, (coupled, pp, product_species), (0,))
 

@@ -60,6 +60,7 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     assert len(stages) + len(profile["traced_only"]) == 14 and "stopped" not in profile
     assert profile["workload"] == "W1" and profile["atoms"] == 16 and profile["edges"] > 0
     assert min(profile["call"]["call_s"]) > 0 and profile["call"]["compile_s"] > 0 and profile["call"]["flops"] > 0
+    assert profile["blocked_call"]["block"] == 64 and min(profile["blocked_call"]["call_s"]) > 0  # the blocked product basis too
     # float32 stage by stage against float64 on the float64 stage's inputs: on a CPU every stage is float32 rounding
     precision = units["precision-float32-default"]["result"]
     assert [r["stage"] for r in precision["stages"]] == [r["stage"] for r in stages] + profile["traced_only"]
@@ -85,6 +86,7 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     assert "## Parity" in text and "relax-W3-lbfgs-jaxmat-jax" in text and "SMOKE RUN" in text
     assert "## Where the JAX MACE's time goes" in text and "| L0 edge TP + neighbour sum |" in text and "| whole call |" in text
     assert "## Where float32 loses accuracy" in text and "| L1 symmetric contraction | " in text
+    assert "in blocks of 64 monomials (`MACEJax(contraction_block=64)`)" in text
     assert (out / "results.png").stat().st_size > 1000 and (out / "harness.log").exists()
 
 

@@ -70,7 +70,7 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
         model_spec = model or ("random-small" if smoke else "medium")
         name = "small" if model else ("random-small" if smoke else "medium")
         spec = {"model": model_spec, "dtype": dtype, "workload": "W3" if model and not smoke else "W1", "repeats": repeats,
-                "max_stages": 5 if smoke else None}
+                "max_stages": 5 if smoke else None, "contraction_block": 64}
         return [{"name": f"profile-{name}-{dtype}", "kind": "profile", "min_s": 60, "cap_s": 120, "spec": spec}]
 
     def precision():

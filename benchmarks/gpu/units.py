@@ -347,6 +347,14 @@ def unit_profile(spec, arrays):
     call = profile_call(force_field, inputs, repeats)
     print(f"whole call {1e3 * np.median(call['call_s']):.1f} ms (compiled in {call['compile_s']:.1f} s), "
           f"{call['flops'] / 1e9:.3f} GFLOP, {call['bytes'] / 1e9:.3f} GB", flush=True)
+    blocked = None
+    if spec.get("contraction_block") and time.time() + 3 * call["compile_s"] + 10 < deadline:
+        # the same call with the product basis in blocks of monomials (MACEJax(contraction_block=...)): fewer, larger
+        # loop steps than the one-monomial loop, which the profile shows launch-bound on a GPU
+        other = MACEJax.from_torch(load_model(spec["model"], smoke), dtype=spec["dtype"], contraction_block=spec["contraction_block"])
+        blocked = {"block": spec["contraction_block"], **profile_call(other, inputs, repeats)}
+        print(f"whole call, contraction_block={blocked['block']}: {1e3 * np.median(blocked['call_s']):.1f} ms", flush=True)
+        del other
 
     def show(row):
         print(f"{row['stage']:38s} fwd {1e3 * np.median(row['fwd_s']):9.2f} ms  fwd+bwd {1e3 * np.median(row['fwd_bwd_s']):9.2f} ms  "
@@ -357,7 +365,7 @@ def unit_profile(spec, arrays):
               "dtype": spec["dtype"], "atoms": len(batch.numbers), "systems": batch.n_systems,
               "edges": int(np.asarray(inputs["neighbor_mask"]).sum()), "neighbor_matrix": list(inputs["neighbors"].shape),
               "host_inputs_s": host_s, "call": call, "stages": profile["rows"], "traced_only": profile["traced_only"],
-              "peak_device_bytes": jax_peak_bytes()}
+              "peak_device_bytes": jax_peak_bytes(), **({"blocked_call": blocked} if blocked else {})}
     if profile["stopped"]:
         result["stopped"] = profile["stopped"]
     return result

@@ -40,16 +40,22 @@ class MACEJax:
     """Force field from a JAX MACE (config, params); ``MACEJax.from_torch(path)`` or ``MACEJax.load(dir)``."""
 
     def __init__(self, config: dict, params, dtype: str = "float64", head: str | None = None,
-                 matmul_precision: str = "highest"):
+                 matmul_precision: str = "highest", contraction_block: int = 1):
         """dtype: a name in :data:`DTYPES` (the module docstring). matmul_precision: "highest" (default)
         multiplies float32 matrices in full float32, as mace-torch does; "default" lets XLA use TensorFloat-32
         on NVIDIA GPUs, faster but measured 1e-3 eV/atom and 0.06-0.14 eV/Å off mace-torch on an H200
-        (benchmarks/gpu). It applies to float32 and "mixed"; no effect in float64 or on CPU."""
+        (benchmarks/gpu). It applies to float32 and "mixed"; no effect in float64 or on CPU. contraction_block:
+        monomials of the product basis per loop step (1, default: one at a time, the fastest form on CPU; e.g. 64:
+        fewer, larger steps, meant for GPUs where each step is a kernel launch; not yet timed on one); same numbers
+        up to summation order."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         if matmul_precision not in ("highest", "high", "default"):
             raise ValueError(f"matmul_precision must be highest, high or default, not {matmul_precision!r}")
         self.matmul_precision = matmul_precision
+        if int(contraction_block) != contraction_block or contraction_block < 1:
+            raise ValueError(f"contraction_block must be a whole number >= 1, not {contraction_block!r}")
+        self.contraction_block = int(contraction_block)
         self.config = config
         self.dtype, self.compute_dtype = (jnp.dtype(name) for name in DTYPES[dtype])  # geometry and sums; model
         self.float64 = self.dtype == jnp.float64  # float64 work runs in jaxmat.precision.float64_scope, not a global switch
@@ -65,7 +71,7 @@ class MACEJax:
         self._species_of = np.full(119, -1, np.int32)
         self._species_of[np.asarray(config["atomic_numbers"])] = np.arange(len(config["atomic_numbers"]))
         self._evaluate = jax.jit(functools.partial(energy_forces_stress, config=config, head=self.head_index,
-                                                   compute_dtype=self.compute_dtype),
+                                                   compute_dtype=self.compute_dtype, contraction_block=self.contraction_block),
                                  static_argnames=("n_systems",))
         self.compiled_shapes: list[tuple[int, int, int]] = []  # (atoms, neighbour slots, systems) seen so far
 
@@ -139,7 +145,7 @@ class MACEJax:
         """(params, energy_forces_stress(params, graph)) for the device relaxation loop: graph holds
         positions, cells, species, system_index, neighbors, translations, mask, outgoing (padded)."""
         config, head, precision, dtype = self.config, self.head_index, self.matmul_precision, self.dtype
-        float64, compute_dtype = self.float64, self.compute_dtype
+        float64, compute_dtype, block = self.float64, self.compute_dtype, self.contraction_block
 
         def evaluate(params, graph):
             with jax.default_matmul_precision(precision), float64_scope(float64):
@@ -147,7 +153,7 @@ class MACEJax:
                 shifts = slot_shifts(graph["translations"], cells, graph["system_index"])
                 out = energy_forces_stress(params, config, positions, graph["species"], cells, graph["system_index"],
                                            graph["neighbors"], shifts, graph["mask"], cells.shape[0], head, graph["outgoing"],
-                                           compute_dtype)
+                                           compute_dtype, block)
                 return tuple(x.astype(graph["positions"].dtype) for x in out)
 
         return self.params, evaluate

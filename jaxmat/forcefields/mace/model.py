@@ -112,13 +112,15 @@ def with_radial_table(params, config, step: float = 1e-3, r_min: float = 0.5):
     return {**params, "radial_table": tables}, float(max(errors))
 
 
-def node_energies(params, config, species, vectors, neighbors, neighbor_mask, head: int = 0, outgoing_slots=None):
+def node_energies(params, config, species, vectors, neighbors, neighbor_mask, head: int = 0, outgoing_slots=None,
+                  contraction_block: int = 1):
     """Interaction energy of every atom (eV, after scale and shift, without the E0s).
 
     species (N,) index into config['atomic_numbers']; neighbors (N, K) the sending atom of each of
     the K neighbour slots of every (receiving) atom; vectors (N, K, 3) Å = r_receiver - r_sender +
     periodic shift; neighbor_mask (N, K) False on padding slots; outgoing_slots (optional, from
-    :func:`ops.outgoing_slots`) makes the gradient of the neighbour gathers a gather instead of a scatter.
+    :func:`ops.outgoing_slots`) makes the gradient of the neighbour gathers a gather instead of a scatter;
+    contraction_block: monomials per step of the product basis (:func:`ops.symmetric_contraction`).
     """
     n_nodes, k_slots = neighbors.shape
     r_max = config["r_max"]
@@ -152,7 +154,8 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
             coupled = jnp.concatenate(messages, axis=1)  # (N, A, C): MACE's reshape_irreps, transposed
         with jax.named_scope(f"mace_product_L{layer}"):
             product_species = jnp.zeros_like(species) if prod_cfg["agnostic"] else species
-            blocks = ops.symmetric_contraction(coupled, product_species, prod_cfg["contractions"], prod_params["weights"])
+            blocks = ops.symmetric_contraction(coupled, product_species, prod_cfg["contractions"], prod_params["weights"],
+                                               contraction_block)
         with jax.named_scope(f"mace_linears_L{layer}"):
             node_feats = _linear(blocks, prod_cfg["linear"], prod_params["linear"])
             if prod_cfg["use_sc"] and sc is not None:
@@ -192,7 +195,8 @@ def reference_energies(config, species, head: int = 0):
 
 
 def energy_forces_stress(params, config, positions, species, cells, system_index, neighbors, shifts,
-                         neighbor_mask, n_systems: int, head: int = 0, outgoing_slots=None, compute_dtype=None):
+                         neighbor_mask, n_systems: int, head: int = 0, outgoing_slots=None, compute_dtype=None,
+                         contraction_block: int = 1):
     """Total energies (S,) eV, forces (N, 3) eV/Å = -dE/dx and stress (S, 3, 3) eV/Å^3 = (1/V) dE/d(strain).
 
     neighbors (N, K) senders of each atom's neighbour slots; shifts (N, K, 3) Å the periodic image
@@ -214,7 +218,7 @@ def energy_forces_stress(params, config, positions, species, cells, system_index
         shift = jnp.einsum("nka,nab->nkb", shifts, atom_deform)  # an edge belongs to its receiver's system
         senders = pos[neighbors] if outgoing_slots is None else ops.gather_neighbors(pos, neighbors, outgoing_slots)
         vectors = (pos[:, None, :] - senders + shift).astype(compute_dtype)  # rounded to the edge, not the coordinates
-        e_node = node_energies(params, config, species, vectors, neighbors, neighbor_mask, head, outgoing_slots)
+        e_node = node_energies(params, config, species, vectors, neighbors, neighbor_mask, head, outgoing_slots, contraction_block)
         return jax.ops.segment_sum(e_node.astype(positions.dtype), system_index, n_systems)
 
     e_inter, forces, stress = energies_forces_stress(interaction_energy, positions, cells, n_systems)

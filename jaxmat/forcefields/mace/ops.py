@@ -319,21 +319,91 @@ def _make_contraction(folded):
     return contract
 
 
+def _make_blocked_contraction(folded, block: int):
+    """The same contraction as :func:`_make_contraction`, ``block`` monomials per loop step: each step gathers
+    (block, atoms, channels) factors and sums them into their output components (segment sums), so a
+    290-monomial product takes ceil(290 / block) steps instead of 290 - fewer, larger kernels, for accelerators
+    where each loop step is a launch; more memory traffic per step than the one-monomial loop (the faster form
+    on CPU). Monomials padded to a multiple of ``block`` carry zero weight. Custom VJP of the same shape."""
+    nu, n_m, n_p = folded["index"].shape[1], folded["n_m"], len(folded["m"])
+    n_chunks = -(-n_p // block)
+    pad = n_chunks * block - n_p
+    m_table = np.concatenate([folded["m"], np.zeros(pad, np.int32)]).reshape(n_chunks, block)
+    a_table = np.concatenate([folded["index"], np.zeros((pad, nu), np.int32)]).reshape(n_chunks, block, nu)
+
+    def chunked(weights):  # (P, S, C) -> (chunks, block, S, C), zero weights on the padding monomials
+        padded = jnp.concatenate([weights, jnp.zeros((pad,) + weights.shape[1:], weights.dtype)])
+        return padded.reshape((n_chunks, block) + weights.shape[1:])
+
+    def monomials(x, a_chunk, skip=None):
+        product = None
+        for j in range(nu):
+            if j != skip:
+                factor = x[a_chunk[:, j]]  # (block, N, C)
+                product = factor if product is None else product * factor
+        return product
+
+    def forward_loop(x, weights, species):
+        def step(out, chunk):
+            w_chunk, m_chunk, a_chunk = chunk
+            product = jnp.take(w_chunk, species, axis=1) * monomials(x, a_chunk)
+            return out + jax.ops.segment_sum(product, m_chunk, n_m), None
+
+        start = jnp.zeros((n_m,) + x.shape[1:], x.dtype)
+        return jax.lax.scan(step, start, (chunked(weights), jnp.asarray(m_table), jnp.asarray(a_table)))[0]
+
+    @jax.custom_vjp
+    def contract(x, weights, species):
+        return forward_loop(x, weights, species)
+
+    def forward(x, weights, species):
+        return forward_loop(x, weights, species), (x, weights, species)
+
+    def backward(residuals, g):
+        x, weights, species = residuals
+
+        def step_x(dx, chunk):
+            w_chunk, m_chunk, a_chunk = chunk
+            g_w = g[m_chunk] * jnp.take(w_chunk, species, axis=1)
+            for j in range(nu):
+                others = monomials(x, a_chunk, skip=j)
+                dx = dx.at[a_chunk[:, j]].add(g_w if others is None else g_w * others)
+            return dx, None
+
+        one_hot = jax.nn.one_hot(species, weights.shape[1], dtype=x.dtype)  # (N, S)
+
+        def step_w(_, chunk):
+            m_chunk, a_chunk = chunk
+            return None, jnp.einsum("ns,gnc->gsc", one_hot, g[m_chunk] * monomials(x, a_chunk))
+
+        tables = (jnp.asarray(m_table), jnp.asarray(a_table))
+        dx = jax.lax.scan(step_x, jnp.zeros_like(x), (chunked(weights),) + tables)[0]
+        dw = jax.lax.scan(step_w, None, tables)[1].reshape((n_chunks * block,) + weights.shape[1:])[:n_p]
+        return dx, dw, None
+
+    contract.defvjp(forward, backward)
+    return contract
+
+
 _CONTRACTION_FNS: dict = {}
 
 
-def _contraction_fn(terms):
-    key = id(terms)
+def _contraction_fn(terms, block: int = 1):
+    key = (id(terms), block)
     if key not in _CONTRACTION_FNS:
         folded = _folded_terms(terms)  # kept with terms alive, so the id stays unique
-        _CONTRACTION_FNS[key] = (terms, folded, _make_contraction(folded))
+        make = _make_contraction(folded) if block == 1 else _make_blocked_contraction(folded, block)
+        _CONTRACTION_FNS[key] = (terms, folded, make)
     return _CONTRACTION_FNS[key][1:]
 
 
-def symmetric_contraction(x, species, contractions, weights):
+def symmetric_contraction(x, species, contractions, weights, block: int = 1):
     """MACE SymmetricContraction. x (N, A, C): the coupled features stacked; contractions[o][nu-1]
     the :func:`contraction_terms` of output irrep o; weights[o][nu-1] (S, K, C). One (N, 2l+1, C) block
-    per output irrep."""
+    per output irrep. block: monomials per loop step (1: the one-monomial loop, fastest on CPU; larger: fewer,
+    larger steps, :func:`_make_blocked_contraction`); the same numbers up to summation order."""
+    if int(block) < 1:
+        raise ValueError(f"block must be a whole number >= 1, not {block!r}")
     x_t = jnp.moveaxis(x, 1, 0)  # (A, N, C): every coupled component a contiguous row of atoms x channels
     blocks = []
     for terms_by_order, weights_by_order in zip(contractions, weights):
@@ -341,7 +411,7 @@ def symmetric_contraction(x, species, contractions, weights):
         for terms, w in zip(terms_by_order, weights_by_order):
             if len(terms["forward"]["value"]) == 0:
                 continue
-            folded, contract = _contraction_fn(terms)
+            folded, contract = _contraction_fn(terms, int(block))
             contribution = contract(x_t, _folded_weights(w, folded), species)
             total = contribution if total is None else total + contribution
         blocks.append(jnp.moveaxis(total, 0, 1))
