@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.base import batch_from_atoms  # noqa: E402
-from jaxmat.forcefields.mace import model as mace_model, ops  # noqa: E402
+from jaxmat.forcefields.mace import model as mace_model, ops, product_basis  # noqa: E402
 from jaxmat.forcefields.mace.forcefield import MACEJax  # noqa: E402
 from jaxmat.precision import float64_scope  # noqa: E402
 try:
@@ -154,7 +154,7 @@ def iter_stages(ff: MACEJax, inputs: dict):
         product_species = jnp.zeros_like(species) if pc["agnostic"] else species
 
         def product(coupled, pp, product_species, pc=pc):
-            return ops.symmetric_contraction(coupled, product_species, pc["contractions"], pp["weights"],
+            return product_basis.symmetric_contraction(coupled, product_species, pc["contractions"], pp["weights"],
                                              getattr(ff, "contraction_block", 1))
 
         blocks = yield Stage(f"L{layer} symmetric contraction", product, (coupled, pp, product_species), (0,))
@@ -273,17 +273,19 @@ def _relative_error(low, reference) -> float:
     return worst
 
 
-def stage_errors(reference: MACEJax, low: MACEJax, reference_inputs: dict, low_inputs: dict) -> list[dict]:
+def stage_errors(reference: MACEJax, low: MACEJax, reference_inputs: dict, low_inputs: dict,
+                 max_stages: int | None = None) -> list[dict]:
     """Where a lower precision loses accuracy: every stage of ``low`` (e.g. float32) run on the *reference*
     stage's inputs cast to its dtype, against the reference (float64) stage - so each row is that stage's own
     error, not what earlier stages passed on. Per stage: the relative error of the forward output and of the
-    VJP with a cotangent of ones (w.r.t. what depends on the positions; what a force call differentiates)."""
+    VJP with a cotangent of ones (w.r.t. what depends on the positions; what a force call differentiates).
+    With ``max_stages``, only the first max_stages stages (the smoke run's shortcut)."""
     low_dtype = getattr(low, "compute_dtype", low.dtype)
     cast = lambda tree: jax.tree_util.tree_map(  # noqa: E731
         lambda a: jnp.asarray(a, low_dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)
     reference_stages, low_stages = iter_stages(reference, reference_inputs), iter_stages(low, low_inputs)
     rows, out = [], None
-    while True:
+    while max_stages is None or len(rows) < max_stages:
         try:
             with model_precision(reference):
                 stage = reference_stages.send(out)

@@ -63,9 +63,9 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     assert profile["blocked_call"]["block"] == 64 and min(profile["blocked_call"]["call_s"]) > 0  # the blocked product basis too
     # float32 stage by stage against float64 on the float64 stage's inputs: on a CPU every stage is float32 rounding
     precision = units["precision-float32-default"]["result"]
-    assert [r["stage"] for r in precision["stages"]] == [r["stage"] for r in stages] + profile["traced_only"]
+    assert [r["stage"] for r in precision["stages"]] == ([r["stage"] for r in stages] + profile["traced_only"])[:7]  # smoke: 7
     assert all(r["forward"] < 1e-5 and (r["backward"] is None or r["backward"] < 1e-5) for r in precision["stages"])
-    assert sum(r["forward"] > 0 for r in precision["stages"]) >= 10  # compared in float32, not float64 against itself
+    assert sum(r["forward"] > 0 for r in precision["stages"]) >= 6  # compared in float32, not float64 against itself
     assert precision["energy_per_atom_error"] < 1e-5 and precision["force_error"] < 1e-4 and precision["atoms"] == 16
     # relaxation: jaxmat takes ASE's steps and ends at ASE's energies
     jax_relax = units["relax-W3-lbfgs-jaxmat-jax"]["result"]
@@ -85,7 +85,7 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     text = (out / "results.md").read_text()
     assert "## Parity" in text and "relax-W3-lbfgs-jaxmat-jax" in text and "SMOKE RUN" in text
     assert "## Where the JAX MACE's time goes" in text and "| L0 edge TP + neighbour sum |" in text and "| whole call |" in text
-    assert "## Where float32 loses accuracy" in text and "| L1 symmetric contraction | " in text
+    assert "## Where float32 loses accuracy" in text and "| L0 symmetric contraction | " in text
     assert "in blocks of 64 monomials (`MACEJax(contraction_block=64)`)" in text
     assert (out / "results.png").stat().st_size > 1000 and (out / "harness.log").exists()
 

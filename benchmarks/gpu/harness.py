@@ -80,7 +80,8 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
         variants = [("default", {})] + ([] if smoke else [("tf32-override-off", {"NVIDIA_TF32_OVERRIDE": "0"}),
                                                          ("no-triton-gemm", {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"})])
         return [{"name": f"precision-float32-{variant}", "kind": "precision", "min_s": 20, "cap_s": 90,
-                 "spec": {"model": model_spec, "dtype": "float32", "workload": "W1", "variant": variant, "env": env}}
+                 "spec": {"model": model_spec, "dtype": "float32", "workload": "W1", "variant": variant, "env": env,
+                          "max_stages": 7 if smoke else None}}
                 for variant, env in variants]
 
     def relaxations(workload, optimizer):

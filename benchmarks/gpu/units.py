@@ -391,7 +391,7 @@ def unit_precision(spec, arrays):
     model = load_model(spec["model"], spec["smoke"])
     batch = batch_from_atoms(structures(spec["workload"], spec["smoke"]))
     reference, low = MACEJax.from_torch(model, dtype="float64"), MACEJax.from_torch(model, dtype=spec["dtype"])
-    stages = stage_errors(reference, low, reference.padded_inputs(batch), low.padded_inputs(batch))
+    stages = stage_errors(reference, low, reference.padded_inputs(batch), low.padded_inputs(batch), spec.get("max_stages"))
     exact, approximate = reference(batch), low(batch)
     atoms_per_system = np.bincount(batch.system_index)
     return {"variant": spec["variant"], "env": spec.get("env", {}), "backend": jax.default_backend(), "device": str(jax.devices()[0]),

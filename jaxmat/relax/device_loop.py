@@ -25,7 +25,6 @@ rebuilds, re-allocations, the device loop's seconds (compilation excluded) and t
 
 from __future__ import annotations
 
-import functools
 import time
 import weakref
 from dataclasses import dataclass
@@ -34,21 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.forcefields.mace.ops import outgoing_slots
-from jaxmat.forcefields.neighbors import (
-    DeviceCapacity,
-    device_capacity,
-    device_neighbor_counts,
-    device_neighbor_matrix,
-    device_outgoing,
-    list_is_stale,
-    list_reach,
-    neighbor_matrix,
-    pad_neighbor_matrix,
-    shift_reach,
-)
+from jaxmat.forcefields.neighbors import DeviceCapacity, device_neighbor_matrix, device_outgoing, list_is_stale, list_reach
 from jaxmat.padding import bucket, round_up
 from jaxmat.relax import cell as cell_filter
+from jaxmat.relax.lists import NeighborLists
 from jaxmat.relax import state as packing
 from jaxmat.relax.scheduler import Capacities, admit
 from jaxmat.relax.state import RUNNING
@@ -56,8 +44,6 @@ from jaxmat.relax.state import RUNNING
 CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED, SEARCH_FAILED = 1, 2, 3, 4, 5  # and RUNNING (0), from relax.state
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed", SEARCH_FAILED: "failed"}
 GRAPH_KEYS = ("positions", "cells", "species", "system_index", "neighbors", "translations", "mask", "outgoing")
-SLOT_MARGIN = 1.05  # neighbour-slot capacity over the most neighbours seen at allocation (then rounded up by bucket)
-GROWTH = 1.5  # a capacity that overflowed grows at least this much: a cell that keeps compressing re-allocates a few times, not every step
 
 
 def cutoff_of(force_field) -> float:
@@ -149,18 +135,6 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
     return run
 
 
-_count_on_device = jax.jit(device_neighbor_counts)
-
-
-@functools.partial(jax.jit, static_argnames=("n_slots", "width", "n_systems"))
-def _allocate_on_device(positions, cells, capacity, system_index, cutoff, n_slots: int, width: int, n_systems: int):
-    """The neighbour arrays of the loop's state built on the device at these capacities, and whether they overflowed."""
-    neighbors, translations, mask, overflow = device_neighbor_matrix(positions, cells, capacity, cutoff, n_slots)
-    outgoing, too_many = device_outgoing(neighbors, mask, width)
-    return {"neighbors": neighbors, "translations": translations, "mask": mask, "outgoing": outgoing,
-            "reach": list_reach(translations, mask, system_index, n_systems)}, overflow | too_many
-
-
 class CompiledLoop:
     """The loop of one force field and optimizer, compiled ahead of time once per shape of the state and
     kept with the force field (later runs of the same shapes compile nothing); with a persistent XLA cache
@@ -210,12 +184,8 @@ class DeviceRelaxation:
 
     def __init__(self, force_field, optimizer, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, max_force,
                  relax_cell: bool = False, allocation: str = "auto"):
-        """allocation: where neighbour lists are built when systems join or capacities grow - "host" (vesin),
-        "device" (the loop's own on-device rebuild, no host sorting or copies) or "auto": the device on
-        accelerators, the host on CPU (where vesin is the faster of the two)."""
-        if allocation not in ("auto", "host", "device"):
-            raise ValueError(f"allocation must be auto, host or device, not {allocation!r}")
-        self.allocation = allocation if allocation != "auto" else ("host" if jax.default_backend() == "cpu" else "device")
+        """allocation: where neighbour lists are built when systems join or capacities grow
+        (:class:`jaxmat.relax.lists.NeighborLists`)."""
         self.force_field, self.optimizer, self.relax_cell = force_field, optimizer, relax_cell
         self.params, evaluate = force_field.device_model()
         self.cutoff = cutoff_of(force_field) + skin
@@ -223,7 +193,7 @@ class DeviceRelaxation:
         # at least one padding row (where empty neighbour slots point); small batches padded by at most 12.5 %
         self.rows = min(round_up(row_capacity + 1, 64), bucket(row_capacity + 1))
         self.systems = system_capacity + 1  # the last system slot holds the padding rows
-        self.slots = self.outgoing_width = self.shift_reach = self.block = 0
+        self.lists = NeighborLists(self.cutoff, self.rows, self.systems, allocation)
         self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "cutoff": self.cutoff,
                        "max_steps": int(max_steps), "max_inner": int(max_inner)}
         self.loop = compiled_loop(force_field, optimizer, evaluate, relax_cell)
@@ -235,67 +205,8 @@ class DeviceRelaxation:
         numbers = np.concatenate([r.atoms.numbers for r in running])
         state = packing.pack(blocks, [r.n_atoms for r in running], self.force_field.device_species(numbers), evaluations,
                              rows=self.rows, systems=self.systems, optimizer=self.optimizer, relax_cell=self.relax_cell)
-        state.update(self.neighbor_arrays(running, state["positions"], state["cells"], state["system_index"]))
+        state.update(self.lists.arrays(running, state["positions"], state["cells"], state["system_index"]))
         return state
-
-    def neighbor_arrays(self, running: list[Running], positions, cells, system_index) -> dict:
-        """Neighbour matrix (within cutoff + skin) of the running systems at this geometry, with the reference
-        geometry of the staleness check and the on-device list's capacities; grows the slot capacities when
-        needed (a new compiled shape). Built by vesin on the host or on the device (``self.allocation``)."""
-        n_atoms = sum(r.n_atoms for r in running)
-        periodic = np.zeros(self.systems, bool)
-        periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
-        cells64 = np.asarray(cells, np.float64)
-        needed = shift_reach(cells64, periodic, self.cutoff)
-        if self.shift_reach and needed > self.shift_reach:  # the cube overflowed: one shell more than needed now
-            needed += 1
-        capacity = device_capacity(np.asarray(system_index), n_atoms, self.systems, self.block, cells64, periodic, self.cutoff,
-                                   max(needed, self.shift_reach))
-        self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
-        build = self._device_lists if self.allocation == "device" else self._host_lists
-        return build(running, n_atoms, positions, cells, system_index, capacity) | {
-            "members": capacity.members, "shifts": capacity.shifts, "periodic": capacity.periodic}
-
-    def _grow(self, slots_needed: int, incoming: int) -> None:
-        """Slot and outgoing-slot capacities that hold these counts, with a margin (a capacity that grows, grows
-        by at least GROWTH)."""
-        if slots_needed > self.slots or self.slots == 0:  # at least one slot, also with no pairs at all
-            self.slots = bucket(max(int(np.ceil(slots_needed * SLOT_MARGIN)), int(np.ceil(self.slots * GROWTH))), 4)
-        if incoming > self.outgoing_width or self.outgoing_width == 0:
-            self.outgoing_width = bucket(max(int(np.ceil(incoming * SLOT_MARGIN)), int(np.ceil(self.outgoing_width * GROWTH)),
-                                             self.slots), 4)
-
-    def _host_lists(self, running, n_atoms, positions, cells, system_index, capacity) -> dict:
-        """vesin's full list, sorted into slots on the host."""
-        from jaxmat.forcefields.base import SystemBatch
-
-        positions, cells = np.asarray(positions), np.asarray(cells)  # float32 where x64 is off
-        batch = SystemBatch(positions[:n_atoms].astype(np.float64), np.zeros(n_atoms, int), cells[: len(running)].astype(np.float64),
-                            np.stack([r.atoms.pbc for r in running]).reshape(-1, 3), np.asarray(system_index)[:n_atoms])
-        matrix = neighbor_matrix(batch, self.cutoff, n_atoms + 1)
-        incoming = np.bincount(matrix.neighbors[matrix.mask], minlength=n_atoms + 1).max(initial=0)
-        self._grow(matrix.slots_needed, int(incoming))
-        matrix = pad_neighbor_matrix(matrix, n_atoms, self.rows, self.slots)
-        lengths = np.where(matrix.mask, np.linalg.norm(matrix.translations, axis=-1), 0.0).max(axis=1)
-        reach = np.zeros(self.systems)
-        np.maximum.at(reach, np.asarray(system_index), lengths)
-        return {"neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
-                "outgoing": outgoing_slots(matrix.neighbors, matrix.mask, self.outgoing_width),
-                "reference": positions.copy(), "reference_cells": cells.copy(), "reach": reach + 1.0}
-
-    def _device_lists(self, running, n_atoms, positions, cells, system_index, capacity) -> dict:
-        """The same list built on the device (:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`, the loop's
-        own rebuild): neighbours counted first to size the slots (one small sync), nothing sorted on the host."""
-        positions, cells, system_index = (jax.device_put(np.asarray(a)) for a in (positions, cells, system_index))
-        capacity = DeviceCapacity(*(jax.device_put(a) for a in capacity))
-        cutoff = jnp.asarray(self.cutoff, positions.dtype)
-        needed = int(_count_on_device(positions, cells, capacity, cutoff))
-        self._grow(needed, needed)  # a full list is symmetric: no atom sends more than its own count
-        arrays, overflow = _allocate_on_device(positions, cells, capacity, system_index, cutoff, n_slots=self.slots,
-                                               width=self.outgoing_width, n_systems=self.systems)
-        if bool(overflow):
-            raise RuntimeError("the neighbour list built on the device overflowed the capacities counted for it (a bug)")
-        return arrays | {"reference": positions, "reference_cells": cells}
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -303,7 +214,7 @@ class DeviceRelaxation:
         """Relax the queued structures (indices into structures; sizes: the rows each counts against the atom
         budget, as in the host loop); returns counters."""
         running, state, done = [], None, []
-        self.block = max([self.block] + [len(structures[i]) for i in queue])  # rows of the largest system: the list's blocks
+        self.lists.block = max([self.lists.block] + [len(structures[i]) for i in queue])  # rows of the largest system
         while queue or running:
             host_started = time.perf_counter()
             if state is None or done:
@@ -327,7 +238,7 @@ class DeviceRelaxation:
                 self.report(running, state, done, finish)
             elif bool(overflow):  # re-allocate on the host (vesin) with larger capacities: a new compiled shape
                 host = jax.tree_util.tree_map(np.asarray, state)
-                host.update(self.neighbor_arrays(running, host["positions"], host["cells"], host["system_index"]))
+                host.update(self.lists.arrays(running, host["positions"], host["cells"], host["system_index"]))
                 state = jax.device_put(host)
                 self.counters["reallocations"] += 1
             self.counters["host_seconds"] += time.perf_counter() - host_started

@@ -7,7 +7,7 @@ coordinates (``coords``, ``row_index``). Each running system's share of the stat
 :func:`block_of` cuts one out again (a survivor of a retire/refill keeps its optimizer state), and
 :func:`fresh_block` starts a new system. Units: positions Å, cells Å (rows are lattice vectors),
 energy eV, forces eV/Å, stress eV/Å^3. The neighbour arrays are added by the loop
-(:meth:`jaxmat.relax.device_loop.DeviceRelaxation.neighbor_arrays`).
+(:meth:`jaxmat.relax.lists.NeighborLists.arrays`).
 """
 
 from __future__ import annotations

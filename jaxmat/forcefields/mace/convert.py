@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxmat.forcefields.mace import ops
+from jaxmat.forcefields.mace import product_basis
 
 SUPPORTED_INTERACTIONS = ("RealAgnosticInteractionBlock", "RealAgnosticResidualInteractionBlock")
 
@@ -99,7 +99,7 @@ def _product(module) -> tuple[dict, dict]:
         terms, order_weights = [], []
         for nu in range(1, correlation + 1):
             U = _array(contraction.U_tensors(nu))
-            terms.append(ops.contraction_terms(U, nu, ir_out.ir.l))
+            terms.append(product_basis.contraction_terms(U, nu, ir_out.ir.l))
             w = contraction.weights_max if nu == correlation else contraction.weights[correlation - 1 - nu]
             order_weights.append(_array(w))
         contractions.append(terms)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.forcefields.mace import ops
+from jaxmat.forcefields.mace import ops, product_basis
 from jaxmat.forcefields.strain import deformation, energies_forces_stress
 
 
@@ -120,7 +120,7 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
     the K neighbour slots of every (receiving) atom; vectors (N, K, 3) Å = r_receiver - r_sender +
     periodic shift; neighbor_mask (N, K) False on padding slots; outgoing_slots (optional, from
     :func:`ops.outgoing_slots`) makes the gradient of the neighbour gathers a gather instead of a scatter;
-    contraction_block: monomials per step of the product basis (:func:`ops.symmetric_contraction`).
+    contraction_block: monomials per step of the product basis (:func:`product_basis.symmetric_contraction`).
     """
     n_nodes, k_slots = neighbors.shape
     r_max = config["r_max"]
@@ -154,7 +154,7 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
             coupled = jnp.concatenate(messages, axis=1)  # (N, A, C): MACE's reshape_irreps, transposed
         with jax.named_scope(f"mace_product_L{layer}"):
             product_species = jnp.zeros_like(species) if prod_cfg["agnostic"] else species
-            blocks = ops.symmetric_contraction(coupled, product_species, prod_cfg["contractions"], prod_params["weights"],
+            blocks = product_basis.symmetric_contraction(coupled, product_species, prod_cfg["contractions"], prod_params["weights"],
                                                contraction_block)
         with jax.named_scope(f"mace_linears_L{layer}"):
             node_feats = _linear(blocks, prod_cfg["linear"], prod_params["linear"])
