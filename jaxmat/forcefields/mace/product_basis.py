@@ -72,6 +72,14 @@ def _folded_weights(w, folded):
     return jax.ops.segment_sum(contributions, folded["inverse"], len(folded["m"]))
 
 
+def _with_vjp(forward_loop, backward):
+    """forward_loop(x, weights, species) as a custom-VJP function whose residuals are its arguments and whose
+    gradient is backward(residuals, cotangent) -> (dx, dweights, None)."""
+    contract = jax.custom_vjp(forward_loop)
+    contract.defvjp(lambda x, weights, species: (forward_loop(x, weights, species), (x, weights, species)), backward)
+    return contract
+
+
 def _make_contraction(folded):
     """out[m] (M, N, C) = sum_p [m_p = m] W_p[species] prod_j x[a_jp] for x (A, N, C) with atoms x channels
     as the minor axes: one loop step per monomial, each a few (N, C) row operations in cache. Custom VJP:
@@ -92,13 +100,6 @@ def _make_contraction(folded):
             return out.at[m_idx[p]].add(product)
 
         return jax.lax.fori_loop(0, n_p, step, jnp.zeros((n_m,) + x.shape[1:], x.dtype))
-
-    @jax.custom_vjp
-    def contract(x, weights, species):
-        return forward_loop(x, weights, species)
-
-    def forward(x, weights, species):
-        return forward_loop(x, weights, species), (x, weights, species)
 
     def backward(residuals, g):
         x, weights, species = residuals
@@ -128,8 +129,7 @@ def _make_contraction(folded):
         dw = jax.lax.fori_loop(0, n_p, step_w, jnp.zeros_like(weights))
         return dx, dw, None
 
-    contract.defvjp(forward, backward)
-    return contract
+    return _with_vjp(forward_loop, backward)
 
 
 def _make_blocked_contraction(folded, block: int):
@@ -165,13 +165,6 @@ def _make_blocked_contraction(folded, block: int):
         start = jnp.zeros((n_m,) + x.shape[1:], x.dtype)
         return jax.lax.scan(step, start, (chunked(weights), jnp.asarray(m_table), jnp.asarray(a_table)))[0]
 
-    @jax.custom_vjp
-    def contract(x, weights, species):
-        return forward_loop(x, weights, species)
-
-    def forward(x, weights, species):
-        return forward_loop(x, weights, species), (x, weights, species)
-
     def backward(residuals, g):
         x, weights, species = residuals
 
@@ -194,8 +187,7 @@ def _make_blocked_contraction(folded, block: int):
         dw = jax.lax.scan(step_w, None, tables)[1].reshape((n_chunks * block,) + weights.shape[1:])[:n_p]
         return dx, dw, None
 
-    contract.defvjp(forward, backward)
-    return contract
+    return _with_vjp(forward_loop, backward)
 
 
 _CONTRACTION_FNS: dict = {}
