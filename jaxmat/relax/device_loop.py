@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.forcefields.neighbors import DeviceCapacity, device_neighbor_matrix, device_outgoing, list_is_stale, list_reach
+from jaxmat.forcefields.neighbors import DeviceCapacity, list_is_stale
 from jaxmat.padding import bucket, round_up
 from jaxmat.relax import cell as cell_filter
-from jaxmat.relax.lists import NeighborLists
+from jaxmat.relax.lists import NeighborLists, device_lists
 from jaxmat.relax import state as packing
 from jaxmat.relax.scheduler import Capacities, admit
 from jaxmat.relax.state import RUNNING
@@ -118,11 +118,9 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
         def rebuild(s):
             """The list at the new geometry, on the device (same capacities)."""
             capacity = DeviceCapacity(s["members"], s["shifts"], s["periodic"])
-            neighbors, translations, mask, overflow = device_neighbor_matrix(s["positions"], s["cells"], capacity, limits["cutoff"],
-                                                                             s["neighbors"].shape[1])
-            outgoing, too_many = device_outgoing(neighbors, mask, s["outgoing"].shape[1])
-            return dict(s, neighbors=neighbors, translations=translations, mask=mask, outgoing=outgoing, reference=s["positions"],
-                        reference_cells=s["cells"], reach=list_reach(translations, mask, index, n_systems)), overflow | too_many
+            lists, overflow = device_lists(s["positions"], s["cells"], capacity, index, limits["cutoff"], s["neighbors"].shape[1],
+                                           s["outgoing"].shape[1], n_systems)
+            return dict(s, **lists), overflow
 
         def cond(carry):
             _, iteration, stop, _, _ = carry

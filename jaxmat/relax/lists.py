@@ -12,8 +12,6 @@ grow, so a run compiles once or a few times.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,16 +34,19 @@ SLOT_MARGIN = 1.05  # neighbour-slot capacity over the most neighbours seen at a
 GROWTH = 1.5  # a capacity that overflowed grows at least this much: a cell that keeps compressing re-allocates a few times, not every step
 ALLOCATIONS = ("auto", "host", "device")
 
-_count_on_device = jax.jit(device_neighbor_counts)
-
-
-@functools.partial(jax.jit, static_argnames=("n_slots", "width", "n_systems"))
-def _allocate_on_device(positions, cells, capacity, system_index, cutoff, n_slots: int, width: int, n_systems: int):
-    """The neighbour arrays of the loop's state built on the device at these capacities, and whether they overflowed."""
+def device_lists(positions, cells, capacity, system_index, cutoff, n_slots: int, width: int, n_systems: int):
+    """The neighbour arrays of the loop's state built on the device at this geometry and these capacities
+    (neighbours, translations, mask, outgoing slots, reach, and the reference positions and cells of the
+    staleness check), and whether they overflowed. The loop's in-place rebuild and the device allocation."""
     neighbors, translations, mask, overflow = device_neighbor_matrix(positions, cells, capacity, cutoff, n_slots)
     outgoing, too_many = device_outgoing(neighbors, mask, width)
     return {"neighbors": neighbors, "translations": translations, "mask": mask, "outgoing": outgoing,
-            "reach": list_reach(translations, mask, system_index, n_systems)}, overflow | too_many
+            "reach": list_reach(translations, mask, system_index, n_systems), "reference": positions,
+            "reference_cells": cells}, overflow | too_many
+
+
+_count_on_device = jax.jit(device_neighbor_counts)
+_allocate_on_device = jax.jit(device_lists, static_argnames=("n_slots", "width", "n_systems"))
 
 
 class NeighborLists:
@@ -118,4 +119,4 @@ class NeighborLists:
                                                width=self.outgoing_width, n_systems=self.systems)
         if bool(overflow):
             raise RuntimeError("the neighbour list built on the device overflowed the capacities counted for it (a bug)")
-        return arrays | {"reference": positions, "reference_cells": cells}
+        return arrays
