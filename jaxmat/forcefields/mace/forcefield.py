@@ -23,6 +23,7 @@ import numpy as np
 from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
 from jaxmat.forcefields.mace.model import energy_forces_stress
 from jaxmat.forcefields.mace.ops import outgoing_slots
+from jaxmat.forcefields.mace.product_basis import checked_block
 from jaxmat.forcefields.neighbors import (
     neighbor_matrix,
     pad_neighbor_matrix,
@@ -53,9 +54,7 @@ class MACEJax:
         if matmul_precision not in ("highest", "high", "default"):
             raise ValueError(f"matmul_precision must be highest, high or default, not {matmul_precision!r}")
         self.matmul_precision = matmul_precision
-        if int(contraction_block) != contraction_block or contraction_block < 1:
-            raise ValueError(f"contraction_block must be a whole number >= 1, not {contraction_block!r}")
-        self.contraction_block = int(contraction_block)
+        self.contraction_block = checked_block(contraction_block, "contraction_block")
         self.config = config
         self.dtype, self.compute_dtype = (jnp.dtype(name) for name in DTYPES[dtype])  # geometry and sums; model
         self.float64 = self.dtype == jnp.float64  # float64 work runs in jaxmat.precision.float64_scope, not a global switch

@@ -202,13 +202,19 @@ def _contraction_fn(terms, block: int = 1):
     return _CONTRACTION_FNS[key][1:]
 
 
+def checked_block(block, name: str = "block") -> int:
+    """The monomials per loop step as an int; a ValueError naming ``name`` unless a whole number >= 1."""
+    if int(block) != block or block < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, not {block!r}")
+    return int(block)
+
+
 def symmetric_contraction(x, species, contractions, weights, block: int = 1):
     """MACE SymmetricContraction. x (N, A, C): the coupled features stacked; contractions[o][nu-1]
     the :func:`contraction_terms` of output irrep o; weights[o][nu-1] (S, K, C). One (N, 2l+1, C) block
     per output irrep. block: monomials per loop step (1: the one-monomial loop, fastest on CPU; larger: fewer,
     larger steps, :func:`_make_blocked_contraction`); the same numbers up to summation order."""
-    if int(block) < 1:
-        raise ValueError(f"block must be a whole number >= 1, not {block!r}")
+    block = checked_block(block)
     x_t = jnp.moveaxis(x, 1, 0)  # (A, N, C): every coupled component a contiguous row of atoms x channels
     blocks = []
     for terms_by_order, weights_by_order in zip(contractions, weights):
@@ -216,7 +222,7 @@ def symmetric_contraction(x, species, contractions, weights, block: int = 1):
         for terms, w in zip(terms_by_order, weights_by_order):
             if len(terms["forward"]["value"]) == 0:
                 continue
-            folded, contract = _contraction_fn(terms, int(block))
+            folded, contract = _contraction_fn(terms, block)
             contribution = contract(x_t, _folded_weights(w, folded), species)
             total = contribution if total is None else total + contribution
         blocks.append(jnp.moveaxis(total, 0, 1))
