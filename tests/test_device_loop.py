@@ -154,8 +154,10 @@ def test_mace_device_loop_equals_host_loop_and_compiles_once():
     for a, b in zip(device, host):
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-8)
         assert a.energy == pytest.approx(b.energy, abs=1e-8)
-    assert stats["compilations"] == 1 and stats["compile_seconds"] > 0 and stats["device_seconds"] > 0
-    assert len(compiled_loop(force_field, LBFGS(), None).executables) == 1
+    # refills compile nothing: a new shape only where a capacity grew. These random-weight cells rearrange (a list
+    # rebuild in most steps), so the near list - the pairs within the cutoff now - may outgrow its margin once
+    assert stats["compilations"] == 1 + stats["reallocations"] <= 2 and stats["compile_seconds"] > 0 and stats["device_seconds"] > 0
+    assert len(compiled_loop(force_field, LBFGS(), None).executables) == stats["compilations"]
     again_stats = {}
     again = relax(cells, force_field, "lbfgs", fmax=0.05, max_steps=12, progress=False, loop="device", max_systems=3,
                   stats=again_stats)

@@ -8,8 +8,8 @@ from ase.build import bulk
 
 from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.mace.ops import outgoing_slots
-from jaxmat.forcefields.neighbors import (DeviceCapacity, device_capacity, device_neighbor_counts, device_neighbor_matrix,
-                                         device_outgoing, list_reach, neighbor_matrix)
+from jaxmat.forcefields.neighbors import (DeviceCapacity, device_capacity, device_near_list, device_neighbor_counts,
+                                         device_neighbor_matrix, device_outgoing, list_reach, neighbor_matrix, pad_neighbor_matrix)
 from jaxmat.relax import relax
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -45,6 +45,11 @@ def _slots(neighbors, translations, mask, rows):
     r, c = np.nonzero(mask[rows])
     r = rows[r]
     return sorted(zip(r.tolist(), neighbors[r, c].tolist(), map(tuple, translations[r, c].tolist())))
+
+
+def _row(neighbors, translations, mask, row):
+    """One row's (sender, translation) pairs in slot order."""
+    return [(int(j), tuple(t)) for j, t, m in zip(neighbors[row], translations[row].tolist(), mask[row]) if m]
 
 
 def test_device_list_holds_exactly_vesins_pairs():
@@ -102,6 +107,50 @@ def test_overflow_flags_instead_of_dropped_neighbours():
     neighbors, _, mask, _ = device_neighbor_matrix(positions, cells, capacity, CUTOFF, needed)
     incoming = np.bincount(np.asarray(neighbors)[np.asarray(mask)]).max()
     assert not bool(device_outgoing(neighbors, mask, incoming)[1]) and bool(device_outgoing(neighbors, mask, incoming - 1)[1])
+
+
+def test_near_list_holds_the_pairs_within_the_model_cutoff():
+    """From a list within cutoff + skin, the near list keeps exactly vesin's pairs within the cutoff (each row's
+    slots in their order), its outgoing slots are mace.ops.outgoing_slots', and one slot or sender slot short
+    raises the overflow flag."""
+    structures = _structures()
+    batch, positions, cells, system_index, _, n_atoms = _padded(structures)
+    skin = neighbor_matrix(batch, CUTOFF + 0.8, len(positions))
+    skin = pad_neighbor_matrix(skin, n_atoms, len(positions), skin.slots_needed + 3)
+    near = neighbor_matrix(batch, CUTOFF, len(positions))
+    assert near.slots_needed < skin.slots_needed
+    build = jax.jit(device_near_list, static_argnums=(7, 8))
+    args = (positions, cells, system_index, skin.neighbors, skin.translations, skin.mask, CUTOFF)
+    neighbors, translations, mask, outgoing, overflow = map(np.asarray, build(*args, near.slots_needed, near.slots_needed))
+    assert not overflow and neighbors.shape == (len(positions), near.slots_needed)
+    every = np.arange(n_atoms)
+    assert _slots(neighbors, translations, mask, every) == _slots(near.neighbors, near.translations, near.mask, every)
+    for row in (0, n_atoms // 2, n_atoms - 1):  # the skin list's order within a row
+        within = set(_row(near.neighbors, near.translations, near.mask, row))
+        assert _row(neighbors, translations, mask, row) == [
+            pair for pair in _row(skin.neighbors, skin.translations, skin.mask, row) if pair in within]
+    assert not mask[n_atoms:].any() and np.all(neighbors[~mask] == len(positions) - 1)
+    assert np.array_equal(outgoing, outgoing_slots(neighbors, mask, near.slots_needed))
+    assert bool(build(*args, near.slots_needed - 1, near.slots_needed)[4])  # a row's pairs do not fit
+    assert bool(build(*args, near.slots_needed, near.slots_needed - 1)[4])  # an atom's outgoing pairs do not fit
+
+
+def test_crowded_near_list_reallocates_before_any_step(monkeypatch):
+    """Near-list capacities allocated too small (half the pairs): the loop takes no step on the truncated list,
+    the host re-allocates, and the relaxation is the host loop's."""
+    from jaxmat.forcefields.classical import lennard_jones
+    from jaxmat.relax import lists
+
+    monkeypatch.setattr(lists, "NEAR_MARGIN", 0.5)
+    lj = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=6.0)
+    structures = _structures()[:2]
+    stats = {}
+    device = relax(structures, lj, "lbfgs", fmax=1e-3, max_steps=200, progress=False, loop="device", stats=stats)
+    host = relax(structures, lj, "lbfgs", fmax=1e-3, max_steps=200, progress=False, loop="host")
+    assert [r.n_steps for r in device] == [r.n_steps for r in host] and {r.status for r in device} == {"converged"}
+    for a, b in zip(device, host):
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-9)
+    assert stats["reallocations"] >= 1
 
 
 def test_rebuilds_stay_on_the_device():

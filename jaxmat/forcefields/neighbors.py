@@ -294,3 +294,34 @@ def list_reach(translations, mask, system_index, n_systems):
     :func:`list_is_stale`)."""
     lengths = jnp.where(mask, jnp.linalg.norm(translations.astype(float), axis=-1), 0.0)
     return jax.ops.segment_max(jnp.max(lengths, axis=1), system_index, n_systems).clip(0.0) + 1.0
+
+
+# ---- the pairs within the model's cutoff, from a list with a skin (what a model evaluates) -------------
+
+
+def near_pairs(positions, cells, system_index, neighbors, translations, mask, cutoff):
+    """(R, K) True on the slots of a list built with a skin whose pair is within ``cutoff`` (Å) at these
+    positions and cells (vector r_receiver - r_sender + t @ cell, as the models build it)."""
+    vectors = positions[:, None, :] - positions[neighbors] + slot_shifts(translations, cells, system_index)
+    return mask & (jnp.sum(vectors**2, axis=-1) < cutoff**2)
+
+
+def device_near_list(positions, cells, system_index, neighbors, translations, mask, cutoff, n_slots: int, width: int):
+    """The slots of ``neighbors`` within ``cutoff`` (:func:`near_pairs`) moved to the front of each row, in
+    their order, in a matrix of n_slots slots (padding points at the last row), with its outgoing slots
+    (:func:`device_outgoing`, width). Pairs beyond a model's cutoff contribute exactly zero, so the model
+    gives the same numbers on this list with fewer slots (the skin's pairs left out). Returns (neighbors,
+    translations, mask, outgoing, overflow): overflow when a row has more such pairs than n_slots or an
+    atom sends more than width (the host then re-allocates; nothing is dropped silently)."""
+    n_rows, n_skin = neighbors.shape
+    near = near_pairs(positions, cells, system_index, neighbors, translations, mask, cutoff)
+    column = jnp.where(near, jnp.cumsum(near, axis=1, dtype=jnp.int32) - 1, n_slots)  # n_slots: not kept
+    source = jnp.zeros((n_rows, n_slots), jnp.int32).at[jnp.arange(n_rows)[:, None], column].set(
+        jnp.broadcast_to(jnp.arange(n_skin, dtype=jnp.int32), near.shape), mode="drop")
+    count = jnp.sum(near, axis=1, dtype=jnp.int32)
+    near_mask = jnp.arange(n_slots)[None, :] < count[:, None]
+    near_neighbors = jnp.where(near_mask, jnp.take_along_axis(neighbors, source, 1), n_rows - 1)
+    near_translations = jnp.where(near_mask[..., None], jnp.take_along_axis(translations, source[..., None], 1), 0)
+    outgoing, too_many = device_outgoing(near_neighbors, near_mask, width)
+    return near_neighbors, near_translations, near_mask, outgoing, (jnp.max(count) > n_slots) | too_many
+

@@ -14,8 +14,10 @@ search) or hit max_steps, then step the others with the same optimizer code (FIR
 LBFGSLineSearch), so the steps are the host loop's and ASE's. When the neighbour list may be stale
 (an atom moved, or a cell changed, by enough to bring a pair from beyond cutoff + skin to within
 the cutoff) it is rebuilt on the device before the next evaluation
-(:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`); if the rebuilt list does not fit its
-slots, outgoing slots or shift cube, the loop returns with an overflow flag and the host
+(:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`). The model evaluates the near list, the
+list's pairs within the model's cutoff at the current geometry, recomputed after every step
+(:mod:`jaxmat.relax.lists`: fewer slots, same numbers). If a list does not fit its slots, outgoing
+slots or shift cube, the loop returns with an overflow flag and the host
 re-allocates larger capacities (vesin) before any evaluation, so no neighbour is ever dropped. The
 loop also returns after ``max_inner`` iterations, when no system is left running, or when a system
 finished while others wait in the queue (retire and refill). Capacities change only on overflow, so a
@@ -36,14 +38,16 @@ import numpy as np
 from jaxmat.forcefields.neighbors import DeviceCapacity, list_is_stale
 from jaxmat.padding import bucket, round_up
 from jaxmat.relax import cell as cell_filter
-from jaxmat.relax.lists import NeighborLists, device_lists
+from jaxmat.relax.lists import NeighborLists, device_lists, near_lists
 from jaxmat.relax import state as packing
 from jaxmat.relax.scheduler import Capacities, admit
 from jaxmat.relax.state import RUNNING
 
 CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED, SEARCH_FAILED = 1, 2, 3, 4, 5  # and RUNNING (0), from relax.state
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed", SEARCH_FAILED: "failed"}
-GRAPH_KEYS = ("positions", "cells", "species", "system_index", "neighbors", "translations", "mask", "outgoing")
+GRAPH_KEYS = {"positions": "positions", "cells": "cells", "species": "species", "system_index": "system_index",
+              "neighbors": "near_neighbors", "translations": "near_translations", "mask": "near_mask", "outgoing": "near_outgoing"}
+"""the model's graph (its key: the state's key): the model evaluates the near list (:mod:`jaxmat.relax.lists`)"""
 
 
 def cutoff_of(force_field) -> float:
@@ -53,9 +57,10 @@ def cutoff_of(force_field) -> float:
 
 def make_loop(optimizer, evaluate, relax_cell: bool):
     """A pure function (params, state, limits, exit_on_finish) -> (state, iterations, overflow, rebuilds); limits
-    holds fmax (eV/Å), max_force (eV/Å, beyond it a system has exploded), skin (Å), cutoff (Å, the list
-    radius: the model's cutoff + skin), max_steps and max_inner. A stale list is rebuilt inside the loop;
-    overflow: the rebuilt list did not fit its capacities (the host re-allocates before any evaluation)."""
+    holds fmax (eV/Å), max_force (eV/Å, beyond it a system has exploded), skin (Å), cutoff (Å, the skin
+    list's radius: the model's cutoff + skin), model_cutoff (Å, the near list's), max_steps and max_inner. A
+    stale list is rebuilt inside the loop and the near list the model evaluates follows every step; overflow:
+    a list did not fit its capacities (the host re-allocates before any evaluation)."""
 
     def run(params, state, limits, exit_on_finish):
         fmax, max_force, skin, max_steps, max_inner = (limits[k] for k in ("fmax", "max_force", "skin", "max_steps", "max_inner"))
@@ -64,7 +69,9 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
 
         def body(carry):
             state, iteration, _, _, rebuilds = carry
-            energy, forces, stress = evaluate(params, {k: state[k] for k in GRAPH_KEYS})
+            near, crowded = near_lists(state, limits["model_cutoff"], state["near_neighbors"].shape[1], state["near_outgoing"].shape[1])
+            state = dict(state, **near)  # the pairs within the model's cutoff now; crowded: they overflow the near list
+            energy, forces, stress = evaluate(params, {k: state[key] for k, key in GRAPH_KEYS.items()})
             coords = state["coords"]
             bad_system = ~jnp.isfinite(energy)
             if relax_cell:
@@ -111,15 +118,17 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
             stale = list_is_stale(positions, state["reference"], real & running[index], skin,
                                   cells, state["reference_cells"], state["reach"], running)
             new, overflow = jax.lax.cond(stale, rebuild, lambda s: (s, jnp.bool_(False)), new)
+            new = jax.tree_util.tree_map(lambda kept, stepped: jnp.where(crowded, kept, stepped), state, new)  # nothing happened
+            overflow = overflow | crowded
             finished = jnp.any(active & ~running)
             stop = overflow | ~jnp.any(running) | (exit_on_finish & finished)
-            return new, iteration + 1, stop, overflow, rebuilds + stale.astype(jnp.int32)
+            return new, iteration + 1, stop, overflow, rebuilds + (stale & ~crowded).astype(jnp.int32)
 
         def rebuild(s):
             """The list at the new geometry, on the device (same capacities)."""
             capacity = DeviceCapacity(s["members"], s["shifts"], s["periodic"])
             lists, overflow = device_lists(s["positions"], s["cells"], capacity, index, limits["cutoff"], s["neighbors"].shape[1],
-                                           s["outgoing"].shape[1], n_systems)
+                                           n_systems)
             return dict(s, **lists), overflow
 
         def cond(carry):
@@ -191,8 +200,9 @@ class DeviceRelaxation:
         # at least one padding row (where empty neighbour slots point); small batches padded by at most 12.5 %
         self.rows = min(round_up(row_capacity + 1, 64), bucket(row_capacity + 1))
         self.systems = system_capacity + 1  # the last system slot holds the padding rows
-        self.lists = NeighborLists(self.cutoff, self.rows, self.systems, allocation)
+        self.lists = NeighborLists(self.cutoff, self.rows, self.systems, allocation, model_cutoff=cutoff_of(force_field))
         self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "cutoff": self.cutoff,
+                       "model_cutoff": cutoff_of(force_field),
                        "max_steps": int(max_steps), "max_inner": int(max_inner)}
         self.loop = compiled_loop(force_field, optimizer, evaluate, relax_cell)
         self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "reallocations": 0, "refills": 0, "structure_evaluations": 0,

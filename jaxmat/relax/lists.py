@@ -1,13 +1,20 @@
 """The device relaxation loop's neighbour lists: their capacities and where they are allocated.
 
+Two lists per state. The *skin list* holds every pair within the model's cutoff + skin at the reference
+geometry; it stays valid until some atom or cell moved by about the skin (then it is rebuilt inside the
+loop). The *near list* is what the model evaluates: the skin list's pairs within the model's own cutoff at
+the current geometry, recomputed on the device when the loop starts and after every step (:func:`near_lists`). Pairs beyond the
+cutoff contribute exactly zero, so the model gives the same numbers on fewer slots (W1: 72 instead of 88
+per atom, the skin's shell of pairs left out).
+
 When systems join the batch, or a list overflowed its capacities inside the loop, the host sizes the slots
-(neighbours per atom), the outgoing slots (per sender) and the shift cube with a margin, and builds the
-lists at the current geometry - with vesin on the host, or on the device by the loop's own rebuild
-(:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`) after counting the neighbours there
-(:func:`jaxmat.forcefields.neighbors.device_neighbor_counts`). Same pairs either way; the device build
-saves the host's sorting and copies on an accelerator (0.84 -> 0.23 s of host time per W3 relaxation on an
-H200), vesin is the faster on a CPU (0.4 s vs 14 s for 32 x 512-atom cells on two cores). Capacities only
-grow, so a run compiles once or a few times.
+(neighbours per atom), the near list's slots and outgoing slots (per sender) and the shift cube with a
+margin, and builds the lists at the current geometry - with vesin on the host, or on the device by the
+loop's own rebuild (:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`) after counting the
+neighbours there (:func:`jaxmat.forcefields.neighbors.device_neighbor_counts`). Same pairs either way; the
+device build saves the host's sorting and copies on an accelerator (0.84 -> 0.23 s of host time per W3
+relaxation on an H200), vesin is the faster on a CPU (0.4 s vs 14 s for 32 x 512-atom cells on two cores).
+Capacities only grow, so a run compiles once or a few times.
 """
 
 from __future__ import annotations
@@ -16,13 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.forcefields.mace.ops import outgoing_slots
 from jaxmat.forcefields.neighbors import (
     DeviceCapacity,
     device_capacity,
+    device_near_list,
     device_neighbor_counts,
     device_neighbor_matrix,
-    device_outgoing,
     list_reach,
     neighbor_matrix,
     pad_neighbor_matrix,
@@ -30,42 +36,62 @@ from jaxmat.forcefields.neighbors import (
 )
 from jaxmat.padding import bucket
 
-SLOT_MARGIN = 1.05  # neighbour-slot capacity over the most neighbours seen at allocation (then rounded up by bucket)
+SLOT_MARGIN = 1.05  # skin-list slot capacity over the most neighbours seen at allocation (then rounded up by bucket)
+NEAR_MARGIN = 1.1  # near-list slots over the most pairs within the cutoff at allocation: they come and go with every step
 GROWTH = 1.5  # a capacity that overflowed grows at least this much: a cell that keeps compressing re-allocates a few times, not every step
 ALLOCATIONS = ("auto", "host", "device")
+NEAR_KEYS = ("near_neighbors", "near_translations", "near_mask", "near_outgoing")
 
-def device_lists(positions, cells, capacity, system_index, cutoff, n_slots: int, width: int, n_systems: int):
-    """The neighbour arrays of the loop's state built on the device at this geometry and these capacities
-    (neighbours, translations, mask, outgoing slots, reach, and the reference positions and cells of the
-    staleness check), and whether they overflowed. The loop's in-place rebuild and the device allocation."""
+
+def device_lists(positions, cells, capacity, system_index, cutoff, n_slots: int, n_systems: int):
+    """The skin list of the loop's state built on the device at this geometry and capacities (neighbours,
+    translations, mask, reach, and the reference positions and cells of the staleness check), and whether it
+    overflowed. The loop's in-place rebuild and the device allocation."""
     neighbors, translations, mask, overflow = device_neighbor_matrix(positions, cells, capacity, cutoff, n_slots)
-    outgoing, too_many = device_outgoing(neighbors, mask, width)
-    return {"neighbors": neighbors, "translations": translations, "mask": mask, "outgoing": outgoing,
+    return {"neighbors": neighbors, "translations": translations, "mask": mask,
             "reach": list_reach(translations, mask, system_index, n_systems), "reference": positions,
-            "reference_cells": cells}, overflow | too_many
+            "reference_cells": cells}, overflow
+
+
+def near_lists(state, cutoff, n_slots: int, width: int):
+    """The near list (:data:`NEAR_KEYS`) of a state's skin list at the state's positions and cells: its pairs
+    within ``cutoff`` (Å, the model's) in n_slots slots, with outgoing slots (width); and whether it overflowed."""
+    *arrays, overflow = device_near_list(state["positions"], state["cells"], state["system_index"], state["neighbors"],
+                                         state["translations"], state["mask"], cutoff, n_slots, width)
+    return dict(zip(NEAR_KEYS, arrays)), overflow
 
 
 _count_on_device = jax.jit(device_neighbor_counts)
-_allocate_on_device = jax.jit(device_lists, static_argnames=("n_slots", "width", "n_systems"))
+_allocate_on_device = jax.jit(device_lists, static_argnames=("n_slots", "n_systems"))
+
+
+def _grown(capacity: int, needed: int, margin: float, floor: int = 1) -> int:
+    """A capacity that holds ``needed`` with a margin; one that must grow grows by at least GROWTH (never shrinks)."""
+    if needed <= capacity and capacity > 0:
+        return capacity
+    return bucket(max(int(np.ceil(needed * margin)), int(np.ceil(capacity * GROWTH)), floor), 4)
 
 
 class NeighborLists:
-    """Capacities (slots, outgoing_width, shift_reach, block) of the loop's lists within ``cutoff`` (Å, the
-    model's cutoff + skin) for ``rows`` rows and ``systems`` system slots. allocation: "host" (vesin),
-    "device" (counted and built on the device) or "auto": the device on accelerators, the host on CPU."""
+    """Capacities (slots, near_slots, outgoing_width, shift_reach, block) of the loop's skin list within
+    ``cutoff`` (Å, the model's cutoff + skin) and near list within ``model_cutoff`` (Å) for ``rows`` rows and
+    ``systems`` system slots. allocation: where the skin list is built, "host" (vesin), "device" (counted and
+    built on the device) or "auto": the device on accelerators, the host on CPU."""
 
-    def __init__(self, cutoff: float, rows: int, systems: int, allocation: str = "auto"):
+    def __init__(self, cutoff: float, rows: int, systems: int, allocation: str = "auto", model_cutoff: float | None = None):
         if allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be auto, host or device, not {allocation!r}")
         self.allocation = allocation if allocation != "auto" else ("host" if jax.default_backend() == "cpu" else "device")
         self.cutoff, self.rows, self.systems = cutoff, rows, systems
-        self.slots = self.outgoing_width = self.shift_reach = 0
+        self.model_cutoff = cutoff if model_cutoff is None else model_cutoff
+        self.slots = self.near_slots = self.outgoing_width = self.shift_reach = 0
         self.block = 0  # rows of the largest system (the on-device list's blocks); set by the loop before allocating
 
     def arrays(self, running, positions, cells, system_index) -> dict:
-        """Neighbour matrix (within cutoff + skin) of the running systems at this geometry, with the reference
-        geometry of the staleness check and the on-device list's capacities; grows the slot capacities when
-        needed (a new compiled shape). running: the systems, each with ``n_atoms`` and ``atoms`` (its pbc)."""
+        """The skin list of the running systems at this geometry, with the reference geometry of the staleness
+        check and the on-device list's capacities, and the near list's arrays at their capacities (the loop fills
+        them on entry); grows the capacities when needed (a new compiled shape). running: the systems, each with
+        ``n_atoms`` and ``atoms`` (its pbc)."""
         n_atoms = sum(r.n_atoms for r in running)
         periodic = np.zeros(self.systems, bool)
         periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
@@ -77,46 +103,42 @@ class NeighborLists:
                                    max(needed, self.shift_reach))
         self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
         build = self._device_lists if self.allocation == "device" else self._host_lists
-        return build(running, n_atoms, positions, cells, system_index, capacity) | {
-            "members": capacity.members, "shifts": capacity.shifts, "periodic": capacity.periodic}
+        skin, pairs = build(running, n_atoms, positions, cells, system_index, capacity)
+        # the near list itself is computed by the loop on entry: here only its capacities (placeholder arrays)
+        self.near_slots = min(_grown(self.near_slots, pairs, NEAR_MARGIN), self.slots)  # never more than the skin list's
+        self.outgoing_width = _grown(self.outgoing_width, pairs, NEAR_MARGIN, self.near_slots)  # full list: symmetric
+        near = (np.zeros((self.rows, self.near_slots), np.int32), np.zeros((self.rows, self.near_slots, 3), np.int32),
+                np.zeros((self.rows, self.near_slots), bool), np.zeros((self.rows, self.outgoing_width), np.int32))
+        return skin | dict(zip(NEAR_KEYS, near)) | {"members": capacity.members, "shifts": capacity.shifts,
+                                                     "periodic": capacity.periodic}
 
-    def _grow(self, slots_needed: int, incoming: int) -> None:
-        """Slot and outgoing-slot capacities that hold these counts, with a margin (a capacity that grows, grows
-        by at least GROWTH)."""
-        if slots_needed > self.slots or self.slots == 0:  # at least one slot, also with no pairs at all
-            self.slots = bucket(max(int(np.ceil(slots_needed * SLOT_MARGIN)), int(np.ceil(self.slots * GROWTH))), 4)
-        if incoming > self.outgoing_width or self.outgoing_width == 0:
-            self.outgoing_width = bucket(max(int(np.ceil(incoming * SLOT_MARGIN)), int(np.ceil(self.outgoing_width * GROWTH)),
-                                             self.slots), 4)
-
-    def _host_lists(self, running, n_atoms, positions, cells, system_index, capacity) -> dict:
-        """vesin's full list, sorted into slots on the host."""
+    def _host_lists(self, running, n_atoms, positions, cells, system_index, capacity) -> tuple[dict, int]:
+        """vesin's full list, sorted into slots on the host, and the most pairs of a row within the model's cutoff."""
         from jaxmat.forcefields.base import SystemBatch
 
         positions, cells = np.asarray(positions), np.asarray(cells)  # float32 where x64 is off
         batch = SystemBatch(positions[:n_atoms].astype(np.float64), np.zeros(n_atoms, int), cells[: len(running)].astype(np.float64),
                             np.stack([r.atoms.pbc for r in running]).reshape(-1, 3), np.asarray(system_index)[:n_atoms])
         matrix = neighbor_matrix(batch, self.cutoff, n_atoms + 1)
-        incoming = np.bincount(matrix.neighbors[matrix.mask], minlength=n_atoms + 1).max(initial=0)
-        self._grow(matrix.slots_needed, int(incoming))
+        pairs = neighbor_matrix(batch, self.model_cutoff, n_atoms + 1).slots_needed if self.model_cutoff < self.cutoff else matrix.slots_needed
+        self.slots = _grown(self.slots, matrix.slots_needed, SLOT_MARGIN)
         matrix = pad_neighbor_matrix(matrix, n_atoms, self.rows, self.slots)
         lengths = np.where(matrix.mask, np.linalg.norm(matrix.translations, axis=-1), 0.0).max(axis=1)
         reach = np.zeros(self.systems)
         np.maximum.at(reach, np.asarray(system_index), lengths)
         return {"neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
-                "outgoing": outgoing_slots(matrix.neighbors, matrix.mask, self.outgoing_width),
-                "reference": positions.copy(), "reference_cells": cells.copy(), "reach": reach + 1.0}
+                "reference": positions.copy(), "reference_cells": cells.copy(), "reach": reach + 1.0}, int(pairs)
 
-    def _device_lists(self, running, n_atoms, positions, cells, system_index, capacity) -> dict:
+    def _device_lists(self, running, n_atoms, positions, cells, system_index, capacity) -> tuple[dict, int]:
         """The same list built on the device (:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`, the loop's
-        own rebuild): neighbours counted first to size the slots (one small sync), nothing sorted on the host."""
+        own rebuild): neighbours counted first to size the slots (one small sync), nothing sorted on the host; and
+        the most pairs of a row within the model's cutoff (the same count)."""
         positions, cells, system_index = (jax.device_put(np.asarray(a)) for a in (positions, cells, system_index))
         capacity = DeviceCapacity(*(jax.device_put(a) for a in capacity))
         cutoff = jnp.asarray(self.cutoff, positions.dtype)
-        needed = int(_count_on_device(positions, cells, capacity, cutoff))
-        self._grow(needed, needed)  # a full list is symmetric: no atom sends more than its own count
+        self.slots = _grown(self.slots, int(_count_on_device(positions, cells, capacity, cutoff)), SLOT_MARGIN)
         arrays, overflow = _allocate_on_device(positions, cells, capacity, system_index, cutoff, n_slots=self.slots,
-                                               width=self.outgoing_width, n_systems=self.systems)
+                                               n_systems=self.systems)
         if bool(overflow):
             raise RuntimeError("the neighbour list built on the device overflowed the capacities counted for it (a bug)")
-        return arrays
+        return arrays, int(_count_on_device(positions, cells, capacity, jnp.asarray(self.model_cutoff, positions.dtype)))
