@@ -152,18 +152,21 @@ def _make_convolution(paths, cg):
         # every product in the layout its operands already have (channels minor): autodiff's transposes
         # rewrote each (N, K, 2l1+1, mul) weighted feature tensor transposed, path by path
         sender_blocks, edge_sh, edge_weights = residuals
-        d_senders = [jnp.zeros_like(b) for b in sender_blocks]
-        d_sh = [jnp.zeros_like(y) for y in edge_sh]
+        d_senders, d_sh = [None] * len(sender_blocks), [None] * len(edge_sh)  # no zero arrays written (60 MB each on W1)
+        add = lambda total, term: term if total is None else total + term
         d_weights = []
         for (i1, i2, l_out, path_weight, offset), g_path in zip(paths, g):
             x1 = sender_blocks[i1]
             coupled = _coupling(x1, edge_sh[i2], l_out, cg)
             w = edge_weights[:, :, None, offset:offset + x1.shape[3]]
-            d_weighted = path_weight * jnp.einsum("nkil,nlu->nkiu", coupled, g_path)
-            d_senders[i1] = d_senders[i1] + d_weighted * w
+            g_path = path_weight * g_path  # scaled while small: a scalar on an (N, K, ...) product is a broadcast array to XLA's CPU dots
+            d_weighted = jnp.einsum("nkil,nlu->nkiu", coupled, g_path)
+            d_senders[i1] = add(d_senders[i1], d_weighted * w)
             d_weights.append(jnp.sum(d_weighted * x1, axis=2))
-            d_coupled = path_weight * jnp.einsum("nkiu,nlu->nkil", w * x1, g_path)
-            d_sh[i2] = d_sh[i2] + _coupling_transpose(d_coupled, x1, edge_sh[i2], l_out, cg)
+            d_coupled = jnp.einsum("nkiu,nlu->nkil", w * x1, g_path)
+            d_sh[i2] = add(d_sh[i2], _coupling_transpose(d_coupled, x1, edge_sh[i2], l_out, cg))
+        d_senders = [jnp.zeros_like(b) if d is None else d for b, d in zip(sender_blocks, d_senders)]
+        d_sh = [jnp.zeros_like(y) if d is None else d for y, d in zip(edge_sh, d_sh)]
         return d_senders, d_sh, jnp.concatenate(d_weights, axis=-1)
 
     convolve.defvjp(forward, backward)
