@@ -161,7 +161,8 @@ def test_rebuilds_stay_on_the_device():
     lj = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=6.0)
     structures = _structures()[:2] + [_structures()[3]]
     stats = {}
-    device = relax(structures, lj, "fire", fmax=1e-3, max_steps=400, progress=False, loop="device", skin=0.05, stats=stats)
+    device = relax(structures, lj, "fire", fmax=1e-3, max_steps=400, progress=False, loop="device", skin=0.05, stats=stats,
+                   rebuild="device")
     host = relax(structures, lj, "fire", fmax=1e-3, max_steps=400, progress=False, loop="host")
     assert [r.n_steps for r in device] == [r.n_steps for r in host] and {r.status for r in device} == {"converged"}
     for a, b in zip(device, host):

@@ -13,15 +13,16 @@ included; only at the optimizer's points), failed (non-finite or exploding force
 search) or hit max_steps, then step the others with the same optimizer code (FIRE, L-BFGS,
 LBFGSLineSearch), so the steps are the host loop's and ASE's. When the neighbour list may be stale
 (an atom moved, or a cell changed, by enough to bring a pair from beyond cutoff + skin to within
-the cutoff) it is rebuilt on the device before the next evaluation
-(:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`). The model evaluates the near list, the
+the cutoff) it is rebuilt before the next evaluation: on the device, inside the loop
+(:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`), or - the default on CPU, where vesin is the
+faster - by the host after the loop returns. The model evaluates the near list, the
 list's pairs within the model's cutoff at the current geometry, recomputed after every step
 (:mod:`jaxmat.relax.lists`: fewer slots, same numbers). If a list does not fit its slots, outgoing
 slots or shift cube, the loop returns with an overflow flag and the host
 re-allocates larger capacities (vesin) before any evaluation, so no neighbour is ever dropped. The
 loop also returns after ``max_inner`` iterations, when no system is left running, or when a system
 finished while others wait in the queue (retire and refill). Capacities change only on overflow, so a
-run compiles once or a few times; ``stats`` counts compilations and their seconds, on-device
+run compiles once or a few times; ``stats`` counts compilations and their seconds, list
 rebuilds, re-allocations, the device loop's seconds (compilation excluded) and the host's.
 """
 
@@ -38,7 +39,7 @@ import numpy as np
 from jaxmat.forcefields.neighbors import DeviceCapacity, list_is_stale
 from jaxmat.padding import bucket, round_up
 from jaxmat.relax import cell as cell_filter
-from jaxmat.relax.lists import NeighborLists, device_lists, near_lists
+from jaxmat.relax.lists import NeighborLists, device_lists, near_lists, place
 from jaxmat.relax import state as packing
 from jaxmat.relax.scheduler import Capacities, admit
 from jaxmat.relax.state import RUNNING
@@ -55,12 +56,14 @@ def cutoff_of(force_field) -> float:
     return float(getattr(force_field, "r_max", None) or force_field.cutoff)
 
 
-def make_loop(optimizer, evaluate, relax_cell: bool):
-    """A pure function (params, state, limits, exit_on_finish) -> (state, iterations, overflow, rebuilds); limits
+def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = True):
+    """A pure function (params, state, limits, exit_on_finish) -> (state, iterations, overflow, rebuilds, stale); limits
     holds fmax (eV/Å), max_force (eV/Å, beyond it a system has exploded), skin (Å), cutoff (Å, the skin
     list's radius: the model's cutoff + skin), model_cutoff (Å, the near list's), max_steps and max_inner. A
     stale list is rebuilt inside the loop and the near list the model evaluates follows every step; overflow:
-    a list did not fit its capacities (the host re-allocates before any evaluation)."""
+    a list did not fit its capacities (the host re-allocates before any evaluation). Without rebuild_on_device a
+    stale list ends the loop instead (stale: the host rebuilds it, vesin, before any evaluation; the program
+    compiles faster without the on-device list builder)."""
 
     def run(params, state, limits, exit_on_finish):
         fmax, max_force, skin, max_steps, max_inner = (limits[k] for k in ("fmax", "max_force", "skin", "max_steps", "max_inner"))
@@ -68,7 +71,7 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
         index, real, row_index, row_real = state["system_index"], state["row_mask"], state["row_index"], state["row_real"]
 
         def body(carry):
-            state, iteration, _, _, rebuilds = carry
+            state, iteration, _, _, rebuilds, _ = carry
             near, crowded = near_lists(state, limits["model_cutoff"], state["near_neighbors"].shape[1], state["near_outgoing"].shape[1])
             state = dict(state, **near)  # the pairs within the model's cutoff now; crowded: they overflow the near list
             energy, forces, stress = evaluate(params, {k: state[key] for k, key in GRAPH_KEYS.items()})
@@ -117,12 +120,17 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
                        evaluations=state["evaluations"] + jnp.sum(active[:-1]).astype(state["evaluations"].dtype))
             stale = list_is_stale(positions, state["reference"], real & running[index], skin,
                                   cells, state["reference_cells"], state["reach"], running)
-            new, overflow = jax.lax.cond(stale, rebuild, lambda s: (s, jnp.bool_(False)), new)
+            if rebuild_on_device:
+                new, overflow = jax.lax.cond(stale, rebuild, lambda s: (s, jnp.bool_(False)), new)
+                to_host = jnp.bool_(False)
+            else:
+                overflow, to_host = jnp.bool_(False), stale & ~crowded
             new = jax.tree_util.tree_map(lambda kept, stepped: jnp.where(crowded, kept, stepped), state, new)  # nothing happened
             overflow = overflow | crowded
             finished = jnp.any(active & ~running)
-            stop = overflow | ~jnp.any(running) | (exit_on_finish & finished)
-            return new, iteration + 1, stop, overflow, rebuilds + (stale & ~crowded).astype(jnp.int32)
+            stop = overflow | to_host | ~jnp.any(running) | (exit_on_finish & finished)
+            rebuilt = stale & ~crowded & rebuild_on_device
+            return new, iteration + 1, stop, overflow, rebuilds + rebuilt.astype(jnp.int32), to_host
 
         def rebuild(s):
             """The list at the new geometry, on the device (same capacities)."""
@@ -132,12 +140,12 @@ def make_loop(optimizer, evaluate, relax_cell: bool):
             return dict(s, **lists), overflow
 
         def cond(carry):
-            _, iteration, stop, _, _ = carry
+            _, iteration, stop, _, _, _ = carry
             return (iteration < max_inner) & ~stop
 
-        start = (state, jnp.int32(0), jnp.bool_(False), jnp.bool_(False), jnp.int32(0))
-        state, iterations, _, overflow, rebuilds = jax.lax.while_loop(cond, body, start)
-        return state, iterations, overflow, rebuilds
+        start = (state, jnp.int32(0), jnp.bool_(False), jnp.bool_(False), jnp.int32(0), jnp.bool_(False))
+        state, iterations, _, overflow, rebuilds, stale = jax.lax.while_loop(cond, body, start)
+        return state, iterations, overflow, rebuilds, stale
 
     return run
 
@@ -147,8 +155,8 @@ class CompiledLoop:
     kept with the force field (later runs of the same shapes compile nothing); with a persistent XLA cache
     (:mod:`jaxmat.compile_cache`) a new process reuses the compiled programs too."""
 
-    def __init__(self, optimizer, evaluate, relax_cell: bool):
-        self.jitted = jax.jit(make_loop(optimizer, evaluate, relax_cell))
+    def __init__(self, optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = True):
+        self.jitted = jax.jit(make_loop(optimizer, evaluate, relax_cell, rebuild_on_device))
         self.executables: dict = {}
 
     def __call__(self, params, state, limits, exit_on_finish: bool, counters: dict):
@@ -167,12 +175,13 @@ class CompiledLoop:
 _LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_loop(force_field, optimizer, evaluate, relax_cell: bool = False) -> CompiledLoop:
-    """The compiled loop of this force field, optimizer and mode (kept as long as the force field)."""
+def compiled_loop(force_field, optimizer, evaluate, relax_cell: bool = False, rebuild_on_device: bool = True) -> CompiledLoop:
+    """The compiled loop of this force field, optimizer and modes (kept as long as the force field)."""
     loops = _LOOPS.setdefault(force_field, {})
-    if (optimizer, relax_cell) not in loops:
-        loops[optimizer, relax_cell] = CompiledLoop(optimizer, evaluate, relax_cell)
-    return loops[optimizer, relax_cell]
+    key = (optimizer, relax_cell, rebuild_on_device)
+    if key not in loops:
+        loops[key] = CompiledLoop(optimizer, evaluate, relax_cell, rebuild_on_device)
+    return loops[key]
 
 
 @dataclass
@@ -190,9 +199,10 @@ class DeviceRelaxation:
     result (stress None unless cells relax)."""
 
     def __init__(self, force_field, optimizer, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, max_force,
-                 relax_cell: bool = False, allocation: str = "auto"):
+                 relax_cell: bool = False, allocation: str = "auto", rebuild: str = "auto"):
         """allocation: where neighbour lists are built when systems join or capacities grow
-        (:class:`jaxmat.relax.lists.NeighborLists`)."""
+        (:class:`jaxmat.relax.lists.NeighborLists`); rebuild: where a stale list is rebuilt, "device" (inside the
+        loop), "host" (the loop returns, vesin rebuilds it) or "auto" (:func:`jaxmat.relax.lists.place`)."""
         self.force_field, self.optimizer, self.relax_cell = force_field, optimizer, relax_cell
         self.params, evaluate = force_field.device_model()
         self.cutoff = cutoff_of(force_field) + skin
@@ -204,7 +214,7 @@ class DeviceRelaxation:
         self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "cutoff": self.cutoff,
                        "model_cutoff": cutoff_of(force_field),
                        "max_steps": int(max_steps), "max_inner": int(max_inner)}
-        self.loop = compiled_loop(force_field, optimizer, evaluate, relax_cell)
+        self.loop = compiled_loop(force_field, optimizer, evaluate, relax_cell, place(rebuild, "rebuild") == "device")
         self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "reallocations": 0, "refills": 0, "structure_evaluations": 0,
                          "compilations": 0, "compile_seconds": 0.0, "device_seconds": 0.0, "host_seconds": 0.0}
 
@@ -232,7 +242,7 @@ class DeviceRelaxation:
                 state = jax.device_put(state)
             self.counters["host_seconds"] += time.perf_counter() - host_started
             started = time.perf_counter()
-            state, iterations, overflow, rebuilds = self.loop(self.params, state, self.limits, bool(queue), self.counters)
+            state, iterations, overflow, rebuilds, stale = self.loop(self.params, state, self.limits, bool(queue), self.counters)
             status, active = np.asarray(state["status"]), np.asarray(state["active"])  # waits for the device
             self.counters["device_seconds"] += time.perf_counter() - started
             host_started = time.perf_counter()
@@ -244,11 +254,13 @@ class DeviceRelaxation:
             if done:
                 state = jax.tree_util.tree_map(np.asarray, state)
                 self.report(running, state, done, finish)
-            elif bool(overflow):  # re-allocate on the host (vesin) with larger capacities: a new compiled shape
+            elif bool(overflow) or bool(stale):  # lists built on the host: rebuilt, re-allocated larger if needed
                 host = jax.tree_util.tree_map(np.asarray, state)
+                before = self.lists.capacities
                 host.update(self.lists.arrays(running, host["positions"], host["cells"], host["system_index"]))
                 state = jax.device_put(host)
-                self.counters["reallocations"] += 1
+                self.counters["rebuilds"] += int(bool(stale))
+                self.counters["reallocations"] += int(bool(overflow) or self.lists.capacities != before)  # a new compiled shape
             self.counters["host_seconds"] += time.perf_counter() - host_started
         self.counters["device_seconds"] -= self.counters["compile_seconds"]
         return self.counters

@@ -39,7 +39,15 @@ from jaxmat.padding import bucket
 SLOT_MARGIN = 1.05  # skin-list slot capacity over the most neighbours seen at allocation (then rounded up by bucket)
 NEAR_MARGIN = 1.1  # near-list slots over the most pairs within the cutoff at allocation: they come and go with every step
 GROWTH = 1.5  # a capacity that overflowed grows at least this much: a cell that keeps compressing re-allocates a few times, not every step
-ALLOCATIONS = ("auto", "host", "device")
+PLACES = ("auto", "host", "device")
+
+
+def place(choice: str, what: str) -> str:
+    """Where lists are built: "host" or "device" for ``choice`` (one of PLACES; "auto": the device on
+    accelerators, the host - vesin - on CPU, where it is the faster); ``what`` names the option in errors."""
+    if choice not in PLACES:
+        raise ValueError(f"{what} must be auto, host or device, not {choice!r}")
+    return choice if choice != "auto" else ("host" if jax.default_backend() == "cpu" else "device")
 NEAR_KEYS = ("near_neighbors", "near_translations", "near_mask", "near_outgoing")
 
 
@@ -79,13 +87,16 @@ class NeighborLists:
     built on the device) or "auto": the device on accelerators, the host on CPU."""
 
     def __init__(self, cutoff: float, rows: int, systems: int, allocation: str = "auto", model_cutoff: float | None = None):
-        if allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be auto, host or device, not {allocation!r}")
-        self.allocation = allocation if allocation != "auto" else ("host" if jax.default_backend() == "cpu" else "device")
+        self.allocation = place(allocation, "allocation")
         self.cutoff, self.rows, self.systems = cutoff, rows, systems
         self.model_cutoff = cutoff if model_cutoff is None else model_cutoff
         self.slots = self.near_slots = self.outgoing_width = self.shift_reach = 0
         self.block = 0  # rows of the largest system (the on-device list's blocks); set by the loop before allocating
+
+    @property
+    def capacities(self) -> tuple:
+        """The capacities that shape the compiled loop (slots, near slots, outgoing width, shift reach, block)."""
+        return self.slots, self.near_slots, self.outgoing_width, self.shift_reach, self.block
 
     def arrays(self, running, positions, cells, system_index) -> dict:
         """The skin list of the running systems at this geometry, with the reference geometry of the staleness
