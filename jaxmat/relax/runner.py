@@ -130,8 +130,8 @@ def relax(
     allocation: where the device loop builds neighbour lists when systems join or capacities grow: "host"
     (vesin), "device" (on the accelerator, as its in-loop rebuilds) or "auto" (default: the device on
     GPUs/TPUs, the host on CPU); same pairs either way. rebuild: where it rebuilds a list that went stale, "device"
-    (inside the compiled loop), "host" (the loop returns and vesin rebuilds it: faster on CPU, 0.4 s vs 7 s for
-    512-atom cells, and a smaller program to compile) or "auto" (default: as allocation's auto); same steps.
+    (inside the compiled loop), "host" (the loop returns and vesin rebuilds it: faster on CPU, about 0.4 s vs 7 s
+    for 32 x 512-atom cells, and a smaller program to compile) or "auto" (default: as allocation's auto); same steps.
     stats then also holds loop_calls, iterations, rebuilds (of stale lists), reallocations (on the host after a
     list overflow), refills, compilations, compile_seconds, device_seconds, host_seconds.
     """
