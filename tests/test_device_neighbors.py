@@ -153,6 +153,27 @@ def test_crowded_near_list_reallocates_before_any_step(monkeypatch):
     assert stats["reallocations"] >= 1
 
 
+def test_a_crowded_near_list_always_grows():
+    """After the loop reported a crowded near list, the host grows its capacities even where its own count (vesin's)
+    finds them enough - a pair at the cutoff may count on one side only - so the loop cannot stop at the same place
+    again; never beyond the skin list's slots."""
+    from jaxmat.relax.device_loop import Running
+    from jaxmat.relax.lists import NeighborLists
+
+    structures = _structures()[:2]
+    _, positions, cells, system_index, _, n_atoms = _padded(structures)
+    running = [Running(k, atoms, len(atoms)) for k, atoms in enumerate(structures)]
+    lists = NeighborLists(CUTOFF + 1.0, len(positions), len(cells), "host", model_cutoff=CUTOFF)
+    lists.block = max(map(len, structures))
+    arrays = lists.arrays(running, positions, cells, system_index)
+    near, width = lists.near_slots, lists.outgoing_width
+    assert arrays["near_neighbors"].shape == (len(positions), near) and near < lists.slots and width >= near
+    lists.arrays(running, positions, cells, system_index)
+    assert (lists.near_slots, lists.outgoing_width) == (near, width)  # nothing new: same capacities
+    lists.arrays(running, positions, cells, system_index, crowded=True)
+    assert near < lists.near_slots <= lists.slots and lists.outgoing_width >= lists.near_slots
+
+
 def test_rebuilds_stay_on_the_device():
     """A 0.05 Å skin: many rebuilds, all inside the compiled loop (no return to the host, one compilation), and
     the host loop's steps and positions."""

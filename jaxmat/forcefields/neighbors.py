@@ -11,7 +11,8 @@ The contract is jax-md's ``partition.neighbor_list``: **allocate** on the host (
 with integer translations; capacities with a margin: slots, outgoing slots, per-system blocks of
 rows, a cube of lattice translations sized from the current cells, :func:`device_capacity`),
 **update** on the device (:func:`device_neighbor_matrix`, inside the compiled relaxation loop, when
-:func:`list_is_stale`: some atom moved more than skin / 2 or a cell changed enough), and
+:func:`list_is_stale`: some atom moved more than skin / 2 or a cell changed enough; on CPU the loop hands
+this back to vesin by default), and
 **did_buffer_overflow** (an atom with more neighbours than slots, a cell needing translations beyond
 the cube): the loop stops and the host re-allocates, nothing is dropped. jax-md's partition itself is
 not used: it bins one system's atoms into a single cell list and assumes at most one periodic image

@@ -45,6 +45,7 @@ from jaxmat.relax.scheduler import Capacities, admit
 from jaxmat.relax.state import RUNNING
 
 CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED, SEARCH_FAILED = 1, 2, 3, 4, 5  # and RUNNING (0), from relax.state
+SKIN_OVERFLOW, CROWDED = 1, 2  # the loop's overflow codes: the rebuilt list, the near list did not fit
 STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed", SEARCH_FAILED: "failed"}
 GRAPH_KEYS = {"positions": "positions", "cells": "cells", "species": "species", "system_index": "system_index",
               "neighbors": "near_neighbors", "translations": "near_translations", "mask": "near_mask", "outgoing": "near_outgoing"}
@@ -60,10 +61,11 @@ def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = T
     """A pure function (params, state, limits, exit_on_finish) -> (state, iterations, overflow, rebuilds, stale); limits
     holds fmax (eV/Å), max_force (eV/Å, beyond it a system has exploded), skin (Å), cutoff (Å, the skin
     list's radius: the model's cutoff + skin), model_cutoff (Å, the near list's), max_steps and max_inner. A
-    stale list is rebuilt inside the loop and the near list the model evaluates follows every step; overflow:
-    a list did not fit its capacities (the host re-allocates before any evaluation). Without rebuild_on_device a
-    stale list ends the loop instead (stale: the host rebuilds it, vesin, before any evaluation; the program
-    compiles faster without the on-device list builder)."""
+    stale list is rebuilt inside the loop and the near list the model evaluates follows every step; overflow: 0,
+    or a list did not fit its capacities - SKIN_OVERFLOW (the rebuilt list; the host re-allocates before the next
+    step) or CROWDED (the near list: that iteration's step is discarded, the host re-allocates). Without
+    rebuild_on_device a stale list ends the loop instead (stale: the host rebuilds it before the next step, where
+    allocation builds lists - vesin on CPU; the program compiles faster without the on-device list builder)."""
 
     def run(params, state, limits, exit_on_finish):
         fmax, max_force, skin, max_steps, max_inner = (limits[k] for k in ("fmax", "max_force", "skin", "max_steps", "max_inner"))
@@ -126,9 +128,9 @@ def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = T
             else:
                 overflow, to_host = jnp.bool_(False), stale & ~crowded
             new = jax.tree_util.tree_map(lambda kept, stepped: jnp.where(crowded, kept, stepped), state, new)  # nothing happened
-            overflow = overflow | crowded
+            overflow = jnp.where(crowded, CROWDED, jnp.where(overflow, SKIN_OVERFLOW, 0)).astype(jnp.int32)
             finished = jnp.any(active & ~running)
-            stop = overflow | to_host | ~jnp.any(running) | (exit_on_finish & finished)
+            stop = (overflow > 0) | to_host | ~jnp.any(running) | (exit_on_finish & finished)
             rebuilt = stale & ~crowded & rebuild_on_device
             return new, iteration + 1, stop, overflow, rebuilds + rebuilt.astype(jnp.int32), to_host
 
@@ -143,7 +145,7 @@ def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = T
             _, iteration, stop, _, _, _ = carry
             return (iteration < max_inner) & ~stop
 
-        start = (state, jnp.int32(0), jnp.bool_(False), jnp.bool_(False), jnp.int32(0), jnp.bool_(False))
+        start = (state, jnp.int32(0), jnp.bool_(False), jnp.int32(0), jnp.int32(0), jnp.bool_(False))
         state, iterations, _, overflow, rebuilds, stale = jax.lax.while_loop(cond, body, start)
         return state, iterations, overflow, rebuilds, stale
 
@@ -236,7 +238,9 @@ class DeviceRelaxation:
         while queue or running:
             host_started = time.perf_counter()
             if state is None or done:
+                allocated, before = self.lists.slots > 0, self.lists.capacities
                 running, state = self.repack(structures, queue, sizes, running, state, done)
+                self.counters["reallocations"] += int(allocated and self.lists.capacities != before)  # a new compiled shape
                 if not running:
                     break
                 state = jax.device_put(state)
@@ -247,8 +251,9 @@ class DeviceRelaxation:
             self.counters["device_seconds"] += time.perf_counter() - started
             host_started = time.perf_counter()
             self.counters["loop_calls"] += 1
-            self.counters["iterations"] += int(iterations)
-            self.counters["rebuilds"] += int(rebuilds)
+            crowded = int(overflow) == CROWDED
+            self.counters["iterations"] += int(iterations) - crowded  # a crowded iteration's step was discarded
+            self.counters["rebuilds"] += int(rebuilds) + int(bool(stale))  # in the loop, and for the host
             self.counters["structure_evaluations"] = int(state["evaluations"])
             done = [k for k in range(len(running)) if not active[k] and status[k] != RUNNING]
             if done:
@@ -257,10 +262,9 @@ class DeviceRelaxation:
             elif bool(overflow) or bool(stale):  # lists built on the host: rebuilt, re-allocated larger if needed
                 host = jax.tree_util.tree_map(np.asarray, state)
                 before = self.lists.capacities
-                host.update(self.lists.arrays(running, host["positions"], host["cells"], host["system_index"]))
+                host.update(self.lists.arrays(running, host["positions"], host["cells"], host["system_index"], crowded=crowded))
                 state = jax.device_put(host)
-                self.counters["rebuilds"] += int(bool(stale))
-                self.counters["reallocations"] += int(bool(overflow) or self.lists.capacities != before)  # a new compiled shape
+                self.counters["reallocations"] += int(self.lists.capacities != before)  # a new compiled shape
             self.counters["host_seconds"] += time.perf_counter() - host_started
         self.counters["device_seconds"] -= self.counters["compile_seconds"]
         return self.counters

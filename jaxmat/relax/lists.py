@@ -1,11 +1,11 @@
 """The device relaxation loop's neighbour lists: their capacities and where they are allocated.
 
 Two lists per state. The *skin list* holds every pair within the model's cutoff + skin at the reference
-geometry; it stays valid until some atom or cell moved by about the skin (then it is rebuilt inside the
-loop). The *near list* is what the model evaluates: the skin list's pairs within the model's own cutoff at
-the current geometry, recomputed on the device when the loop starts and after every step (:func:`near_lists`). Pairs beyond the
-cutoff contribute exactly zero, so the model gives the same numbers on fewer slots (W1: 72 instead of 88
-per atom, the skin's shell of pairs left out).
+geometry; it stays valid until some atom or cell moved by about the skin (then it is rebuilt, inside the
+loop or by the host: ``relax(rebuild=...)``). The *near list* is what the model evaluates: the skin list's
+pairs within the model's own cutoff at the current geometry, recomputed on the device before every
+evaluation (:func:`near_lists`). Pairs beyond the cutoff contribute exactly zero, so the model gives the
+same numbers on fewer slots (W1: 72 instead of 88 per atom, the skin's shell of pairs left out).
 
 When systems join the batch, or a list overflowed its capacities inside the loop, the host sizes the slots
 (neighbours per atom), the near list's slots and outgoing slots (per sender) and the shift cube with a
@@ -98,11 +98,13 @@ class NeighborLists:
         """The capacities that shape the compiled loop (slots, near slots, outgoing width, shift reach, block)."""
         return self.slots, self.near_slots, self.outgoing_width, self.shift_reach, self.block
 
-    def arrays(self, running, positions, cells, system_index) -> dict:
+    def arrays(self, running, positions, cells, system_index, crowded: bool = False) -> dict:
         """The skin list of the running systems at this geometry, with the reference geometry of the staleness
         check and the on-device list's capacities, and the near list's arrays at their capacities (the loop fills
         them on entry); grows the capacities when needed (a new compiled shape). running: the systems, each with
-        ``n_atoms`` and ``atoms`` (its pbc)."""
+        ``n_atoms`` and ``atoms`` (its pbc). crowded: the loop found more pairs within the cutoff than the near list
+        holds (its capacities grow even where this count - vesin's, float64 - finds them enough: a pair at the cutoff
+        may count on one side and not the other, and the loop must not stop again at the same place)."""
         n_atoms = sum(r.n_atoms for r in running)
         periodic = np.zeros(self.systems, bool)
         periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
@@ -116,8 +118,10 @@ class NeighborLists:
         build = self._device_lists if self.allocation == "device" else self._host_lists
         skin, pairs = build(running, n_atoms, positions, cells, system_index, capacity)
         # the near list itself is computed by the loop on entry: here only its capacities (placeholder arrays)
+        if crowded:
+            pairs = max(pairs, self.near_slots + 1)
         self.near_slots = min(_grown(self.near_slots, pairs, NEAR_MARGIN), self.slots)  # never more than the skin list's
-        self.outgoing_width = _grown(self.outgoing_width, pairs, NEAR_MARGIN, self.near_slots)  # full list: symmetric
+        self.outgoing_width = max(_grown(self.outgoing_width, pairs, NEAR_MARGIN), self.near_slots)  # full list: symmetric
         near = (np.zeros((self.rows, self.near_slots), np.int32), np.zeros((self.rows, self.near_slots, 3), np.int32),
                 np.zeros((self.rows, self.near_slots), bool), np.zeros((self.rows, self.outgoing_width), np.int32))
         return skin | dict(zip(NEAR_KEYS, near)) | {"members": capacity.members, "shifts": capacity.shifts,

@@ -21,6 +21,7 @@ from jaxmat.forcefields.base import unsupported_elements
 from jaxmat.forcefields.neighbors import close_pairs
 from jaxmat.precision import scoped_by
 from jaxmat.relax import host_loop
+from jaxmat.relax.lists import place
 from jaxmat.relax.optimizers import FIRE, LBFGS, make_optimizer
 from jaxmat.relax.results import RelaxResult, Results
 from jaxmat.relax.scheduler import capacities, row_sizes
@@ -140,6 +141,7 @@ def relax(
     check_settings(fmax, max_steps, max_atoms, max_systems)
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be auto, device or host, not {loop!r}")
+    place(allocation, "allocation"), place(rebuild, "rebuild")  # refused early, whichever loop runs
     if not skin >= 0 or int(max_inner) < 1:
         raise ValueError(f"skin must be >= 0 Å and max_inner >= 1 (got skin={skin}, max_inner={max_inner})")
     device_capable = getattr(force_field, "supports_device_loop", False) and not keep_trajectory

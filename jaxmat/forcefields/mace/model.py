@@ -84,7 +84,7 @@ def _table_lookup_forward(pieces, slopes, lengths, r_min, step):
     # is written (that write made the table slower than the MLP on CPU); the backward gathers from its own
     # table, so the two gathers cannot be merged into one materialised array either
     i, s, inside = _table_rows(pieces, lengths, r_min, step)
-    c = pieces.at[i].get(mode="promise_in_bounds")  # i is clipped to the table above
+    c = pieces.at[i].get(mode="promise_in_bounds")  # i is clipped to the table above (a NaN length reads some row: NaN out)
     return c[:, 0] + s * (c[:, 1] + s * (c[:, 2] + s * c[:, 3])), (slopes, i, s, inside)
 
 
