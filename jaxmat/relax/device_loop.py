@@ -16,10 +16,11 @@ LBFGSLineSearch), so the steps are the host loop's and ASE's. When the neighbour
 the cutoff) it is rebuilt before the next evaluation: on the device, inside the loop
 (:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`), or - the default on CPU, where vesin is the
 faster - by the host after the loop returns. The model evaluates the near list, the
-list's pairs within the model's cutoff at the current geometry, recomputed after every step
+list's pairs within the model's cutoff at the current geometry, picked out before every evaluation
 (:mod:`jaxmat.relax.lists`: fewer slots, same numbers). If a list does not fit its slots, outgoing
-slots or shift cube, the loop returns with an overflow flag and the host
-re-allocates larger capacities (vesin) before any evaluation, so no neighbour is ever dropped. The
+slots or shift cube, the loop returns with an overflow flag (an evaluation on a near list that did not
+fit takes no step) and the host re-allocates larger capacities before the next step, so no neighbour
+is ever dropped. The
 loop also returns after ``max_inner`` iterations, when no system is left running, or when a system
 finished while others wait in the queue (retire and refill). Capacities change only on overflow, so a
 run compiles once or a few times; ``stats`` counts compilations and their seconds, list
