@@ -48,6 +48,8 @@ def place(choice: str, what: str) -> str:
     if choice not in PLACES:
         raise ValueError(f"{what} must be auto, host or device, not {choice!r}")
     return choice if choice != "auto" else ("host" if jax.default_backend() == "cpu" else "device")
+
+
 NEAR_KEYS = ("near_neighbors", "near_translations", "near_mask", "near_outgoing")
 
 
@@ -73,11 +75,12 @@ _count_on_device = jax.jit(device_neighbor_counts)
 _allocate_on_device = jax.jit(device_lists, static_argnames=("n_slots", "n_systems"))
 
 
-def _grown(capacity: int, needed: int, margin: float, floor: int = 1) -> int:
-    """A capacity that holds ``needed`` with a margin; one that must grow grows by at least GROWTH (never shrinks)."""
+def _grown(capacity: int, needed: int, margin: float) -> int:
+    """A capacity that holds ``needed`` with a margin, at least 1; one that must grow grows by at least GROWTH
+    (never shrinks)."""
     if needed <= capacity and capacity > 0:
         return capacity
-    return bucket(max(int(np.ceil(needed * margin)), int(np.ceil(capacity * GROWTH)), floor), 4)
+    return bucket(max(int(np.ceil(needed * margin)), int(np.ceil(capacity * GROWTH)), 1), 4)
 
 
 class NeighborLists:
@@ -101,7 +104,7 @@ class NeighborLists:
     def arrays(self, running, positions, cells, system_index, crowded: bool = False) -> dict:
         """The skin list of the running systems at this geometry, with the reference geometry of the staleness
         check and the on-device list's capacities, and the near list's arrays at their capacities (the loop fills
-        them on entry); grows the capacities when needed (a new compiled shape). running: the systems, each with
+        them before each evaluation); grows the capacities when needed (a new compiled shape). running: the systems, each with
         ``n_atoms`` and ``atoms`` (its pbc). crowded: the loop found more pairs within the cutoff than the near list
         holds (its capacities grow even where this count - vesin's, float64 - finds them enough: a pair at the cutoff
         may count on one side and not the other, and the loop must not stop again at the same place)."""
@@ -117,7 +120,7 @@ class NeighborLists:
         self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
         build = self._device_lists if self.allocation == "device" else self._host_lists
         skin, pairs = build(running, n_atoms, positions, cells, system_index, capacity)
-        # the near list itself is computed by the loop on entry: here only its capacities (placeholder arrays)
+        # the near list itself is picked out by the loop before each evaluation: here only its capacities (placeholder arrays)
         if crowded:
             pairs = max(pairs, self.near_slots + 1)
         self.near_slots = min(_grown(self.near_slots, pairs, NEAR_MARGIN), self.slots)  # never more than the skin list's
