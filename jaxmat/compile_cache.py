@@ -1,9 +1,11 @@
-"""The persistent XLA compilation cache of jaxmat's commands: compiled programs are kept on disk, so a
-second run with the same shapes (the device relaxation loop, the JAX MACE) compiles nothing.
+"""jaxmat's caches on disk: the persistent XLA compilation cache of its commands (compiled programs, so a
+second run with the same shapes - the device relaxation loop, the JAX MACE - compiles nothing) and, next to
+it, the JAX parameters of converted mace-torch models (:mod:`jaxmat.forcefields.mace.cache`).
 
-Called by entry points (``python -m jaxmat.relax``, ``jaxmat.heo.evaluate``), never on import. The folder
-is ``$JAXMAT_COMPILATION_CACHE`` if set (``0``, ``off`` or an empty value disable the cache), else
-``$XDG_CACHE_HOME/jaxmat/xla`` (``~/.cache/jaxmat/xla``). Python users call :func:`enable` themselves.
+:func:`enable` is called by entry points (``python -m jaxmat.relax``, ``jaxmat.heo.evaluate``), never on
+import; Python users call it themselves. The folders are ``$XDG_CACHE_HOME/jaxmat/xla`` and ``.../jaxmat/mace``
+(``~/.cache/jaxmat/...``); ``$JAXMAT_COMPILATION_CACHE=DIR`` moves them to ``DIR`` and ``DIR/mace``, and ``0``,
+``off`` or an empty value turn both off.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from pathlib import Path
 ENVIRONMENT = "JAXMAT_COMPILATION_CACHE"
 
 
-def cache_folder() -> Path | None:
-    """Where compiled programs are kept, or None when the environment turns the cache off."""
+def cache_folder(kind: str = "xla") -> Path | None:
+    """Where compiled programs ("xla") or converted MACE parameters ("mace") are kept, or None when the
+    environment turns the caches off."""
     value = os.environ.get(ENVIRONMENT)
     if value is not None:
-        return None if value.strip().lower() in ("", "0", "off", "false", "no") else Path(value).expanduser()
+        if value.strip().lower() in ("", "0", "off", "false", "no"):
+            return None
+        folder = Path(value).expanduser()
+        return folder if kind == "xla" else folder / kind
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "jaxmat" / "xla"
+    return Path(base) / "jaxmat" / kind
 
 
 def enable(folder: str | Path | None = None) -> Path | None:
