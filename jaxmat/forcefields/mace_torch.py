@@ -14,6 +14,7 @@ import mace  # noqa: F401  -- must come before anything that imports e3nn (torch
 import numpy as np
 
 from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
+from jaxmat.forcefields.mace_models import choose_head
 
 
 class MACETorch:
@@ -38,7 +39,7 @@ class MACETorch:
         self.supported_numbers = frozenset(self.z_table.zs)
         heads = getattr(self.model, "heads", None) or ["Default"]
         self.heads = list(heads)
-        self.head = head or self.heads[-1]
+        self.head = choose_head(self.heads, head)  # MACECalculator's rule, but an unknown head is an error
 
     def _graphs(self, batch: SystemBatch):
         from ase import Atoms

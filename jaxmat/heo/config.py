@@ -60,6 +60,7 @@ def resolve_finetune_config(config: dict) -> dict:
 EVALUATION_DEFAULTS = {
     "backend": "torch",         # MACE implementation: torch (mace-torch, batched) or jax (jaxmat's JAX MACE)
     "dtype": "float64",
+    "head": None,               # head of multi-head models (default: the only one, else the one named 'default')
     "seed": 0,
     "reference": "chgnet",      # independent reference model: chgnet, a MACE .model path, or none
     "unsupported": "skip",      # frames with elements a model lacks: skip (counted in the report) or error

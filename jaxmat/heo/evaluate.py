@@ -183,7 +183,8 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir)
     labels = model_labels(models)
-    force_fields = {label: load_force_field(str(path), config["backend"], config["dtype"]) for label, path in zip(labels, models)}
+    force_fields = {label: load_force_field(str(path), config["backend"], config["dtype"], config["head"])
+                    for label, path in zip(labels, models)}
     skipped: dict = {}
     timings = {}
     started = time.perf_counter()
@@ -231,7 +232,7 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
 @cli.command
 def main(argv=None) -> int:
     parser = cli.parser("python -m jaxmat.heo.evaluate", __doc__)
-    parser.add_argument("--models", nargs="+", required=True, help="mace-torch .model files (or converted JAX MACE dirs with backend jax)")
+    parser.add_argument("--models", nargs="+", required=True, help="mace-torch .model files or foundation keys (or converted JAX MACE dirs with backend jax)")
     parser.add_argument("--data", required=True, help="curated folder with train/val/test.extxyz (python -m jaxmat.heo.curate)")
     parser.add_argument("--structures", help="rock-salt supercells for the random-substitution task (python -m jaxmat.heo.generate)")
     parser.add_argument("--out", required=True, help="report folder")

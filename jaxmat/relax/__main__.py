@@ -2,10 +2,12 @@
 
     python -m jaxmat.relax INPUT.extxyz --model MODEL --out OUT.extxyz [--optimizer fire|lbfgs|lbfgs-linesearch]
         [--fmax 0.05] [--max-steps 300] [--max-atoms N] [--relax-cell] [--trajectory DIR] [--backend torch|jax]
+        [--head NAME]
 
 MODEL is a mace-torch model file (``--backend torch`` runs it with mace-torch, ``--backend jax`` with
 jaxmat's JAX MACE after converting the weights), a directory written by scripts/convert_mace.py
-(``--backend jax``, no torch needed), or a classical potential for quick tests:
+(``--backend jax``, no torch needed), a mace-torch foundation key (``medium-mpa-0``, ``small-omat-0``, ``mh-1``,
+...: mace-torch downloads it, or takes it from its cache ``~/.cache/mace``), or a classical potential for quick tests:
 ``lj[:sigma,epsilon,cutoff]`` / ``morse[:sigma,epsilon,alpha,cutoff]`` (Å, eV).
 Finished structures are appended to OUT.partial as they complete; a killed run started again
 with the same command skips them. OUT.partial.json records what the results depend on (the input
@@ -39,7 +41,7 @@ def _frame(result, index: int):
 
 
 MANIFEST_VERSION = 1
-SETTINGS = ("model", "backend", "dtype", "optimizer", "fmax", "max_steps", "relax_cell")  # change the results
+SETTINGS = ("model", "head", "backend", "dtype", "optimizer", "fmax", "max_steps", "relax_cell")  # change the results
 
 
 def fingerprint(structures) -> str:
@@ -115,7 +117,9 @@ def build_parser():
 
     parser = cli.parser("python -m jaxmat.relax", __doc__)
     parser.add_argument("input", help="structures (any format ase.io.read knows, e.g. extxyz), or embedded:heo")
-    parser.add_argument("--model", required=True, help="mace-torch model file, or lj[:sigma,eps,cutoff] / morse[:...]")
+    parser.add_argument("--model", required=True, help="mace-torch model file or foundation key (medium-mpa-0, ...), "
+                        "converted JAX MACE directory, or lj[:sigma,eps,cutoff] / morse[:...]")
+    parser.add_argument("--head", help="head of a multi-head MACE model (default: the only one, else 'default')")
     parser.add_argument("--out", required=True, help="output extxyz")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire")
     parser.add_argument("--fmax", type=float, default=0.05, help="force convergence threshold, eV/Å")
@@ -155,7 +159,7 @@ def main(argv=None) -> int:
     use_float64(args.dtype != "float32")  # mixed: positions, optimizer and sums in float64
     compile_cache.enable()  # a rerun with the same shapes compiles nothing ($JAXMAT_COMPILATION_CACHE=0: off)
     structures = read_atoms(args.input)
-    force_field = load_force_field(args.model, args.backend, args.dtype)
+    force_field = load_force_field(args.model, args.backend, args.dtype, head=args.head)
     out = Path(args.out)
     partial = shards.partial_path(out)  # OUT.partial, or OUT.partial.<process> with several
     check_resumable(out, run_manifest(args, structures))  # never mixes two runs' results

@@ -24,6 +24,7 @@ from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
 from jaxmat.forcefields.mace.model import energy_forces_stress
 from jaxmat.forcefields.mace.ops import outgoing_slots
 from jaxmat.forcefields.mace.product_basis import checked_block
+from jaxmat.forcefields.mace_models import choose_head
 from jaxmat.forcefields.neighbors import (
     neighbor_matrix,
     pad_neighbor_matrix,
@@ -48,7 +49,8 @@ class MACEJax:
         (benchmarks/gpu). It applies to float32 and "mixed"; no effect in float64 or on CPU. contraction_block:
         monomials of the product basis per loop step (1, default: one at a time, the fastest form on CPU; e.g. 64:
         fewer, larger steps, meant for GPUs where each step is a kernel launch; not yet timed on one); same numbers
-        up to summation order."""
+        up to summation order. head: the head of a multi-head model (default: the only one, else the one named
+        "default", as mace-torch's calculator chooses)."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         if matmul_precision not in ("highest", "high", "default"):
@@ -62,10 +64,8 @@ class MACEJax:
             self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.compute_dtype), params)
         self.r_max = float(config["r_max"])
         self.heads = list(config["heads"])
-        head = head or self.heads[-1]
-        if head not in self.heads:
-            raise ValueError(f"head {head!r} not in this model's heads {self.heads}")
-        self.head_index = self.heads.index(head)
+        self.head = choose_head(self.heads, head)  # mace-torch's calculator rule; an unknown head is an input error
+        self.head_index = self.heads.index(self.head)
         self.supported_numbers = frozenset(int(z) for z in config["atomic_numbers"])
         self._species_of = np.full(119, -1, np.int32)
         self._species_of[np.asarray(config["atomic_numbers"])] = np.arange(len(config["atomic_numbers"]))
