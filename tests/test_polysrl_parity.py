@@ -128,13 +128,16 @@ def test_stoichiometry_graph_matches_reference_inputs(reference):
 
 
 @pytest.mark.parametrize("name", ["MPBandG", "Infomax"])
-def test_reference_checkpoint_embeddings(name, x64):
-    """Published stoichiometry encoders reproduce the reference code's embeddings to 1e-5."""
+def test_reference_checkpoint_embeddings(name):
+    """Published stoichiometry encoders reproduce the reference code's embeddings to 1e-5, in float64, with
+    JAX float64 off as in a user's process (the module's x64 fixture notwithstanding): the call scopes it."""
     from jaxmat.polysrl import import_reference_checkpoint
 
     expected = np.load(shared_file("reference/polysrl_reference_embeddings.npz"))
-    embedder = import_reference_checkpoint(shared_file(f"reference/polysrl_{name}_stoich_encoder.pt"))
-    mu, sigma = embedder.embed([str(f) for f in expected["formulas"]])
+    with jax.enable_x64(False):
+        embedder = import_reference_checkpoint(shared_file(f"reference/polysrl_{name}_stoich_encoder.pt"))
+        mu, sigma = embedder.embed([str(f) for f in expected["formulas"]])
+    assert mu.dtype == np.float64
     assert mu.shape == expected[f"{name}_mean"].shape
     assert np.max(np.abs(mu - expected[f"{name}_mean"])) < 1e-5
     assert np.all(sigma == 0.0)  # mean-only checkpoints are deterministic

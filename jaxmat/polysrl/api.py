@@ -14,22 +14,22 @@ from jaxmat.errors import JaxmatInputError
 from jaxmat.polysrl.config import ModelConfig
 from jaxmat.polysrl.graphs.batching import batch_stoichiometry, padded_size
 from jaxmat.polysrl.graphs.stoichiometry import stoichiometry_graph
-from jaxmat.precision import float64_scope
 
 
 class StoichiometryEmbedder:
     """A stoichiometry encoder with its parameters.
 
-    ``embed(formulas)`` -> (mu, sigma): float arrays (n, hidden); mu is L2-normalised, sigma = exp(logsigma)
-    (zeros for deterministic / mean-only encoders). Bad formulas raise FormulaError naming the formula.
+    ``embed(formulas)`` -> (mu, sigma): numpy arrays (n, hidden) of the config's dtype; mu is L2-normalised,
+    sigma = exp(logsigma) (zeros for deterministic / mean-only encoders). Bad formulas raise FormulaError
+    naming the formula. Built and run in ``config.scope()``: no global precision switch needed.
     """
 
     def __init__(self, config: ModelConfig, params: dict):
         self.config = config
-        with float64_scope(config.float64):  # precision chosen by the config, for this object's work only
+        with config.scope():
             self.dtype = config.jnp_dtype
             self.params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, self.dtype), params)
-        self.module = config.stoichiometry_encoder()
+            self.module = config.stoichiometry_encoder()
         self._apply = jax.jit(lambda p, g: self.module.apply({"params": p}, g))
 
     def embed(self, formulas: Sequence[str] | str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ class StoichiometryEmbedder:
             chunk = graphs[start : start + batch_size]
             n_graph = padded_size(len(chunk) + 1)
             batch = batch_stoichiometry(chunk, n_graph, np.dtype(self.dtype))
-            with float64_scope(self.config.float64):
+            with self.config.scope():
                 mu, logsigma = self._apply(self.params, batch)
             mus.append(np.asarray(mu[: len(chunk)]))
             sigmas.append(np.zeros_like(mus[-1]) if logsigma is None else np.exp(np.asarray(logsigma[: len(chunk)])))
@@ -72,7 +72,8 @@ def load_encoder(workdir, epoch: int | None = None) -> StoichiometryEmbedder:
     from jaxmat.polysrl.checkpoint import restore_params
 
     config = load_model_config(workdir)
-    params, _, _ = restore_params(workdir, epoch)
+    with config.scope():  # float64 checkpoints restore as float64 (and match their checksums) only inside it
+        params, _, _ = restore_params(workdir, epoch)
     return StoichiometryEmbedder(config, params["stoichiometry"])
 
 
@@ -80,12 +81,14 @@ def import_reference_checkpoint(path, dtype: str = "float64") -> StoichiometryEm
     """Load a PolySRL reference PyTorch stoichiometry-encoder state dict (.pt).
 
     Accepts both PyG layouts of the GCN weights, keys with or without a 'sto.' prefix, and mean-only
-    checkpoints (the published baselines), which give deterministic embedders (sigma = 0).
+    checkpoints (the published baselines), which give deterministic embedders (sigma = 0). ``dtype``:
+    float64 (the reference's numbers; no global precision switch needed) or float32.
     """
     import torch
 
     from jaxmat.polysrl.reference import stoichiometry_mapping, tree_from_reference
 
+    ModelConfig.from_dict({"dtype": dtype})  # a bad dtype is refused before any work
     if not Path(path).is_file():
         raise JaxmatInputError(f"reference checkpoint {path} not found")
     try:
@@ -108,7 +111,8 @@ def import_reference_checkpoint(path, dtype: str = "float64") -> StoichiometryEm
     probabilistic = "var_lin.weight" in state
     layers = len({k.split(".")[2] for k in state if k.startswith("gnn.convs.")})
     hidden = state["mean_lin.weight"].shape[0]
-    config = ModelConfig(hidden=hidden, stoichiometry_layers=layers, probabilistic=probabilistic, dtype=dtype)
+    config = ModelConfig.from_dict({"hidden": hidden, "stoichiometry_layers": layers, "probabilistic": probabilistic,
+                                    "dtype": dtype})
     try:
         params = tree_from_reference(state, stoichiometry_mapping(layers, probabilistic, old_layout), np.float64)
     except KeyError as error:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 import jax.numpy as jnp
 
 from jaxmat.errors import ConfigError
-from jaxmat.precision import float64_enabled
+from jaxmat.precision import float64_enabled, float64_scope
 
 
 def section(cls, values: dict | None, name: str):
@@ -93,13 +93,18 @@ class ModelConfig:
     def float64(self) -> bool:
         return self.dtype == "float64"
 
+    def scope(self):
+        """The context a model of this config is built and run in: jaxmat.precision.float64_scope for a
+        float64 config (the caller's process-wide JAX setting is left alone), nothing for float32. Every
+        public PolySRL call enters it itself."""
+        return float64_scope(self.float64)
+
     @property
     def jnp_dtype(self):
-        """The parameter dtype. float64 needs JAX float64 on, which this never switches itself: the commands
-        call jaxmat.precision.use_float64(), the library runs in jaxmat.precision.float64_scope(config.float64)."""
+        """The parameter dtype. Read inside :meth:`scope` (a guard: float64 arrays cannot be made outside it)."""
         if self.float64 and not float64_enabled():
-            raise ConfigError("model.dtype float64 needs JAX float64: call jaxmat.precision.use_float64() first "
-                              "or work inside jaxmat.precision.float64_scope()")
+            raise ConfigError("model.dtype float64 used outside its precision scope: run it inside "
+                              "ModelConfig.scope() (jaxmat.precision.float64_scope), as the public calls do")
         return jnp.float64 if self.float64 else jnp.float32
 
 

@@ -17,7 +17,6 @@ from jaxmat.polysrl.metrics import (
     summarize_folds,
 )
 from jaxmat.polysrl.tasks import load_task, matbench_folds
-from jaxmat.precision import float64_scope
 
 log = logging.getLogger("jaxmat.evaluate")
 
@@ -103,9 +102,9 @@ def evaluate(task: str, model: str, workdir=None, protocol: str = "representatio
     predictions = np.full(len(formulas), np.nan)
     per_fold = []
     started = time.time()
-    float64 = model in ("pretrained", "random-init") and encoder_config(workdir).float64
+    model_config = encoder_config(workdir if model in ("pretrained", "random-init") else None)
     for fold, (train, test) in enumerate(splits):
-        with float64_scope(float64):  # the encoder's precision, for this evaluation only
+        with model_config.scope():  # the encoder's precision, for this evaluation only
             fitted = make_model(model, workdir, data.kind, protocol, epochs, seed + fold).fit(list(formulas[train]), data.targets[train])
             predictions[test] = fitted.predict(list(formulas[test]))
         per_fold.append(metric_fn(data.targets[test], predictions[test]))

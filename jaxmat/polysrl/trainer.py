@@ -1,8 +1,7 @@
 """PolySRL training loop: config resolution, resumable epochs with orbax checkpoints, metrics and plot.
 
 The command is ``python -m jaxmat.train`` (:mod:`jaxmat.train`); :func:`run_training` is the same from
-Python. A float64 model config needs JAX float64 on (``jaxmat.precision.use_float64()``, which the
-command calls).
+Python, in the model config's precision scope (``ModelConfig.scope()``): no global switch needed.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from jaxmat.polysrl.config import ModelConfig, resolve_config
 from jaxmat.polysrl.dataset import PolySRLDataset, build_dataset
 from jaxmat.polysrl.model import init_params
 from jaxmat.polysrl.training import TrainState, make_optimizer, make_train_step
-from jaxmat.precision import float64_scope
 
 log = logging.getLogger("jaxmat.train")
 
@@ -122,7 +120,7 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 def run_training(config: dict, workdir, progress: bool = True, devices=None) -> list[dict]:
     """Train (or resume) into ``workdir``; returns the metrics of every epoch so far. A float64 model
-    config runs in jaxmat.precision.float64_scope (the process-wide JAX setting is left alone).
+    config runs in its ModelConfig.scope() (the process-wide JAX setting is left alone).
     ``devices``: data-parallel over these (default: every device of every process, jax.devices());
     one device runs the plain jitted step. The losses are the same numbers either way."""
     config = resolve_config(config)
@@ -131,7 +129,7 @@ def run_training(config: dict, workdir, progress: bool = True, devices=None) -> 
         from jaxmat.polysrl.parallel import check_divisible
 
         check_divisible(int(config["train"]["batch_size"]), len(devices))
-    with float64_scope(config["model"]["dtype"] == "float64"):
+    with ModelConfig.from_dict(config["model"]).scope():
         return _train(config, workdir, progress, devices)
 
 
