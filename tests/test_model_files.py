@@ -147,7 +147,8 @@ def test_foundation_key_offline_is_one_error_line(offline, structure, capsys, x6
 
 def test_foundation_key_cached_then_no_torch(offline, models, structure):
     """A key's file where mace-torch's loader looks is used offline; the JAX run converts it once, and a new
-    process loads the key and the file from the cache without importing torch or mace's calculators."""
+    process loads the key and the file from the cache, and lists neighbours, without importing torch or mace's
+    calculators."""
     import shutil
 
     from jaxmat.forcefields.mace import cache
@@ -162,8 +163,10 @@ def test_foundation_key_cached_then_no_torch(offline, models, structure):
     assert load_force_field("small-omat-0", "jax", head="pbe").head_index == 0
     (entry,) = (offline / "jaxmat" / "mace").glob("*-v*")
     assert entry.name == cache.entry_name(models["two"]) and (entry / cache.DIGEST).exists()
-    script = ("import sys, json\nfrom jaxmat.forcefields.registry import load_force_field\n"
+    script = ("import sys, json\nfrom ase.build import bulk\nfrom jaxmat.forcefields.registry import load_force_field\n"
+              "from jaxmat.forcefields.neighbors import close_pairs\n"
               f"a = load_force_field('small-omat-0', 'jax', head='pbe')\nb = load_force_field({str(models['two'])!r}, 'jax')\n"
+              "atoms = bulk('MgO', 'rocksalt', a=4.2)\nassert len(close_pairs(atoms.positions, atoms.cell.array, True, 3.0)[0])\n"
               "print(json.dumps([a.head, b.head, 'torch' in sys.modules, 'mace.calculators' in sys.modules]))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert done.returncode == 0, done.stderr

@@ -34,12 +34,27 @@ import numpy as np
 from jaxmat.forcefields.base import SystemBatch
 
 
+def _vesin_neighbor_list():
+    """vesin's NeighborList class. vesin imports torch, when installed, only to accept torch tensors, which jaxmat
+    never passes: imported first here, it is imported with torch hidden, so a JAX run does not pay torch's
+    import (2-4 s); a process that has already imported torch keeps vesin's torch support."""
+    import sys
+
+    if "vesin" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # `import torch` raises ImportError: vesin sets HAS_TORCH = False
+        try:
+            import vesin  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    from vesin import NeighborList
+
+    return NeighborList
+
+
 def pair_list(batch: SystemBatch, cutoff: float):
     """Full pair list over all systems: i, j (P,) int32, lattice translations (P, 3) int (the pair vector
     is r_j - r_i + t @ cell), system of each pair (P,) int32."""
-    from vesin import NeighborList
-
-    calculator = NeighborList(cutoff=float(cutoff), full_list=True)
+    calculator = _vesin_neighbor_list()(cutoff=float(cutoff), full_list=True)
     pairs_i, pairs_j, translations, systems = [], [], [], []
     for s in range(batch.n_systems):
         atoms = np.flatnonzero(batch.system_index == s)
@@ -54,9 +69,7 @@ def pair_list(batch: SystemBatch, cutoff: float):
 def close_pairs(positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: float, full_list: bool = False):
     """The pairs of atoms of one structure closer than ``cutoff`` (Å), periodic images included: i, j,
     distance (Å); each pair once (half list) or in both directions (``full_list``)."""
-    from vesin import NeighborList
-
-    return NeighborList(cutoff=float(cutoff), full_list=full_list).compute(
+    return _vesin_neighbor_list()(cutoff=float(cutoff), full_list=full_list).compute(
         np.asarray(positions, float), np.asarray(cell, float) if periodic else np.zeros((3, 3)), periodic, "ijd")
 
 
