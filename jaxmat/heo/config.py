@@ -62,7 +62,7 @@ EVALUATION_DEFAULTS = {
     "dtype": "float64",
     "head": None,               # head of multi-head models (default: the only one, else the one named 'default')
     "seed": 0,
-    "reference": "chgnet",      # independent reference model: chgnet, a MACE .model path, or none
+    "reference": "chgnet",      # independent reference model: chgnet, a MACE .model path or foundation key, or none
     "unsupported": "skip",      # frames with elements a model lacks: skip (counted in the report) or error
     "max_atoms": None,          # atom budget of one relaxation batch (default: the runner's)
     "test": {"split": "test", "max_frames": None, "batch_atoms": 2048},

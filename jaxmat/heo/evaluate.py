@@ -10,7 +10,9 @@ Three tasks, every relaxation through jaxmat's batched runner (``jaxmat.relax.re
 3. random substitution: the given rock-salt supercells (``python -m jaxmat.heo.generate``) relaxed with
    each model (cell too, as in the reference); convergence ratio, steps, final energies, and the energy
    of every final geometry under an independent reference model (CHGNet offline, with the MP2020
-   corrections removed so its energies sit on the DFT scale; or a MACE model path such as MACE-OMAT).
+   corrections removed so its energies sit on the DFT scale; or a MACE model path or mace-torch foundation
+   key such as small-omat-0). The models too may be foundation keys; ``head`` (config) picks a multi-head
+   model's head.
 
 Raw outputs (extxyz/JSON under REPORT/test, REPORT/in_distribution, REPORT/substitution) are written
 first, each under a temporary name and renamed when complete; a rerun skips the parts already there.
