@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.base import batch_from_atoms  # noqa: E402
-from jaxmat.forcefields.mace import model as mace_model, ops, product_basis  # noqa: E402
+from jaxmat.forcefields.mace import blocks as mace_blocks, model as mace_model, ops, product_basis  # noqa: E402
 from jaxmat.forcefields.mace.forcefield import MACEJax  # noqa: E402
 from jaxmat.precision import float64_scope  # noqa: E402
 try:
@@ -96,7 +96,11 @@ def iter_stages(ff: MACEJax, inputs: dict):
     """Generator of every stage of one call, in order, for ``ff.padded_inputs(batch)``. The caller sends
     back each stage's output (``stages.send(stage.fn(*stage.args))``, computed as it likes, e.g. by the
     stage's compiled forward); the next stages take their inputs from it. Follows
-    ``model.energy_forces_stress`` / ``node_energies`` step for step (at zero strain)."""
+    ``model.energy_forces_stress`` / ``node_energies`` step for step (at zero strain), for the MP-0 shape
+    (plain and residual interaction blocks, no distance transform, no ZBL); other shapes are refused."""
+    if not mace_model.radial_weights_depend_on_length_only(ff.config) or ff.config.get("zbl") or any(
+            ic.get("normalization", "avg") != "avg" for ic in ff.config["interactions"]):
+        raise ValueError("the stage profile follows the MP-0 shape (plain and residual blocks); this model is another family")
     config, params = ff.config, ff.params
     species, neighbors, mask = inputs["species"], inputs["neighbors"], inputs["neighbor_mask"]
     outgoing = inputs["outgoing_slots"]
@@ -132,7 +136,7 @@ def iter_stages(ff: MACEJax, inputs: dict):
         moving = layer > 0  # the first layer's node features (the embedding) do not depend on the positions
 
         def up_gather(node_feats, ip, neighbors, outgoing, ic=ic):
-            up = mace_model._linear(node_feats, ic["linear_up"], ip["linear_up"])
+            up = mace_blocks.linear(node_feats, ic["linear_up"], ip["linear_up"])
             return [ops.gather_neighbors(b, neighbors, outgoing) for b in up]
 
         gathered = yield Stage(f"L{layer} linear_up + neighbour gather", up_gather, (node_feats, ip, neighbors, outgoing),
@@ -145,9 +149,9 @@ def iter_stages(ff: MACEJax, inputs: dict):
                                (0, 1, 2) if moving else (1, 2))
 
         def message_linear(messages, ip, species, ic=ic):
-            out = [m / ic["avg_num_neighbors"] for m in mace_model._linear(messages, ic["linear"], ip["linear"])]
+            out = [m / ic["avg_num_neighbors"] for m in mace_blocks.linear(messages, ic["linear"], ip["linear"])]
             if not ic["residual"]:
-                out = mace_model._species_linear(out, species, ic["skip"], ip["skip"])
+                out = mace_blocks.species_linear(out, species, ic["skip"], ip["skip"])
             return jnp.concatenate(out, axis=1)
 
         coupled = yield Stage(f"L{layer} message linear (+ skip)", message_linear, (messages, ip, species), (0,))
@@ -160,9 +164,9 @@ def iter_stages(ff: MACEJax, inputs: dict):
         blocks = yield Stage(f"L{layer} symmetric contraction", product, (coupled, pp, product_species), (0,))
 
         def product_linear(blocks, node_feats, ip, pp, species, ic=ic, pc=pc):
-            out = mace_model._linear(blocks, pc["linear"], pp["linear"])
+            out = mace_blocks.linear(blocks, pc["linear"], pp["linear"])
             if pc["use_sc"] and ic["residual"]:
-                sc = mace_model._species_linear(node_feats, species, ic["skip"], ip["skip"])
+                sc = mace_blocks.species_linear(node_feats, species, ic["skip"], ip["skip"])
                 out = [a + b for a, b in zip(out, sc)]
             return out
 

@@ -9,7 +9,7 @@ from conftest import shared_file
 
 from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.mace.check import check_structures, compare_with_torch
-from jaxmat.forcefields.mace.convert import UnsupportedMACEError, from_torch
+from jaxmat.forcefields.mace.convert import from_torch
 from jaxmat.forcefields.mace.forcefield import MACEJax
 from jaxmat.forcefields.mace_torch import MACETorch
 from jaxmat.heo.generate import rocksalt_heo
@@ -125,15 +125,6 @@ def test_converted_directory_round_trip(tmp_path):
     np.testing.assert_array_equal(direct.stress, reloaded.stress)
     with pytest.raises(FileNotFoundError, match="config.json"):
         MACEJax.load(tmp_path)
-
-
-def test_unsupported_options_are_named():
-    model = build_small_mace(HEO_NUMBERS, seed=10, pair_repulsion=True)
-    with pytest.raises(UnsupportedMACEError, match="pair_repulsion"):
-        from_torch(model)
-    model = build_small_mace(HEO_NUMBERS, seed=10, distance_transform="Agnesi")
-    with pytest.raises(UnsupportedMACEError, match="distance_transform"):
-        from_torch(model)
 
 
 def test_unknown_element_is_refused():

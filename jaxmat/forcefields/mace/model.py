@@ -13,20 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.forcefields.mace import ops, product_basis
+from jaxmat.forcefields.mace import blocks, ops, product_basis, radial
 from jaxmat.forcefields.strain import deformation, energies_forces_stress
-
-
-def _out_shapes(irreps: str):
-    return [(mul, 2 * l + 1) for mul, l, _ in ops.parse_irreps(irreps)]
-
-
-def _linear(blocks, spec, weights):
-    return ops.linear(blocks, spec["paths"], weights, _out_shapes(spec["irreps_out"]))
-
-
-def _species_linear(blocks, species, spec, weights):
-    return ops.species_linear(blocks, species, spec["paths"], weights, _out_shapes(spec["irreps_out"]))
 
 
 def spherical_harmonics(vectors, lmax: int):
@@ -38,19 +26,51 @@ def spherical_harmonics(vectors, lmax: int):
     return [sh[:, l * l:(l + 1) * (l + 1)] for l in range(lmax + 1)]
 
 
+def _edge_lengths_features(config, species, neighbors, lengths, mask):
+    """The radial basis of every edge (E, B) - of the transformed lengths where the model has a distance
+    transform - and the cutoff (E, 1); mask (E,) False on padding. Models that apply the cutoff to the basis
+    (the default) get it folded into the features and None for the cutoff; the others get the raw basis and the
+    cutoff to apply to their MLP outputs. Returns (features, cutoff)."""
+    cutoff = ops.polynomial_cutoff(lengths, config["r_max"], config["num_polynomial_cutoff"]) * mask[:, None]
+    transformed = lengths
+    if config.get("distance_transform"):
+        radii = jnp.asarray(config["covalent_radii"], lengths.dtype)
+        senders = neighbors.reshape(-1)
+        receivers = jnp.repeat(jnp.arange(neighbors.shape[0]), neighbors.shape[1])
+        transformed = radial.transform_distances(lengths, config["distance_transform"], radii[species[senders]],
+                                                 radii[species[receivers]])
+    basis = radial.radial_basis(transformed, radial_spec(config))
+    if config["apply_cutoff"]:
+        return basis * cutoff, None
+    return basis, cutoff
+
+
+def radial_spec(config) -> dict:
+    """The radial basis of a config; configs converted before other bases were supported hold Bessel keys only."""
+    return config.get("radial_basis") or {"type": "bessel", "frequencies": config["bessel_frequencies"],
+                                          "prefactor": config["bessel_prefactor"]}
+
+
+def radial_weights_depend_on_length_only(config) -> bool:
+    """Whether every layer's tensor-product weights are one function of the edge length, the same for every
+    element pair (no distance transform, no node features in the radial MLPs): what a radial table needs."""
+    return not config.get("distance_transform") and all(
+        c.get("radial_input", "edge") == "edge" and c.get("radial_mlp", "e3nn") == "e3nn" for c in config["interactions"])
+
+
 def _radial_weights(params, config, lengths, mask):
     """Per-layer tensor-product weights (E, weight_numel) of edges of these lengths (Å); mask (E,) False on padding.
-    From params["radial_table"] (:func:`with_radial_table`) when there is one, else the exact radial MLPs."""
+    From params["radial_table"] (:func:`with_radial_table`) when there is one, else the exact radial MLPs.
+    Only for models whose radial weights depend on the length alone (:func:`radial_weights_depend_on_length_only`)."""
     if "radial_table" in params:
         return _interpolate_radial(params["radial_table"], lengths, mask, config["r_max"])
-    radial = ops.bessel_basis(lengths, jnp.asarray(config["bessel_frequencies"], lengths.dtype), config["bessel_prefactor"])
-    cutoff = ops.polynomial_cutoff(lengths, config["r_max"], config["num_polynomial_cutoff"]) * mask[:, None]
-    edge_feats = radial * cutoff if config["apply_cutoff"] else radial
+    no_neighbors = jnp.zeros((lengths.shape[0], 1), jnp.int32)
+    edge_feats, cutoff = _edge_lengths_features(config, None, no_neighbors, lengths, mask)
     out = []
     for layer, inter_cfg in enumerate(config["interactions"]):
         with jax.named_scope(f"mace_radial_mlp_L{layer}"):
             w = ops.radial_mlp(params["interactions"][layer]["radial"], inter_cfg["radial_activation_scale"], edge_feats)
-            out.append(w if config["apply_cutoff"] else w * cutoff)
+            out.append(w if cutoff is None else w * cutoff)
     return out
 
 
@@ -111,6 +131,9 @@ def with_radial_table(params, config, step: float = 1e-3, r_min: float = 0.5):
     Returns (params, max_error): the largest |w_table - w_exact| over all weights at the grid's midpoints and
     quarter points (where the interpolation error peaks). Lengths below r_min are clamped to r_min (no
     physical structure has neighbours that close); beyond r_max the weights are zero as in the exact model."""
+    if not radial_weights_depend_on_length_only(config):
+        raise ValueError("a radial table needs radial weights that depend on the edge length alone; this model has a "
+                         "distance transform or node features in its radial MLPs")
     r_max = float(config["r_max"])
     intervals = int(np.ceil((r_max - r_min) / step))
     step = (r_max - r_min) / intervals  # uniform grid ending on r_max
@@ -127,7 +150,8 @@ def with_radial_table(params, config, step: float = 1e-3, r_min: float = 0.5):
 
 def node_energies(params, config, species, vectors, neighbors, neighbor_mask, head: int = 0, outgoing_slots=None,
                   contraction_block: int = 1):
-    """Interaction energy of every atom (eV, after scale and shift, without the E0s).
+    """Interaction energy of every atom (eV, after scale and shift, without the E0s), the ZBL pair repulsion
+    included where the model has one (inside the scale and shift, as mace-torch's ScaleShiftMACE).
 
     species (N,) index into config['atomic_numbers']; neighbors (N, K) the sending atom of each of
     the K neighbour slots of every (receiving) atom; vectors (N, K, 3) Å = r_receiver - r_sender +
@@ -139,67 +163,88 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
     r_max = config["r_max"]
     far = jnp.asarray([2.0 * r_max, 0.0, 0.0], vectors.dtype)
     vectors = jnp.where(neighbor_mask[..., None], vectors, far).reshape(-1, 3)  # padding sits beyond the cutoff
+    flat_mask = neighbor_mask.reshape(-1)
     with jax.named_scope("mace_sh"):
         lengths = jnp.linalg.norm(vectors, axis=-1)
         edge_sh = [y.reshape(n_nodes, k_slots, -1) for y in spherical_harmonics(vectors, config["sh_lmax"])]
     with jax.named_scope("mace_radial"):
-        tp_weights_per_layer = [w.reshape(n_nodes, k_slots, -1)
-                                for w in _radial_weights(params, config, lengths, neighbor_mask.reshape(-1))]
+        edge_feats, cutoff = _edge_lengths_features(config, species, neighbors, lengths, flat_mask)
+        tables = None
+        if "radial_table" in params:
+            tables = [w.reshape(n_nodes, k_slots, -1) for w in _radial_weights(params, config, lengths, flat_mask)]
+    edges = {"sh": edge_sh, "feats": edge_feats.reshape(n_nodes, k_slots, -1), "mask": neighbor_mask,
+             "cutoff": None if cutoff is None else cutoff.reshape(n_nodes, k_slots, 1), "neighbors": neighbors,
+             "outgoing": outgoing_slots}
 
     embedding = config["node_embedding"]
     (w_embed,) = params["node_embedding"]
-    node_feats = [embedding["path_weight"] * jnp.take(w_embed, species, axis=0)[:, None, :]]  # one-hot @ W
+    node_feats = [blocks.species_vectors(w_embed, species, embedding["path_weight"])[:, None, :]]  # one-hot @ W
 
     features_per_layer = []
     for layer, (inter_cfg, prod_cfg) in enumerate(zip(config["interactions"], config["products"])):
         inter_params, prod_params = params["interactions"][layer], params["products"][layer]
-        with jax.named_scope(f"mace_linears_L{layer}"):
-            sc = _species_linear(node_feats, species, inter_cfg["skip"], inter_params["skip"]) if inter_cfg["residual"] else None
-            up = _linear(node_feats, inter_cfg["linear_up"], inter_params["linear_up"])
-        tp_weights = tp_weights_per_layer[layer]
-        with jax.named_scope(f"mace_conv_L{layer}"):
-            gathered = [b[neighbors] if outgoing_slots is None else ops.gather_neighbors(b, neighbors, outgoing_slots) for b in up]
-            messages = ops.convolution(gathered, edge_sh, tp_weights, inter_cfg["tp_paths"], config["cg"])
-        with jax.named_scope(f"mace_linears_L{layer}"):
-            messages = [m / inter_cfg["avg_num_neighbors"] for m in _linear(messages, inter_cfg["linear"], inter_params["linear"])]
-            if not inter_cfg["residual"]:
-                messages = _species_linear(messages, species, inter_cfg["skip"], inter_params["skip"])
+        with jax.named_scope(f"mace_interaction_L{layer}"):
+            layer_edges = edges if tables is None else {**edges, "tp_weights": tables[layer]}
+            messages, sc = blocks.interaction(inter_params, inter_cfg, node_feats, species, layer_edges, config["cg"])
             coupled = jnp.concatenate(messages, axis=1)  # (N, A, C): MACE's reshape_irreps, transposed
         with jax.named_scope(f"mace_product_L{layer}"):
             product_species = jnp.zeros_like(species) if prod_cfg["agnostic"] else species
-            blocks = product_basis.symmetric_contraction(coupled, product_species, prod_cfg["contractions"], prod_params["weights"],
-                                               contraction_block)
+            contracted = product_basis.symmetric_contraction(coupled, product_species, prod_cfg["contractions"],
+                                                             prod_params["weights"], contraction_block)
         with jax.named_scope(f"mace_linears_L{layer}"):
-            node_feats = _linear(blocks, prod_cfg["linear"], prod_params["linear"])
+            node_feats = blocks.linear(contracted, prod_cfg["linear"], prod_params["linear"])
             if prod_cfg["use_sc"] and sc is not None:
                 node_feats = [a + b for a, b in zip(node_feats, sc)]
         features_per_layer.append(node_feats)
 
     with jax.named_scope("mace_readouts"):
-        return _readouts(params, config, features_per_layer, n_nodes, head, vectors.dtype)
+        energy = _readouts(params, config, features_per_layer, n_nodes, head, vectors.dtype)
+        if config.get("zbl"):
+            energy = energy + _zbl_node_energies(config, species, neighbors, lengths, flat_mask)
+        scale = jnp.asarray(config["scale"], vectors.dtype)[head]
+        shift = jnp.asarray(config["shift"], vectors.dtype)[head]
+        return scale * energy + shift
+
+
+def _zbl_node_energies(config, species, neighbors, lengths, mask):
+    """mace-torch's ZBLBasis: each atom's half of the ZBL repulsion with its neighbours (N,) eV."""
+    z = jnp.asarray(config["atomic_numbers"], lengths.dtype)
+    radii = jnp.asarray(config["covalent_radii"], lengths.dtype)
+    senders = species[neighbors.reshape(-1)]
+    receivers = jnp.repeat(species, neighbors.shape[1])
+    safe = jnp.where(mask, lengths, 1.0)  # padding slots: no division by a far length's gradient trouble, then dropped
+    per_edge = radial.zbl_edge_energies(safe, config["zbl"], z[senders], z[receivers], radii[senders], radii[receivers])
+    return jnp.sum(jnp.where(mask, per_edge, 0.0).reshape(neighbors.shape), axis=1)
 
 
 def _readouts(params, config, features_per_layer, n_nodes, head, dtype):
-    """Sum of the readouts' node energies, scaled and shifted (eV)."""
+    """Sum of the readouts' node energies (eV, before scale and shift) for this head."""
     energy = jnp.zeros((n_nodes,), dtype)
     readouts = config["readouts"]
     for i, (readout_cfg, readout_params) in enumerate(zip(readouts, params["readouts"])):
         feats = features_per_layer[-1 if len(readouts) == 1 else i]
         if readout_cfg["kind"] == "linear":
-            out = _linear(feats, readout_cfg["linear"], readout_params["linear"])
+            out = blocks.linear(feats, readout_cfg["linear"], readout_params["linear"])
         else:
-            hidden = _linear(feats, readout_cfg["linear_1"], readout_params["linear_1"])
-            hidden = [jax.nn.silu(h) * readout_cfg["activation_scale"] for h in hidden]
-            num_heads = readout_cfg["num_heads"]
-            if num_heads > 1:
-                width = hidden[0].shape[-1] // num_heads
-                keep = (jnp.arange(hidden[0].shape[-1]) // width == head).astype(hidden[0].dtype)
-                hidden = [h * keep for h in hidden]
-            out = _linear(hidden, readout_cfg["linear_2"], readout_params["linear_2"])
+            hidden = _readout_hidden(blocks.linear(feats, readout_cfg["linear_1"], readout_params["linear_1"]), readout_cfg, head)
+            if readout_cfg["kind"] == "nonlinear_bias":
+                mid = blocks.linear(hidden, readout_cfg["linear_mid"], readout_params["linear_mid"])
+                hidden = _readout_hidden(mid, readout_cfg, head)
+            out = blocks.linear(hidden, readout_cfg["linear_2"], readout_params["linear_2"])
         energy = energy + out[0][:, 0, head]
-    scale = jnp.asarray(config["scale"], dtype)[head]
-    shift = jnp.asarray(config["shift"], dtype)[head]
-    return scale * energy + shift
+    return energy
+
+
+def _readout_hidden(hidden, readout_cfg, head):
+    """The readout's gate (normalised SiLU) and, in multi-head models, mace-torch's mask_head: only this head's
+    share of the hidden channels."""
+    hidden = [jax.nn.silu(h) * readout_cfg["activation_scale"] for h in hidden]
+    num_heads = readout_cfg["num_heads"]
+    if num_heads > 1:
+        width = hidden[0].shape[-1] // num_heads
+        keep = (jnp.arange(hidden[0].shape[-1]) // width == head).astype(hidden[0].dtype)
+        hidden = [h * keep for h in hidden]
+    return hidden
 
 
 def reference_energies(config, species, head: int = 0):

@@ -1,0 +1,133 @@
+"""The JAX MACE against mace-torch on every MACE foundation family's architecture and every model option of
+mace-torch 0.3.16 (random weights, channels scaled down, every option kept): energies, forces, stress, heads,
+and the device loop against the host loop."""
+
+from __future__ import annotations
+
+import mace  # noqa: F401  -- before e3nn
+import numpy as np
+import pytest
+
+from jaxmat.forcefields.base import batch_from_atoms
+from jaxmat.forcefields.mace.check import check_structures
+from jaxmat.forcefields.mace.convert import UnsupportedMACEError, from_torch
+from jaxmat.forcefields.mace.forcefield import MACEJax
+from jaxmat.forcefields.mace_torch import MACETorch
+from jaxmat.heo.generate import rocksalt_heo
+from jaxmat.testing import build_small_mace, family_shape
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+HEO_NUMBERS = [8, 12, 27, 28, 29, 30]
+TOLERANCE = {"energy_per_atom": 1e-6, "forces": 1e-5, "stress": 1e-6}  # eV/atom, eV/Å, eV/Å^3
+
+
+def _lemat_frames(count: int):
+    from jaxmat.data.sources import load_structures
+    from jaxmat.data.structures import to_ase
+
+    records = load_structures("embedded:heo").records
+    small = sorted((r for r in records if len(r.numbers) <= 16), key=lambda r: len(r.numbers))
+    return [to_ase(r) for r in small[:count]]
+
+
+def _differences(torch_model, structures, head=None):
+    batch = batch_from_atoms(structures)
+    reference = MACETorch(torch_model, head=head)(batch, compute_stress=True)
+    ours = MACEJax.from_torch(torch_model, head=head)(batch, compute_stress=True)
+    n_atoms = np.bincount(batch.system_index)
+    return {"energy_per_atom": float(np.max(np.abs(reference.energy - ours.energy) / n_atoms)),
+            "forces": float(np.max(np.abs(reference.forces - ours.forces))),
+            "stress": float(np.max(np.abs(reference.stress - ours.stress)))}
+
+
+def _assert_parity(torch_model, structures, head=None):
+    differences = _differences(torch_model, structures, head)
+    for key, limit in TOLERANCE.items():
+        assert differences[key] < limit, (key, differences)
+    return differences
+
+
+def test_mpa0_shape_density_blocks_zbl_agnesi_on_lemat_frames():
+    """MACE-MP-0b3 / MPA-0 / OMAT-0: density and density-residual blocks, ZBL repulsion, Agnesi transform."""
+    frames = _lemat_frames(2)
+    numbers = sorted(set(np.concatenate([f.numbers for f in frames]).tolist()) | set(HEO_NUMBERS))
+    model = build_small_mace(numbers, seed=1, **family_shape("mpa-0-medium", channels=8))
+    config, _ = from_torch(model)
+    assert config["zbl"] and config["distance_transform"]["kind"] == "agnesi"
+    assert [c["normalization"] for c in config["interactions"]] == ["density", "density"]
+    close = rocksalt_heo(1, seed=2, rattle=0.05)
+    close.set_cell(close.cell[:] * 0.8, scale_atoms=True)  # 1.7 Å bonds: the ZBL envelope is open
+    _assert_parity(model, frames + [close])
+
+
+@pytest.mark.parametrize("head", ["omat_pbe", "matpes_r2scan", "spice_wB97M"])
+def test_mh1_shape_every_head(head):
+    """MACE-MH-1: residual non-linear blocks, edge irreps (first layer too), agnostic product, no cutoff on the
+    basis, non-linear readout with biases, three heads with their own E0s, scale and shift."""
+    model = build_small_mace(HEO_NUMBERS, seed=2, **family_shape("mh-1", channels=4))
+    _assert_parity(model, check_structures(HEO_NUMBERS), head=head)
+
+
+OPTIONS = {
+    "gaussian-basis": dict(radial_type="gaussian"),
+    "chebyshev-basis-agnesi": dict(radial_type="chebyshev", distance_transform="Agnesi"),
+    "soft-transform": dict(distance_transform="Soft"),
+    "attention-residual-blocks": dict(first_block="RealAgnosticAttResidualInteractionBlock",
+                                      block="RealAgnosticAttResidualInteractionBlock", radial_mlp=(8,), scale_shift=(0.01, 0.0)),
+    "so3-harmonics": dict(use_so3=True, hidden_irreps="8x0e+8x1e"),
+    "last-readout-only": dict(use_last_readout_only=True),
+    "keep-last-layer-irreps": dict(keep_last_layer_irreps=True),
+    "no-cutoff-on-basis": dict(apply_cutoff=False),
+    "full-cg": dict(use_reduced_cg=False),
+    "edge-irreps": dict(edge_irreps="4x0e+4x1o", use_edge_irreps_first=True),
+    "density-residual-first": dict(first_block="RealAgnosticDensityResidualInteractionBlock",
+                                   block="RealAgnosticDensityInteractionBlock"),
+}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_each_model_option(option):
+    settings = {"hidden_irreps": "8x0e+8x1o", "r_max": 4.5, "correlation": 2, **OPTIONS[option]}
+    model = build_small_mace(HEO_NUMBERS, seed=3, **settings)
+    _assert_parity(model, check_structures(HEO_NUMBERS))
+
+
+def test_options_still_refused_are_named():
+    model = build_small_mace(HEO_NUMBERS, seed=4, embedding_specs={
+        "total_charge": {"type": "categorical", "num_classes": 11, "offset": 5, "emb_dim": 4, "per": "graph"}})
+    with pytest.raises(UnsupportedMACEError, match="embedding_specs"):
+        from_torch(model)
+
+
+def test_radial_table_refuses_element_dependent_radial_weights():
+    from jaxmat.forcefields.mace.model import with_radial_table
+
+    config, params = from_torch(build_small_mace(HEO_NUMBERS, seed=5, distance_transform="Agnesi"))
+    with pytest.raises(ValueError, match="distance transform"):
+        with_radial_table(params, config)
+
+
+def test_converting_leaves_the_callers_model_as_it_was():
+    import torch
+
+    model = build_small_mace(HEO_NUMBERS, seed=6).float()
+    from_torch(model)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", ["mpa-0-medium", "mh-1"])
+def test_device_loop_equals_host_loop(family):
+    from jaxmat.relax import relax
+
+    model = build_small_mace(HEO_NUMBERS, seed=7, scale_shift=(5.0, 0.0), **{**family_shape(family, channels=4), "r_max": 4.5})
+    force_field = MACEJax.from_torch(model, head=model.heads[0])
+    cells = [rocksalt_heo(1, seed=s, rattle=0.1) for s in range(3)]
+    host = relax(cells, force_field, "lbfgs", fmax=0.01, max_steps=8, progress=False, loop="host")
+    device = relax(cells, force_field, "lbfgs", fmax=0.01, max_steps=8, progress=False, loop="device", max_systems=2)
+    assert [r.n_steps for r in device] == [r.n_steps for r in host]
+    assert [r.status for r in device] == [r.status for r in host]
+    for a, b in zip(device, host):
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-8)
+        assert a.energy == pytest.approx(b.energy, abs=1e-8)
+    assert max(np.abs(r.atoms.positions - c.positions).max() for r, c in zip(host, cells)) > 1e-3, [r.n_steps for r in host]
