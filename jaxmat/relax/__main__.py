@@ -2,7 +2,8 @@
 
     python -m jaxmat.relax INPUT.extxyz --model MODEL --out OUT.extxyz [--optimizer fire|lbfgs|lbfgs-linesearch]
         [--fmax 0.05] [--max-steps 300] [--max-atoms N] [--relax-cell] [--trajectory DIR] [--backend torch|jax]
-        [--head NAME]
+        [--head NAME] [--cell-filter frechet|exp] [--pressure GPA] [--hydrostatic-strain] [--constant-volume]
+        [--cell-mask XX,YY,ZZ,YZ,XZ,XY] [--fix-atoms INDICES|tag:T]
 
 MODEL is a mace-torch model file (``--backend torch`` runs it with mace-torch, ``--backend jax`` with
 jaxmat's JAX MACE after converting the weights), a directory written by scripts/convert_mace.py
@@ -41,7 +42,8 @@ def _frame(result, index: int):
 
 
 MANIFEST_VERSION = 1
-SETTINGS = ("model", "head", "backend", "dtype", "optimizer", "fmax", "max_steps", "relax_cell")  # change the results
+SETTINGS = ("model", "head", "backend", "dtype", "optimizer", "fmax", "max_steps", "relax_cell", "cell_filter", "pressure",
+            "hydrostatic_strain", "constant_volume", "cell_mask", "fix_atoms")  # change the results
 
 
 def fingerprint(structures) -> str:
@@ -125,7 +127,16 @@ def build_parser():
     parser.add_argument("--fmax", type=float, default=0.05, help="force convergence threshold, eV/Å")
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--max-atoms", type=int, default=None, help="atom budget of one batch")
-    parser.add_argument("--relax-cell", action="store_true", help="relax the cell too (ASE FrechetCellFilter per structure)")
+    parser.add_argument("--relax-cell", action="store_true", help="relax the cell too (an ASE cell filter per structure, --cell-filter)")
+    cell = parser.add_argument_group("cell relaxation (with --relax-cell; as ASE's filters)")
+    cell.add_argument("--cell-filter", choices=["frechet", "exp"], default="frechet",
+                      help="frechet: ASE's FrechetCellFilter; exp: ASE's ExpCellFilter (the reference HEO study's)")
+    cell.add_argument("--pressure", type=float, default=0.0, help="external pressure, GPa (minimises E + pV)")
+    cell.add_argument("--hydrostatic-strain", action="store_true", help="only hydrostatic cell deformation")
+    cell.add_argument("--constant-volume", action="store_true", help="cell shape relaxes, volume (approximately) kept")
+    cell.add_argument("--cell-mask", help="strain components that relax, six 0/1 flags xx,yy,zz,yz,xz,xy (e.g. 1,1,1,0,0,0)")
+    parser.add_argument("--fix-atoms", help="ASE FixAtoms on every structure: atom indices (0,3,7 or 0-11) or tag:T "
+                        "(atoms with that tag); constraints stored with the structures apply anyway")
     parser.add_argument("--trajectory", help="folder for one extxyz trajectory per structure")
     parser.add_argument("--backend", choices=list(BACKENDS), default="torch", help="MACE implementation")
     parser.add_argument("--dtype", choices=["float64", "float32", "mixed"], default="float64",
@@ -159,6 +170,7 @@ def main(argv=None) -> int:
     use_float64(args.dtype != "float32")  # mixed: positions, optimizer and sums in float64
     compile_cache.enable()  # a rerun with the same shapes compiles nothing ($JAXMAT_COMPILATION_CACHE=0: off)
     structures = read_atoms(args.input)
+    cell_filter = cell_options(args, structures)
     force_field = load_force_field(args.model, args.backend, args.dtype, head=args.head)
     out = Path(args.out)
     partial = shards.partial_path(out)  # OUT.partial, or OUT.partial.<process> with several
@@ -188,7 +200,7 @@ def main(argv=None) -> int:
         run = shards.on_local_devices(relax) if args.per_device else relax
         run([structures[i] for i in todo], force_field, args.optimizer, args.fmax, args.max_steps, args.max_atoms,
               progress=not args.no_progress, on_result=on_result, keep_trajectory=traj_dir is not None, names=names,
-              relax_cell=args.relax_cell)
+              relax_cell=args.relax_cell, cell_filter=cell_filter)
     if not shards.finish(out, partial, done, len(structures)):  # several processes: the first writes OUT
         return 0
     manifest_path(out).unlink(missing_ok=True)
@@ -197,6 +209,57 @@ def main(argv=None) -> int:
     print(f"wrote {len(statuses)} structures to {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
           + f" ({len(done) - resumed} relaxed in this run, {resumed} taken from {partial.name})")
     return 0
+
+
+def cell_options(args, structures):
+    """The run's CellFilter (None without --relax-cell); --fix-atoms added to each structure's constraints."""
+    from jaxmat.errors import ConfigError
+    from jaxmat.relax.cell import CellFilter
+
+    if args.fix_atoms:
+        for k, atoms in enumerate(structures):
+            atoms.set_constraint(list(atoms.constraints) + [fixed_atoms(args.fix_atoms, atoms, k)])
+    options = dict(pressure=args.pressure, hydrostatic_strain=args.hydrostatic_strain, constant_volume=args.constant_volume,
+                   mask=None if args.cell_mask is None else cell_mask(args.cell_mask))
+    if not args.relax_cell:
+        given = [k for k, v in options.items() if v] + (["cell_filter"] if args.cell_filter != "frechet" else [])
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} needs --relax-cell")
+        return None
+    return CellFilter(args.cell_filter, **options)
+
+
+def cell_mask(text: str) -> tuple:
+    from jaxmat.errors import ConfigError
+
+    flags = [f.strip() for f in text.split(",")]
+    if len(flags) != 6 or any(f not in ("0", "1") for f in flags):
+        raise ConfigError(f"--cell-mask needs six 0/1 flags xx,yy,zz,yz,xz,xy, not {text!r}")
+    return tuple(f == "1" for f in flags)
+
+
+def fixed_atoms(spec: str, atoms, k: int):
+    """ASE FixAtoms from --fix-atoms: indices (0,3,7 or 0-11) or tag:T, checked against structure k."""
+    from ase.constraints import FixAtoms
+
+    from jaxmat.errors import ConfigError
+
+    if spec.startswith("tag:"):
+        try:
+            tag = int(spec[4:])
+        except ValueError:
+            raise ConfigError(f"--fix-atoms tag:T needs a whole number T, not {spec!r}") from None
+        return FixAtoms(mask=atoms.get_tags() == tag)
+    indices = []
+    try:
+        for part in spec.split(","):
+            first, _, last = part.partition("-")
+            indices += list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ConfigError(f"--fix-atoms takes indices like 0,3,7 or 0-11, or tag:T, not {spec!r}") from None
+    if any(not 0 <= i < len(atoms) for i in indices):
+        raise ConfigError(f"--fix-atoms {spec}: structure {k} has {len(atoms)} atoms")
+    return FixAtoms(indices=indices)
 
 
 def _trajectory_images(frame, trajectory) -> list:

@@ -39,7 +39,8 @@ import numpy as np
 
 from jaxmat.forcefields.neighbors import DeviceCapacity, list_is_stale
 from jaxmat.padding import bucket, round_up
-from jaxmat.relax import cell as cell_filter
+from jaxmat.relax import constraints
+from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.lists import NeighborLists, device_lists, near_lists, place
 from jaxmat.relax import state as packing
 from jaxmat.relax.scheduler import Capacities, admit
@@ -58,7 +59,7 @@ def cutoff_of(force_field) -> float:
     return float(getattr(force_field, "r_max", None) or force_field.cutoff)
 
 
-def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = True):
+def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: bool = True):
     """A pure function (params, state, limits, exit_on_finish) -> (state, iterations, overflow, rebuilds, stale); limits
     holds fmax (eV/Å), max_force (eV/Å, beyond it a system has exploded), skin (Å), cutoff (Å, the skin
     list's radius: the model's cutoff + skin), model_cutoff (Å, the near list's), max_steps and max_inner. A
@@ -66,7 +67,9 @@ def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = T
     or a list did not fit its capacities - SKIN_OVERFLOW (the rebuilt list; the host re-allocates before the next
     step) or CROWDED (the near list: that iteration's step is discarded, the host re-allocates). Without
     rebuild_on_device a stale list ends the loop instead (stale: the host rebuilds it before the next step, where
-    allocation builds lists - vesin on CPU; the program compiles faster without the on-device list builder)."""
+    allocation builds lists - vesin on CPU; the program compiles faster without the on-device list builder). cell: how
+    cells relax (:class:`jaxmat.relax.cell.CellFilter`), None: fixed cells. Constraints (:mod:`jaxmat.relax.constraints`)
+    project the forces and adjust every new geometry, whose rows are then read back as ASE does."""
 
     def run(params, state, limits, exit_on_finish):
         fmax, max_force, skin, max_steps, max_inner = (limits[k] for k in ("fmax", "max_force", "skin", "max_steps", "max_inner"))
@@ -80,13 +83,16 @@ def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = T
             energy, forces, stress = evaluate(params, {k: state[key] for k, key in GRAPH_KEYS.items()})
             coords = state["coords"]
             bad_system = ~jnp.isfinite(energy)
-            if relax_cell:
+            held = constraints.adjust_forces(forces, state["free"], state["com_mass"], index, n_systems)
+            if cell is not None:
                 cell_rows = coords[n_rows:].reshape(n_systems, 3, 3)
-                atom_force, cell_force = cell_filter.generalized_forces(forces, stress, state["cells"], cell_rows, state["n_atoms"], index)
+                atom_force, cell_force = cell.generalized_forces(held, stress, state["cells"], state["original_cells"], cell_rows,
+                                                                 state["n_atoms"], index)
                 generalized = jnp.concatenate([atom_force, cell_force.reshape(-1, 3)])
                 bad_system = bad_system | ~jnp.all(jnp.isfinite(stress), axis=(1, 2))
+                objective = cell.energy(energy, state["cells"])  # what the line search sees: E + pV
             else:
-                generalized = forces
+                generalized, objective = held, energy
             bad_row = row_real & ~jnp.all(jnp.isfinite(generalized), axis=-1)
             non_finite = (jax.ops.segment_sum(bad_row.astype(jnp.int32), row_index, n_systems) > 0) | bad_system
             clean = jnp.where(bad_row[:, None], 0.0, generalized)
@@ -97,7 +103,7 @@ def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = T
             at_point, lost = jnp.ones_like(active), jnp.zeros_like(active)
             if hasattr(optimizer, "advance"):  # line searches take the evaluation first (ASE's points, failures)
                 atoms, systems, at_point, lost = optimizer.advance(atoms, systems, coords, generalized,
-                                                                   jnp.where(active, energy, 0.0), row_index, active)
+                                                                   jnp.where(active, objective, 0.0), row_index, active)
             failed = active & non_finite
             exploded = active & ~non_finite & (largest > max_force)
             lost = active & ~non_finite & ~exploded & lost  # its last step never completed: ASE does not count it
@@ -106,14 +112,8 @@ def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = T
             running = active & ~(failed | exploded | lost | converged | out_of_steps)
             status = jnp.select([failed, exploded, lost, converged, out_of_steps],
                                 [NON_FINITE, EXPLODED, SEARCH_FAILED, CONVERGED, MAX_STEPS], state["status"])
-            atoms, systems, coords = optimizer.step(atoms, systems, coords, generalized, row_index, running, energy)
-            if relax_cell:
-                positions, cells = cell_filter.positions_and_cells(coords[:n_rows], coords[n_rows:].reshape(n_systems, 3, 3),
-                                                                   state["original_cells"], state["n_atoms"], index)
-                cells = jnp.where(running[:, None, None], cells, state["cells"])
-                positions = jnp.where(running[index][:, None], positions, state["positions"])
-            else:
-                positions, cells = coords, state["cells"]
+            atoms, systems, coords = optimizer.step(atoms, systems, coords, generalized, row_index, running, objective)
+            positions, cells, coords = geometry(state, coords, running)
             evaluated = active[index][:, None]
             new = dict(state, atom_state=atoms, system_state=systems, coords=coords, positions=positions, cells=cells,
                        status=status, active=running,
@@ -134,6 +134,26 @@ def make_loop(optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = T
             stop = (overflow > 0) | to_host | ~jnp.any(running) | (exit_on_finish & finished)
             rebuilt = stale & ~crowded & rebuild_on_device
             return new, iteration + 1, stop, overflow, rebuilds + rebuilt.astype(jnp.int32), to_host
+
+        def geometry(state, coords, running):
+            """Positions, cells and rows after a step: constraints adjust the new geometry against the last one (scaled
+            to the new cell, as ASE's set_cell does) and the rows are read back from it, as ASE's get_positions does."""
+            if cell is None:
+                adjusted = constraints.adjust_positions(coords, state["positions"], state["free"], state["com_mass"], index, n_systems)
+                return adjusted, state["cells"], adjusted
+            cell_rows = coords[n_rows:].reshape(n_systems, 3, 3)
+            positions, cells = cell.positions_and_cells(coords[:n_rows], cell_rows, state["original_cells"], state["n_atoms"], index)
+            cells = jnp.where(running[:, None, None], cells, state["cells"])
+            scale = jnp.linalg.solve(state["cells"], cells)  # old cell^-1 @ new cell
+            before = jnp.einsum("na,nab->nb", state["positions"], scale[index])
+            adjusted = constraints.adjust_positions(positions, before, state["free"], state["com_mass"], index, n_systems)
+            constrained = (state["constrained"] & running)[index][:, None]
+            positions = jnp.where(running[index][:, None], jnp.where(constrained, adjusted, positions), state["positions"])
+            atom_rows, read_cell_rows = cell.read_rows(positions, cells, state["original_cells"], state["n_atoms"], index)
+            atom_rows = jnp.where(constrained, atom_rows, coords[:n_rows])
+            if cell.mask is not None:  # a mask resets what the optimizer set in fixed strain components
+                cell_rows = jnp.where(running[:, None, None], read_cell_rows, cell_rows)
+            return positions, cells, jnp.concatenate([atom_rows, cell_rows.reshape(-1, 3)])
 
         def rebuild(s):
             """The list at the new geometry, on the device (same capacities)."""
@@ -158,8 +178,8 @@ class CompiledLoop:
     kept with the force field (later runs of the same shapes compile nothing); with a persistent XLA cache
     (:mod:`jaxmat.compile_cache`) a new process reuses the compiled programs too."""
 
-    def __init__(self, optimizer, evaluate, relax_cell: bool, rebuild_on_device: bool = True):
-        self.jitted = jax.jit(make_loop(optimizer, evaluate, relax_cell, rebuild_on_device))
+    def __init__(self, optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: bool = True):
+        self.jitted = jax.jit(make_loop(optimizer, evaluate, cell, rebuild_on_device))
         self.executables: dict = {}
 
     def __call__(self, params, state, limits, exit_on_finish: bool, counters: dict):
@@ -178,12 +198,12 @@ class CompiledLoop:
 _LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_loop(force_field, optimizer, evaluate, relax_cell: bool = False, rebuild_on_device: bool = True) -> CompiledLoop:
+def compiled_loop(force_field, optimizer, evaluate, cell: CellFilter | None = None, rebuild_on_device: bool = True) -> CompiledLoop:
     """The compiled loop of this force field, optimizer and modes (kept as long as the force field)."""
     loops = _LOOPS.setdefault(force_field, {})
-    key = (optimizer, relax_cell, rebuild_on_device)
+    key = (optimizer, cell, rebuild_on_device)
     if key not in loops:
-        loops[key] = CompiledLoop(optimizer, evaluate, relax_cell, rebuild_on_device)
+        loops[key] = CompiledLoop(optimizer, evaluate, cell, rebuild_on_device)
     return loops[key]
 
 
@@ -202,11 +222,11 @@ class DeviceRelaxation:
     result (stress None unless cells relax)."""
 
     def __init__(self, force_field, optimizer, fmax, max_steps, row_capacity, system_capacity, skin, max_inner, max_force,
-                 relax_cell: bool = False, allocation: str = "auto", rebuild: str = "auto"):
+                 cell: CellFilter | None = None, allocation: str = "auto", rebuild: str = "auto"):
         """allocation: where neighbour lists are built when systems join or capacities grow
         (:class:`jaxmat.relax.lists.NeighborLists`); rebuild: where a stale list is rebuilt, "device" (inside the
         loop), "host" (the loop returns, vesin rebuilds it) or "auto" (:func:`jaxmat.relax.lists.place`)."""
-        self.force_field, self.optimizer, self.relax_cell = force_field, optimizer, relax_cell
+        self.force_field, self.optimizer, self.cell, self.relax_cell = force_field, optimizer, cell, cell is not None
         self.params, evaluate = force_field.device_model()
         self.cutoff = cutoff_of(force_field) + skin
         self.atom_budget = row_capacity  # atoms admitted at once, as in the host loop (cell rows not counted)
@@ -217,7 +237,7 @@ class DeviceRelaxation:
         self.limits = {"fmax": float(fmax), "max_force": float(max_force), "skin": float(skin), "cutoff": self.cutoff,
                        "model_cutoff": cutoff_of(force_field),
                        "max_steps": int(max_steps), "max_inner": int(max_inner)}
-        self.loop = compiled_loop(force_field, optimizer, evaluate, relax_cell, place(rebuild, "rebuild") == "device")
+        self.loop = compiled_loop(force_field, optimizer, evaluate, cell, place(rebuild, "rebuild") == "device")
         self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "reallocations": 0, "refills": 0, "structure_evaluations": 0,
                          "compilations": 0, "compile_seconds": 0.0, "device_seconds": 0.0, "host_seconds": 0.0}
 
@@ -286,7 +306,7 @@ class DeviceRelaxation:
         running = survivors + new
         self.counters["refills"] += 1
         evaluations = int(state["evaluations"]) if state is not None else 0
-        return running, self.pack(running, blocks + [packing.fresh_block(self.optimizer, r.atoms) for r in new], evaluations)
+        return running, self.pack(running, blocks + [packing.fresh_block(self.optimizer, r.atoms, self.cell) for r in new], evaluations)
 
     def report(self, running, state, done, finish):
         starts = np.concatenate([[0], np.cumsum([r.n_atoms for r in running])])

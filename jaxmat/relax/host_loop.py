@@ -6,7 +6,9 @@ the evaluation into its searches (:meth:`LBFGSLineSearch.advance`), retires syst
 stands at one of its points) or failed (non-finite energy/forces/stress, exploding forces, a failed
 line search), refills the freed capacity from the queue, and takes one jit-compiled optimizer step
 for the rest. Padded shapes are fixed for the run, so the step compiles once. Cells relax through
-ASE's FrechetCellFilter per system (the device loop has the same math in JAX, :mod:`jaxmat.relax.cell`).
+ASE's FrechetCellFilter or ExpCellFilter per system, and ASE applies the structures' constraints itself (the
+device loop has the same math in JAX, :mod:`jaxmat.relax.cell`, :mod:`jaxmat.relax.constraints`); where
+constraints or a strain mask change what the optimizer set, its rows are read back, as ASE's optimizers do.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxmat.forcefields.base import SystemBatch, batch_from_atoms
+from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.scheduler import Capacities, admit
 
 log = logging.getLogger(__name__)
@@ -26,15 +29,15 @@ log = logging.getLogger(__name__)
 class Slot:
     """One running structure: its working Atoms, optional cell filter, rows of optimizer coordinates."""
 
-    __slots__ = ("index", "atoms", "cell_filter", "n_atoms", "n_rows", "steps")
+    __slots__ = ("index", "atoms", "cell_filter", "n_atoms", "n_rows", "steps", "pressure", "read_back")
 
-    def __init__(self, index, atoms, relax_cell: bool):
-        from ase.filters import FrechetCellFilter
-
+    def __init__(self, index, atoms, cell: CellFilter | None):
         self.index, self.atoms, self.steps = index, atoms.copy(), 0
-        self.cell_filter = FrechetCellFilter(self.atoms) if relax_cell else None
+        self.cell_filter = cell.ase_filter(self.atoms) if cell else None
+        self.pressure = cell.scalar_pressure if cell else 0.0  # eV/Å^3
+        self.read_back = bool(self.atoms.constraints) or (cell is not None and cell.mask is not None)
         self.n_atoms = len(atoms)
-        self.n_rows = self.n_atoms + (3 if relax_cell else 0)
+        self.n_rows = self.n_atoms + (3 if cell else 0)
 
     def coordinates(self) -> np.ndarray:
         """Optimizer coordinates: positions (Å), plus 3 cell rows (log deformation, scaled) with a cell filter."""
@@ -44,11 +47,18 @@ class Slot:
         if self.cell_filter:
             self.cell_filter.set_positions(rows)
         else:
-            self.atoms.positions = rows
+            self.atoms.set_positions(rows)  # ASE's constraints adjust the new positions
+
+    def objective(self, energy: float) -> float:
+        """What the optimizer minimises (eV): the energy, plus p V with a pressure."""
+        return energy + self.pressure * self.atoms.get_volume() if self.pressure else energy
 
     def generalized_forces(self, energy, forces, stress) -> np.ndarray:
         """Forces on the optimizer coordinates (eV/Å; cell rows from the stress as in ASE's filter)."""
         if not self.cell_filter:
+            forces = forces.copy()
+            for constraint in self.atoms.constraints:
+                constraint.adjust_forces(self.atoms, forces)
             return forces
         from ase.calculators.singlepoint import SinglePointCalculator
         from ase.stress import full_3x3_to_voigt_6_stress
@@ -58,10 +68,12 @@ class Slot:
 
 
 def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_force, row_capacity, system_capacity,
-        relax_cell, counters, finish, trajectories=None):
+        cell, counters, finish, trajectories=None):
     """Relax the queued structures (indices into structures; sizes: rows each counts against row_capacity).
     finish(index, atoms, status, n_steps, energy, forces, stress, message) receives each result;
-    trajectories (a dict, or None) collects (positions, energy, forces, cell) per evaluation."""
+    trajectories (a dict, or None) collects (positions, energy, forces, cell) per evaluation; cell: how cells relax
+    (None: fixed cells)."""
+    relax_cell = cell is not None
     step_fn = jax.jit(opt.step)
     advance_fn = jax.jit(opt.advance) if hasattr(opt, "advance") else None
     place_rows, place_systems = placements()
@@ -84,7 +96,7 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
     while queue or slots:
         if queue and len(slots) < system_capacity:  # refill: keep running systems with their state, add new ones that fit
             admitted = admit(queue, sizes, sum(s.n_rows for s in slots), len(slots), Capacities(row_capacity, system_capacity))
-            new = [Slot(index, structures[index], relax_cell) for index in admitted]
+            new = [Slot(index, structures[index], cell) for index in admitted]
             if new:
                 fresh, fresh_systems = opt.init_atoms(sum(s.n_rows for s in new)), opt.init_systems(len(new))
                 row_state = {k: np.concatenate([np.asarray(v), fresh[k]]) for k, v in row_state.items()}
@@ -92,8 +104,11 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
                 rows = np.concatenate([rows] + [s.coordinates() for s in new])
                 slots += new
         row_starts = np.concatenate([[0], np.cumsum([s.n_rows for s in slots])])
+        rows = np.array(rows)  # writable: read-back rows replace what the optimizer set
         for k, slot in enumerate(slots):
             slot.set_coordinates(rows[row_starts[k] : row_starts[k + 1]])
+            if slot.read_back:
+                rows[row_starts[k] : row_starts[k + 1]] = slot.coordinates()
         batch = batch_from_atoms([s.atoms for s in slots])
         counters["force_calls"] += 1
         counters["structure_evaluations"] += len(slots)
@@ -114,9 +129,10 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
                 trajectories.setdefault(slot.index, []).append((slot.atoms.positions.copy(), e_k, f_k.copy(), slot.atoms.cell[:].copy()))
             finite.append(np.isfinite(e_k) and np.all(np.isfinite(f_k)) and (s_k is None or np.all(np.isfinite(s_k))))
             generalized.append(slot.generalized_forces(e_k, f_k, s_k) if finite[k] else np.zeros((slot.n_rows, 3)))
+        objectives = np.array([slot.objective(float(e)) if ok else 0.0 for slot, e, ok in zip(slots, energies, finite)])  # E + pV
         at_point, search_failed = np.ones(len(slots), bool), np.zeros(len(slots), bool)
         if advance_fn is not None:  # the line searches take this evaluation first
-            p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(np.where(finite, energies, 0.0),
+            p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(objectives,
                                                                                                 generalized)
             p_rows, p_systems, points, lost = advance_fn(p_rows, p_systems, p_coords, p_forces, p_energy, p_index, p_active)
             row_state = {k: np.asarray(v)[:n_rows] for k, v in p_rows.items()}
@@ -148,11 +164,11 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
             row_state = {k: np.asarray(v)[row_keep] for k, v in row_state.items()}
             system_state = {k: np.asarray(v)[np.asarray(keep, int)] for k, v in system_state.items()}
             rows, slots = rows[row_keep], [slots[k] for k in keep]
-            at_point, energies = at_point[np.asarray(keep, int)], energies[np.asarray(keep, int)]
+            at_point, objectives = at_point[np.asarray(keep, int)], objectives[np.asarray(keep, int)]
         if not slots:
             continue
         # one optimizer step for the running systems, at fixed padded shapes
-        p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(energies, kept_forces)
+        p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(objectives, kept_forces)
         new_rows, new_systems, new_coordinates = step_fn(p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy)
         row_state = {k: np.asarray(v)[:n_rows] for k, v in new_rows.items()}
         system_state = {k: np.asarray(v)[: len(slots)] for k, v in new_systems.items()}
@@ -189,8 +205,7 @@ def evaluate_one_by_one(force_field, batch: SystemBatch, error: Exception, compu
     stresses = np.full((batch.n_systems, 3, 3), np.nan) if compute_stress else None
     for s in range(batch.n_systems):
         mask = batch.system_index == s
-        single = SystemBatch(batch.positions[mask], batch.numbers[mask], batch.cells[s : s + 1], batch.pbc[s : s + 1],
-                             np.zeros(mask.sum(), int))
+        single = batch.system(s)
         try:
             out = force_field(single, compute_stress=compute_stress)
             energies[s], forces[mask] = out.energy[0], out.forces

@@ -20,7 +20,8 @@ from jaxmat.errors import ConfigError, JaxmatInputError
 from jaxmat.forcefields.base import unsupported_elements
 from jaxmat.forcefields.neighbors import close_pairs
 from jaxmat.precision import scoped_by
-from jaxmat.relax import host_loop
+from jaxmat.relax import constraints, host_loop
+from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.lists import place
 from jaxmat.relax.optimizers import FIRE, LBFGS, make_optimizer
 from jaxmat.relax.results import RelaxResult, Results
@@ -48,8 +49,8 @@ MIN_CELL_VOLUME = 1e-3  # Å^3; a periodic cell at or below this is degenerate
 
 def overlap_message(atoms, relax_cell: bool = False) -> str | None:
     """Why the structure cannot be relaxed, or None: no atoms, non-finite or absurd coordinates, a periodic
-    cell that is non-finite or flat, partial periodicity, ASE constraints (not applied by jaxmat's
-    optimizers), a non-periodic structure with ``relax_cell``, overlapping atoms."""
+    cell that is non-finite or flat, partial periodicity, ASE constraints jaxmat does not apply
+    (:func:`jaxmat.relax.constraints.refusal`), a non-periodic structure with ``relax_cell``, overlapping atoms."""
     if len(atoms) == 0:
         return "structure has no atoms"
     if not np.all(np.isfinite(atoms.positions)):
@@ -68,9 +69,9 @@ def overlap_message(atoms, relax_cell: bool = False) -> str | None:
             return f"periodic cell with (near) zero volume ({abs(np.linalg.det(cell)):.3g} Å^3)"
     elif relax_cell:
         return "relax_cell needs a periodic structure (pbc all True), this one is not periodic"
-    if atoms.constraints:
-        names = ", ".join(type(c).__name__ for c in atoms.constraints)
-        return f"has ASE constraints ({names}), which jaxmat's optimizers do not apply; remove them or relax with ASE"
+    refused = constraints.refusal(atoms)
+    if refused:
+        return refused
     i, j, d = close_pairs(atoms.positions, atoms.cell[:], bool(pbc.all()), MIN_DISTANCE)
     if len(d):
         k = int(np.argmin(d))
@@ -105,6 +106,7 @@ def relax(
     stats: dict | None = None,
     float64: bool = True,
     relax_cell: bool = False,
+    cell_filter: str | CellFilter | None = None,
     loop: str = "auto",
     skin: float = 0.3,
     max_inner: int = 50,
@@ -122,7 +124,10 @@ def relax(
     and total_seconds. float64 (default): optimizer arithmetic in double precision (the call runs in
     jaxmat.precision.float64_scope; the process-wide JAX setting is left alone).
     relax_cell: relax the cell too, through ASE's FrechetCellFilter per system (needs stress); then
-    fmax also bounds the filter's cell forces, as in ASE.
+    fmax also bounds the filter's cell forces, as in ASE. cell_filter: "frechet" (default), "exp" (ASE's
+    ExpCellFilter) or a :class:`jaxmat.relax.cell.CellFilter` with a pressure (GPa), hydrostatic_strain,
+    constant_volume or a strain mask (needs relax_cell). ASE constraints on the structures (FixAtoms,
+    FixCartesian, FixCom; :mod:`jaxmat.relax.constraints`) are applied as ASE applies them; others are refused.
     loop: "device" runs evaluation, checks, optimizer steps and neighbour-list updates in one compiled loop
     on the accelerator (:mod:`jaxmat.relax.device_loop`; JAX force fields: JAX MACE, pair potentials; no
     trajectories), "host" the host-driven loop (any force field), "auto" (default) the device loop where
@@ -139,6 +144,7 @@ def relax(
     import time
 
     check_settings(fmax, max_steps, max_atoms, max_systems)
+    cell = cell_options(cell_filter, relax_cell)
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be auto, device or host, not {loop!r}")
     place(allocation, "allocation"), place(rebuild, "rebuild")  # refused early, whichever loop runs
@@ -168,18 +174,27 @@ def relax(
             from jaxmat.relax.device_loop import DeviceRelaxation
 
             device = DeviceRelaxation(force_field, opt, fmax, max_steps, capacity.rows, capacity.systems, skin, max_inner, MAX_FORCE,
-                                      relax_cell=relax_cell, allocation=allocation, rebuild=rebuild)
+                                      cell=cell, allocation=allocation, rebuild=rebuild)
             counters.update(device.run(structures, queue, sizes, results.record))
             counters["force_calls"] = counters["iterations"]
             counters["force_seconds"] = counters["device_seconds"]
         else:
             host_loop.run(structures, queue, sizes, force_field, opt, fmax=fmax, max_steps=max_steps, max_force=MAX_FORCE,
-                          row_capacity=capacity.rows, system_capacity=capacity.systems, relax_cell=relax_cell, counters=counters,
+                          row_capacity=capacity.rows, system_capacity=capacity.systems, cell=cell, counters=counters,
                           finish=results.record, trajectories=results.trajectories if keep_trajectory else None)
     bar.close()
     if stats is not None:
         stats.update(counters, total_seconds=time.perf_counter() - started)
     return results.items
+
+
+def cell_options(cell_filter, relax_cell: bool) -> CellFilter | None:
+    """The cell filter of a run (None: cells stay fixed); a filter without relax_cell is refused."""
+    if cell_filter is None:
+        return CellFilter() if relax_cell else None
+    if not relax_cell:
+        raise ConfigError(f"cell_filter={cell_filter!r} needs relax_cell=True")
+    return CellFilter(cell_filter) if isinstance(cell_filter, str) else cell_filter
 
 
 def _as_atoms(structure):

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxmat.relax import cell as cell_filter
+from jaxmat.relax import constraints
+from jaxmat.relax.cell import CellFilter
 
 RUNNING = 0  # status code of a system still relaxing (the others: jaxmat.relax.device_loop)
 RECORDS = ("steps", "status", "energy", "fmax", "stress")  # per-system records carried through repacking
 
 
-def fresh_block(optimizer, atoms) -> dict:
-    """A new system's block: its positions, cell, fresh optimizer state, zero steps."""
+def fresh_block(optimizer, atoms, cell_filter: CellFilter | None = None) -> dict:
+    """A new system's block: its positions, cell, constraint rows (:mod:`jaxmat.relax.constraints`), fresh
+    optimizer state, zero steps."""
     n = len(atoms)
     return {"coords": atoms.positions.copy(), "positions": atoms.positions.copy(), "cell": np.asarray(atoms.cell[:], float),
-            "original_cell": np.asarray(atoms.cell[:], float), "cell_coords": cell_filter.initial_cell_rows([n])[0],
+            "original_cell": np.asarray(atoms.cell[:], float), **constraints.arrays(atoms),
+            "cell_coords": (cell_filter or CellFilter()).initial_cell_rows([n])[0],
             "atom_state": optimizer.init_atoms(n), "cell_state": optimizer.init_atoms(3),
             "system_state": optimizer.init_systems(1), "forces": np.zeros((n, 3)), "steps": np.int32(0),
             "status": np.int32(RUNNING), "energy": np.nan, "fmax": 0.0, "stress": np.zeros((3, 3))}
@@ -34,6 +37,7 @@ def block_of(state: dict, k: int, rows: slice, n_rows: int, relax_cell: bool) ->
     """System slot k's block of a (host) state whose atom rows of that system are ``rows`` (n_rows: row capacity)."""
     cell_rows = slice(n_rows + 3 * k, n_rows + 3 * k + 3)
     return {"coords": state["coords"][rows], "positions": state["positions"][rows], "cell": state["cells"][k],
+            "free": state["free"][rows], "com_mass": state["com_mass"][rows],
             "original_cell": state["original_cells"][k], "cell_coords": state["coords"][cell_rows] if relax_cell else None,
             "atom_state": {key: v[rows] for key, v in state["atom_state"].items()},
             "cell_state": {key: v[cell_rows] for key, v in state["atom_state"].items()} if relax_cell else None,
@@ -56,7 +60,8 @@ def pack(blocks: list[dict], n_atoms: list[int], species: np.ndarray, evaluation
     atom_state = {key: pad(np.concatenate([b["atom_state"][key] for b in blocks]), pad_rows) for key in blocks[0]["atom_state"]}
     row_mask = np.arange(rows) < n_rows
     state = {
-        "coords": cat_rows("coords"), "positions": cat_rows("positions"),
+        "coords": cat_rows("coords"), "positions": cat_rows("positions"), "free": cat_rows("free"), "com_mass": cat_rows("com_mass"),
+        "constrained": pad(np.array([constraints.is_constrained(b) for b in blocks]), pad_systems, False),
         "cells": np.concatenate([np.stack([b["cell"] for b in blocks]), identity]),
         "original_cells": np.concatenate([np.stack([b["original_cell"] for b in blocks]), identity]),
         "n_atoms": pad(np.array(n_atoms, float), pad_systems, 1.0),  # padding: F = I
