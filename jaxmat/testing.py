@@ -76,6 +76,11 @@ FAMILY_SHAPES = {
                  correlation=3, r_max=6.0, num_bessel=10, edge_irreps="128x0e+128x1o+128x2e", use_edge_irreps_first=True,
                  use_agnostic_product=True, apply_cutoff=False, readout="NonLinearBiasReadoutBlock",
                  heads=["omat_pbe", "matpes_r2scan", "spice_wB97M"]),
+    "omol-0": dict(first_block="RealAgnosticResidualInteractionBlock", block="RealAgnosticResidualInteractionBlock",
+                   hidden_irreps="128x0e+128x1o+128x2e", max_ell=3, correlation=3, r_max=6.0, num_bessel=10, num_interactions=3,
+                   use_embedding_readout=True, embedding_specs={
+                       "total_charge": {"type": "categorical", "num_classes": 201, "offset": 100, "emb_dim": 64, "per": "graph"},
+                       "total_spin": {"type": "categorical", "num_classes": 101, "offset": 0, "emb_dim": 64, "per": "graph"}}),
 }
 """MP-0b3, OMAT-0 and MPA-0 share the density-block shape of "mpa-0-medium"."""
 

@@ -93,10 +93,27 @@ def test_each_model_option(option):
     _assert_parity(model, check_structures(HEO_NUMBERS))
 
 
+def test_omol0_shape_charge_and_spin_embedding():
+    """MACE-OMOL-0: joint embedding of total charge and spin (from atoms.info, as mace-torch's calculator reads
+    them) with its energy readout, 3 layers, L=2."""
+    model = build_small_mace(HEO_NUMBERS, seed=4, **family_shape("omol-0", channels=4))
+    structures = check_structures(HEO_NUMBERS) + [rocksalt_heo(1, seed=5)]
+    for atoms, (charge, spin) in zip(structures, [(0, 1), (-2, 3), (1.5, 2)]):
+        atoms.info.update(charge=charge, spin=spin)
+    _assert_parity(model, structures)
+    charged = [a.copy() for a in structures[:1]]
+    charged[0].info.update(charge=3, spin=2)
+    assert abs(_energy(model, charged) - _energy(model, structures[:1])) > 1e-4  # the embedding counts
+
+
+def _energy(model, structures):
+    return MACEJax.from_torch(model)(batch_from_atoms(structures)).energy[0]
+
+
 def test_options_still_refused_are_named():
     model = build_small_mace(HEO_NUMBERS, seed=4, embedding_specs={
-        "total_charge": {"type": "categorical", "num_classes": 11, "offset": 5, "emb_dim": 4, "per": "graph"}})
-    with pytest.raises(UnsupportedMACEError, match="embedding_specs"):
+        "magmom": {"type": "continuous", "in_dim": 1, "emb_dim": 4, "per": "node"}})
+    with pytest.raises(UnsupportedMACEError, match="embedding_specs feature: magmom"):
         from_torch(model)
 
 

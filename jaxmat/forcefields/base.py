@@ -14,17 +14,34 @@ import numpy as np
 
 class SystemBatch(NamedTuple):
     """Many systems at once. positions (N, 3) Å; numbers (N,); cells (S, 3, 3) Å, rows are lattice vectors;
-    pbc (S, 3); system_index (N,) in [0, S)."""
+    pbc (S, 3); system_index (N,) in [0, S); charge (S,) total charge in e and spin (S,) total spin
+    multiplicity, read from ``atoms.info["charge"]`` / ``["spin"]`` as mace-torch's calculator reads them
+    (None: 0 and 1; only models that embed them use them)."""
 
     positions: np.ndarray
     numbers: np.ndarray
     cells: np.ndarray
     pbc: np.ndarray
     system_index: np.ndarray
+    charge: np.ndarray | None = None
+    spin: np.ndarray | None = None
 
     @property
     def n_systems(self) -> int:
         return len(self.cells)
+
+    def charges_and_spins(self) -> tuple[np.ndarray, np.ndarray]:
+        """Total charge and spin multiplicity of every system (S,), with mace-torch's defaults 0 and 1."""
+        charge = np.zeros(self.n_systems) if self.charge is None else np.asarray(self.charge, float)
+        spin = np.ones(self.n_systems) if self.spin is None else np.asarray(self.spin, float)
+        return charge, spin
+
+    def system(self, s: int) -> "SystemBatch":
+        """System s alone, as a batch of one."""
+        mask = self.system_index == s
+        pick = lambda a: None if a is None else np.asarray(a)[s:s + 1]
+        return SystemBatch(self.positions[mask], self.numbers[mask], self.cells[s:s + 1], self.pbc[s:s + 1],
+                           np.zeros(int(mask.sum()), int), pick(self.charge), pick(self.spin))
 
 
 class ForceFieldOutput(NamedTuple):
@@ -89,7 +106,21 @@ def batch_from_atoms(structures) -> SystemBatch:
         np.stack([np.asarray(a.cell[:]) for a in structures]),
         np.stack([a.pbc for a in structures]),
         np.concatenate([np.full(len(a), i) for i, a in enumerate(structures)]),
+        _info_numbers(structures, "charge", 0.0),
+        _info_numbers(structures, "spin", 1.0),
     )
+
+
+def _info_numbers(structures, key: str, default: float) -> np.ndarray:
+    """atoms.info[key] of every structure as a number (default where absent); a clear error naming the structure."""
+    values = []
+    for i, atoms in enumerate(structures):
+        value = atoms.info.get(key, default)
+        try:
+            values.append(float(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"structure {i}: info[{key!r}] must be a number, not {value!r}") from None
+    return np.asarray(values)
 
 
 def ase_calculator(force_field):

@@ -47,11 +47,14 @@ class MACETorch:
         from mace.tools import torch_tools
 
         graphs = []
+        charge, spin = batch.charges_and_spins()
+        keys = mace_data.KeySpecification(info_keys={"total_charge": "charge", "total_spin": "spin"})  # the calculator's keys
         with torch_tools.default_dtype(self.torch_dtype):
             for s in range(batch.n_systems):
                 atoms_mask = batch.system_index == s
-                atoms = Atoms(numbers=batch.numbers[atoms_mask], positions=batch.positions[atoms_mask], cell=batch.cells[s], pbc=batch.pbc[s])
-                config = mace_data.config_from_atoms(atoms, head_name=self.head)
+                atoms = Atoms(numbers=batch.numbers[atoms_mask], positions=batch.positions[atoms_mask], cell=batch.cells[s], pbc=batch.pbc[s],
+                              info={"charge": charge[s], "spin": spin[s]})
+                config = mace_data.config_from_atoms(atoms, key_specification=keys, head_name=self.head)
                 graphs.append(mace_data.AtomicData.from_config(config, z_table=self.z_table, cutoff=self.r_max, heads=self.heads))
         return graphs
 

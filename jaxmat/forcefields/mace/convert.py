@@ -6,8 +6,9 @@ residual non-linear), Bessel / Gaussian / Chebyshev radial bases, the Agnesi and
 ``apply_cutoff`` either way, the ZBL pair repulsion, ``edge_irreps`` (also on the first layer), e3nn
 symmetric contractions of any correlation (element-agnostic or not, reduced Clebsch-Gordan or not), O(3) or
 SO(3) spherical harmonics, linear, non-linear and non-linear-with-biases readouts (the last one only, or
-all), several heads. Anything else (joint embeddings of charge and spin, cuequivariance layers, dipole
-and long-range models) is refused with an error naming the option.
+all), several heads, the joint embedding of total charge and spin (``embedding_specs``, with its energy
+readout). Anything else (other embedded features, cuequivariance layers, dipole and long-range models) is
+refused with an error naming the option.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from jaxmat.forcefields.mace.convert_layers import (
     UnsupportedMACEError,
     array,
     interaction,
+    joint_embedding,
     linear,
     product,
     readout,
@@ -95,8 +97,6 @@ def from_torch(path_or_module) -> tuple[dict, dict]:
     name = type(model).__name__
     if name not in ("MACE", "ScaleShiftMACE"):
         refuse("model class", f"{name} (supported: MACE, ScaleShiftMACE)")
-    if hasattr(model, "joint_embedding"):
-        refuse("embedding_specs (joint embedding of extra features such as total charge and spin)")
     if getattr(model, "lammps_mliap", False):
         refuse("lammps_mliap")
     sh = model.spherical_harmonics
@@ -136,10 +136,14 @@ def from_torch(path_or_module) -> tuple[dict, dict]:
         "cg": cg,
     }
     _radial(model, config)
+    if hasattr(model, "joint_embedding"):
+        config["joint_embedding"], embedding_params = joint_embedding(model)
     params = {
         "node_embedding": embed_w,
         "interactions": [p for _, p in interactions],
         "products": [p for _, p in products],
         "readouts": [p for _, p in readouts],
     }
+    if hasattr(model, "joint_embedding"):
+        params["joint_embedding"] = embedding_params
     return config, params

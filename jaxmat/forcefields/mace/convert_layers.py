@@ -251,3 +251,38 @@ def readout(module) -> tuple[dict, dict]:
         if hasattr(module, part):
             cfg[part], params[part] = linear(getattr(module, part))
     return cfg, params
+
+
+EMBEDDED_FEATURES = ("total_charge", "total_spin")  # per-structure features jaxmat carries (SystemBatch.charge / .spin)
+
+
+def joint_embedding(model) -> tuple[dict, dict]:
+    """mace-torch's GenericJointEmbedding of per-structure features (total charge, spin) and its optional energy
+    readout -> (config, params)."""
+    import torch
+
+    module = model.joint_embedding
+    specs, params = [], {"embedders": [], "project": None}
+    for name, spec in module.specs.items():
+        if name not in EMBEDDED_FEATURES or spec.get("per", "graph") != "graph":
+            refuse("embedding_specs feature", f"{name} ({spec.get('per')}); jaxmat carries {', '.join(EMBEDDED_FEATURES)} per structure")
+        embedder = module.embedders[name]
+        if spec["type"] == "categorical":
+            specs.append({"name": name, "type": "categorical", "offset": float(spec.get("offset", 0))})
+            params["embedders"].append({"table": array(embedder.weight)})
+        elif spec["type"] == "continuous" and int(spec["in_dim"]) == 1:
+            first, _, second = embedder
+            specs.append({"name": name, "type": "continuous"})
+            bias = lambda layer: np.zeros(layer.weight.shape[0]) if layer.bias is None else array(layer.bias)
+            params["embedders"].append({"w1": array(first.weight), "b1": bias(first), "w2": array(second.weight),
+                                        "b2": bias(second)})
+        else:
+            refuse("embedding_specs feature type", f"{name}: {spec['type']}")
+    project, activation = module.project
+    if project.bias is not None or not isinstance(activation, torch.nn.SiLU):
+        refuse("joint embedding projection", repr(module.project))
+    params["project"] = array(project.weight)
+    cfg = {"specs": specs}
+    if hasattr(model, "embedding_readout"):
+        cfg["readout"], params["readout"] = linear(model.embedding_readout.linear)
+    return cfg, params

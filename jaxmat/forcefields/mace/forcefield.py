@@ -125,8 +125,26 @@ class MACEJax:
                 cells=as_dtype(cells), system_index=jnp.asarray(system_index), neighbors=jnp.asarray(matrix.neighbors),
                 shifts=as_dtype(np.asarray(slot_shifts(matrix.translations, cells, system_index))),
                 neighbor_mask=jnp.asarray(matrix.mask), outgoing_slots=jnp.asarray(outgoing_slots(matrix.neighbors, matrix.mask)),
-                n_systems=systems_size,
+                n_systems=systems_size, **self._system_features(batch, systems_size),
             )
+
+    def _system_features(self, batch: SystemBatch, systems_size: int) -> dict:
+        """{"system_features": per-system total charge and spin} for a model with a joint embedding (else {}), padded
+        with mace-torch's defaults; a value outside an embedding table is an error naming the structure."""
+        if "joint_embedding" not in self.config:
+            return {}
+        charge, spin = batch.charges_and_spins()
+        values = {"total_charge": charge, "total_spin": spin}
+        for spec, weights in zip(self.config["joint_embedding"]["specs"], self.params["joint_embedding"]["embedders"]):
+            if spec["type"] == "categorical":
+                index = np.trunc(values[spec["name"]] + spec["offset"])
+                bad = np.flatnonzero((index < 0) | (index >= weights["table"].shape[0]))
+                if len(bad):
+                    raise ValueError(f"structure {int(bad[0])}: {spec['name']} {values[spec['name']][bad[0]]:g} is outside this "
+                                     f"model's embedding ({weights['table'].shape[0]} classes from {-spec['offset']:g})")
+        pad = systems_size - batch.n_systems
+        padded = {"total_charge": np.concatenate([charge, np.zeros(pad)]), "total_spin": np.concatenate([spin, np.ones(pad)])}
+        return {"system_features": {k: jnp.asarray(v, self.dtype) for k, v in padded.items()}}
 
     def evaluate_padded(self, inputs: dict):
         """Device arrays energy (S,) eV, forces (N, 3) eV/Å, stress (S, 3, 3) eV/Å^3 for ``padded_inputs(batch)``
@@ -134,7 +152,10 @@ class MACEJax:
         with jax.default_matmul_precision(self.matmul_precision), float64_scope(self.float64):
             return self._evaluate(self.params, **inputs)
 
-    supports_device_loop = True
+    @property
+    def supports_device_loop(self) -> bool:
+        """The device loop carries no per-structure charge and spin: models that embed them run in the host loop."""
+        return "joint_embedding" not in self.config
 
     def device_species(self, numbers) -> np.ndarray:
         """Per-atom species indices (into the model's element list) for :meth:`device_model`."""

@@ -149,7 +149,7 @@ def with_radial_table(params, config, step: float = 1e-3, r_min: float = 0.5):
 
 
 def node_energies(params, config, species, vectors, neighbors, neighbor_mask, head: int = 0, outgoing_slots=None,
-                  contraction_block: int = 1):
+                  contraction_block: int = 1, node_features=None):
     """Interaction energy of every atom (eV, after scale and shift, without the E0s), the ZBL pair repulsion
     included where the model has one (inside the scale and shift, as mace-torch's ScaleShiftMACE).
 
@@ -157,7 +157,9 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
     the K neighbour slots of every (receiving) atom; vectors (N, K, 3) Å = r_receiver - r_sender +
     periodic shift; neighbor_mask (N, K) False on padding slots; outgoing_slots (optional, from
     :func:`ops.outgoing_slots`) makes the gradient of the neighbour gathers a gather instead of a scatter;
-    contraction_block: monomials per step of the product basis (:func:`product_basis.symmetric_contraction`).
+    contraction_block: monomials per step of the product basis (:func:`product_basis.symmetric_contraction`);
+    node_features: {"total_charge": (N,), "total_spin": (N,)} each atom's structure's values, for models with a
+    joint embedding (its energy readout, not scaled, is part of the returned energies).
     """
     n_nodes, k_slots = neighbors.shape
     r_max = config["r_max"]
@@ -179,6 +181,12 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
     embedding = config["node_embedding"]
     (w_embed,) = params["node_embedding"]
     node_feats = [blocks.species_vectors(w_embed, species, embedding["path_weight"])[:, None, :]]  # one-hot @ W
+    embedding_energy = 0.0
+    if "joint_embedding" in config:
+        joint_cfg, joint_params = config["joint_embedding"], params["joint_embedding"]
+        node_feats = [node_feats[0] + _joint_embedding(joint_cfg, joint_params, node_features, vectors.dtype)[:, None, :]]
+        if "readout" in joint_cfg:
+            embedding_energy = blocks.linear(node_feats, joint_cfg["readout"], joint_params["readout"])[0][:, 0, head]
 
     features_per_layer = []
     for layer, (inter_cfg, prod_cfg) in enumerate(zip(config["interactions"], config["products"])):
@@ -203,7 +211,22 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
             energy = energy + _zbl_node_energies(config, species, neighbors, lengths, flat_mask)
         scale = jnp.asarray(config["scale"], vectors.dtype)[head]
         shift = jnp.asarray(config["shift"], vectors.dtype)[head]
-        return scale * energy + shift
+        return scale * energy + shift + embedding_energy
+
+
+def _joint_embedding(cfg, params, node_features, dtype):
+    """mace-torch's GenericJointEmbedding: each feature embedded (a table row of int(value + offset), or a small
+    SiLU MLP of the value), concatenated, projected and passed through SiLU; (N, channels)."""
+    embedded = []
+    for spec, weights in zip(cfg["specs"], params["embedders"]):
+        value = jnp.asarray(node_features[spec["name"]], dtype)
+        if spec["type"] == "categorical":
+            index = jnp.trunc(value + spec["offset"]).astype(jnp.int32)  # torch's .long() truncates toward zero
+            embedded.append(jnp.take(weights["table"], index, axis=0))
+        else:
+            hidden = jax.nn.silu(value[:, None] @ weights["w1"].T + weights["b1"])
+            embedded.append(hidden @ weights["w2"].T + weights["b2"])
+    return jax.nn.silu(jnp.concatenate(embedded, axis=-1) @ params["project"].T)
 
 
 def _zbl_node_energies(config, species, neighbors, lengths, mask):
@@ -254,11 +277,12 @@ def reference_energies(config, species, head: int = 0):
 
 def energy_forces_stress(params, config, positions, species, cells, system_index, neighbors, shifts,
                          neighbor_mask, n_systems: int, head: int = 0, outgoing_slots=None, compute_dtype=None,
-                         contraction_block: int = 1):
+                         contraction_block: int = 1, system_features=None):
     """Total energies (S,) eV, forces (N, 3) eV/Å = -dE/dx and stress (S, 3, 3) eV/Å^3 = (1/V) dE/d(strain).
 
     neighbors (N, K) senders of each atom's neighbour slots; shifts (N, K, 3) Å the periodic image
-    offset of each slot (vector = r_atom - r_neighbor + shift); neighbor_mask (N, K).
+    offset of each slot (vector = r_atom - r_neighbor + shift); neighbor_mask (N, K); system_features:
+    {"total_charge": (S,), "total_spin": (S,)} for models with a joint embedding.
 
     compute_dtype: the dtype of :func:`node_energies` (default: that of params). The geometry - strain,
     edge vectors r_receiver - r_sender + shift -, the per-system sums of node energies, the E0s and so the
@@ -276,7 +300,9 @@ def energy_forces_stress(params, config, positions, species, cells, system_index
         shift = jnp.einsum("nka,nab->nkb", shifts, atom_deform)  # an edge belongs to its receiver's system
         senders = pos[neighbors] if outgoing_slots is None else ops.gather_neighbors(pos, neighbors, outgoing_slots)
         vectors = (pos[:, None, :] - senders + shift).astype(compute_dtype)  # rounded to the edge, not the coordinates
-        e_node = node_energies(params, config, species, vectors, neighbors, neighbor_mask, head, outgoing_slots, contraction_block)
+        node_features = None if system_features is None else {k: v[system_index] for k, v in system_features.items()}
+        e_node = node_energies(params, config, species, vectors, neighbors, neighbor_mask, head, outgoing_slots, contraction_block,
+                               node_features)
         return jax.ops.segment_sum(e_node.astype(positions.dtype), system_index, n_systems)
 
     e_inter, forces, stress = energies_forces_stress(interaction_energy, positions, cells, n_systems)
