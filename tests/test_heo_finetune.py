@@ -118,3 +118,32 @@ def test_foundation_lacking_an_element_is_refused(tmp_path, lemat_frames):
         finetune({"out": str(tmp_path / "out"), "data": {"dir": str(data)}, "foundation": {"model": str(model_path)}})
     with pytest.raises(JaxmatInputError, match="curate"):
         finetune({"out": str(tmp_path / "out"), "data": {"dir": str(tmp_path / "nowhere")}})
+
+
+def test_model_finetuned_from_a_current_foundation_shape_runs_in_jax(tmp_path, lemat_frames):
+    """A foundation file of the MPA-0 shape (density blocks, ZBL, Agnesi; random weights, few channels) finetuned by
+    mace_run_train keeps those options, and the finetuned model loads in the JAX MACE with mace-torch's numbers."""
+    import ase.io
+    import torch
+
+    from jaxmat.forcefields.mace.check import compare_with_torch
+    from jaxmat.forcefields.mace.forcefield import MACEJax
+    from jaxmat.heo.finetune import finetune
+    from jaxmat.testing import build_small_mace, family_shape
+
+    data = tmp_path / "curated"
+    data.mkdir()
+    for name, frames in (("train", lemat_frames[:6]), ("val", lemat_frames[6:8]), ("test", lemat_frames[8:10])):
+        ase.io.write(data / f"{name}.extxyz", frames, format="extxyz")
+    numbers = sorted({int(z) for a in lemat_frames for z in a.numbers})
+    foundation = tmp_path / "foundation.model"
+    torch.save(build_small_mace(numbers, seed=3, **{**family_shape("mpa-0-medium", channels=4), "r_max": 5.0}), foundation)
+    summary = finetune({"out": str(tmp_path / "out"), "data": {"dir": str(data)}, "foundation": {"model": str(foundation)},
+                        "finetune": {"mace": {"max_num_epochs": 1, "batch_size": 3}}}, progress=False)
+    finetuned = torch.load(summary["models"]["finetuned"], map_location="cpu", weights_only=False)
+    assert hasattr(finetuned, "pair_repulsion") and hasattr(finetuned.radial_embedding, "distance_transform")
+    import jax
+
+    with jax.enable_x64(True):
+        differences = compare_with_torch(finetuned.double(), MACEJax.from_torch(finetuned), lemat_frames[10:12])
+    assert differences["energy_per_atom"] < 1e-6 and differences["forces"] < 1e-5 and differences["stress"] < 1e-6, differences

@@ -148,3 +148,20 @@ def test_device_loop_equals_host_loop(family):
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-8)
         assert a.energy == pytest.approx(b.energy, abs=1e-8)
     assert max(np.abs(r.atoms.positions - c.positions).max() for r, c in zip(host, cells)) > 1e-3, [r.n_steps for r in host]
+
+
+def test_convert_script_checks_every_head(tmp_path):
+    import importlib.util
+
+    import torch
+
+    from conftest import REPO
+
+    model_path = tmp_path / "mh1.model"
+    torch.save(build_small_mace(HEO_NUMBERS, seed=8, **family_shape("mh-1", channels=4)), model_path)
+    spec = importlib.util.spec_from_file_location("convert_mace", REPO / "scripts" / "convert_mace.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(model_path), str(tmp_path / "converted")]) == 0
+    reloaded = MACEJax.load(tmp_path / "converted", head="spice_wB97M")
+    assert reloaded.heads == ["omat_pbe", "matpes_r2scan", "spice_wB97M"] and reloaded.head_index == 2

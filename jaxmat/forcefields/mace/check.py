@@ -28,9 +28,9 @@ def check_structures(atomic_numbers, seed: int = 0):
 
 def compare_with_torch(torch_model, jax_force_field, structures) -> dict:
     """Largest |difference| of energy per atom (eV/atom), forces (eV/Å) and stress (eV/Å^3) between the
-    mace-torch model and a JAX MACE force field on the structures."""
+    mace-torch model and a JAX MACE force field on the structures (the JAX force field's head on both)."""
     batch = batch_from_atoms(structures)
-    reference = MACETorch(torch_model)(batch, compute_stress=True)
+    reference = MACETorch(torch_model, head=jax_force_field.heads[jax_force_field.head_index])(batch, compute_stress=True)
     ours = jax_force_field(batch, compute_stress=True)
     n_atoms = np.bincount(batch.system_index)
     return {"energy_per_atom": float(np.max(np.abs(reference.energy - ours.energy) / n_atoms)),
@@ -40,13 +40,14 @@ def compare_with_torch(torch_model, jax_force_field, structures) -> dict:
 
 def convert_model_file(model_path, out_dir, check: bool = True) -> dict:
     """Convert a mace-torch model file to a torch-free directory, reload it and (check=True) compare
-    the reloaded model with mace-torch on small test structures. Returns the differences."""
+    the reloaded model with mace-torch on small test structures, every head of it. Returns the largest differences."""
     from jaxmat.forcefields.mace import io
 
     torch_model = load_torch_model(model_path)
     config, params = from_torch(torch_model)
     io.save(config, params, out_dir)
-    reloaded = MACEJax.load(out_dir)
     if not check:
         return {}
-    return compare_with_torch(torch_model, reloaded, check_structures(config["atomic_numbers"]))
+    structures = check_structures(config["atomic_numbers"])
+    per_head = [compare_with_torch(torch_model, MACEJax.load(out_dir, head=head), structures) for head in config["heads"]]
+    return {key: max(d[key] for d in per_head) for key in per_head[0]}
