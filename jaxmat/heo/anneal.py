@@ -194,6 +194,8 @@ def sro_table(result: AnnealResult) -> dict:
     """Warren-Cowley alpha per cation pair 'A-B' (A <= B in the model's order) per temperature: mean and spread
     (standard deviation) over the replicas of the last arrangements ('last') and of the per-replica sweep average
     over the second half of the run ('second_half')."""
+    import warnings
+
     temperatures = sorted(set(result.temperature.tolist()))
     half = result.alpha[len(result.alpha) // 2:] if len(result.alpha) else result.alpha
     table = {}
@@ -203,12 +205,19 @@ def sro_table(result: AnnealResult) -> dict:
             for t in temperatures:
                 chosen = result.temperature == t
                 last = result.alpha[-1, chosen, a, b] if len(result.alpha) else np.full(chosen.sum(), np.nan)
-                averaged = np.nanmean(half[:, chosen, a, b], axis=0) if len(half) else last
-                entry[f"{t:g}"] = {"last": {"mean": float(np.nanmean(last)), "spread": float(np.nanstd(last))},
-                                   "second_half": {"mean": float(np.nanmean(averaged)), "spread": float(np.nanstd(averaged))},
-                                   "replicas": int(chosen.sum())}
+                with warnings.catch_warnings():  # NaN where a pair's species are absent from every replica
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    averaged = np.nanmean(half[:, chosen, a, b], axis=0) if len(half) else last
+                    entry[f"{t:g}"] = {"last": {"mean": _number(np.nanmean(last)), "spread": _number(np.nanstd(last))},
+                                       "second_half": {"mean": _number(np.nanmean(averaged)), "spread": _number(np.nanstd(averaged))},
+                                       "replicas": int(chosen.sum())}
             table[f"{name_a}-{result.cations[b]}"] = entry
     return table
+
+
+def _number(x) -> float | None:
+    """A float for JSON; None for NaN (a pair whose species are absent)."""
+    return float(x) if np.isfinite(x) else None
 
 
 def write_outputs(result: AnnealResult, out) -> None:
@@ -258,6 +267,7 @@ def _plots(result: AnnealResult, out) -> None:
     for pair, entry in sro_table(result).items():
         means = [entry[f"{t:g}"]["second_half"]["mean"] for t in temperatures]
         spreads = [entry[f"{t:g}"]["second_half"]["spread"] for t in temperatures]
+        means, spreads = (np.array([np.nan if v is None else v for v in x]) for x in (means, spreads))
         axis.errorbar(temperatures, means, yerr=spreads, marker="o", capsize=3, label=pair)
     axis.axhline(0.0, color="k", lw=0.5)
     axis.set(xlabel="temperature (K)", ylabel="Warren-Cowley alpha (first cation shell)")

@@ -76,6 +76,7 @@ def energies(evaluate, params, graph, labels):
     return evaluate(params, dict(model_graph, species=graph["species_table"][labels]))[0]
 
 
+@functools.partial(jax.jit, static_argnames=("evaluate",))
 def init(evaluate, params, graph, labels, keys) -> dict:
     """The sampler's state: labels (rows,), energy (R,) eV, the lowest energy met and its labels, attempted and
     accepted counts (R,), keys (R, 2) uint32 (one PRNG key per replica), sweep (the sweeps done)."""
