@@ -1,5 +1,5 @@
-"""Constraints and cell options on both loops, step for step against ASE: FixAtoms, FixCartesian, FixCom (fixed
-and relaxing cells), pressure, hydrostatic strain, constant volume, a strain mask, ExpCellFilter (the reference
+"""Constraints and cell options on both loops, step for step against ASE: FixAtoms, FixCartesian, FixCom,
+FixSymmetry (fixed and relaxing cells; the space group kept), pressure, hydrostatic strain, constant volume, a strain mask, ExpCellFilter (the reference
 HEO study's two protocols, also through the command line); what jaxmat cannot apply is refused by name."""
 
 import warnings
@@ -8,7 +8,7 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.constraints import FixAtoms, FixCartesian, FixCom, FixedLine
+from ase.constraints import FixAtoms, FixCartesian, FixCom, FixedLine, FixSymmetry
 from ase.optimize import FIRE as ASEFIRE
 from ase.optimize import LBFGS as ASELBFGS
 from ase.optimize import LBFGSLineSearch as ASELineSearch
@@ -92,6 +92,77 @@ def test_constraints_with_the_cell_relaxing(lj, loop):
     assert_like_ase(results, structures, lj, "fire", 1e-3, CellFilter())
 
 
+def layered(seed, a=5.3, strained=False):
+    """16 argon atoms, one layer lifted 0.25 Å (P4/nmm, a free z parameter; strained: c 4 % longer), rattled
+    by 1e-3 Å: (the rattled structure, the same under FixSymmetry, which symmetrises it first)."""
+    atoms = bulk("Ar", "fcc", a=a, cubic=True) * (2, 2, 1)
+    atoms.positions[atoms.positions[:, 2] < 1.0, 2] += 0.25
+    if strained:
+        atoms.set_cell(atoms.cell[:] * [1.0, 1.0, 1.04], scale_atoms=True)
+    atoms.rattle(1e-3, seed=seed)
+    fixed = atoms.copy()
+    fixed.set_constraint(FixSymmetry(fixed, symprec=0.01))
+    return atoms, fixed
+
+
+def space_group(atoms) -> str:
+    import spglib
+
+    return spglib.get_spacegroup((atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers), symprec=1e-5)
+
+
+class Pushed:
+    """A force field whose forces and stress break the symmetry: every atom pushed by PUSH (eV/Å), a shear SHEAR
+    (eV/Å^3) added to the stress; on both loops (its device model too)."""
+
+    PUSH, SHEAR = np.array([0.02, 0.01, 0.0]), np.array([[0.0, 1e-4, 5e-5], [1e-4, 0.0, 0.0], [5e-5, 0.0, 0.0]])
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, batch, compute_stress=False):
+        from jaxmat.forcefields.base import ForceFieldOutput
+
+        out = self.inner(batch, compute_stress)
+        stress = None if out.stress is None else np.asarray(out.stress) + self.SHEAR
+        return ForceFieldOutput(out.energy, np.asarray(out.forces) + self.PUSH, stress)
+
+    def device_model(self):
+        params, evaluate = self.inner.device_model()
+        push, shear = self.PUSH, self.SHEAR
+
+        def pushed(params, graph):
+            energy, forces, stress = evaluate(params, graph)
+            return energy, forces + push, stress + shear
+
+        return params, pushed
+
+
+@pytest.mark.parametrize("loop", ["host", "device"])
+def test_fix_symmetry_keeps_the_space_group_as_ase_does(lj, loop):
+    """FixSymmetry beside a free system, with fixed and relaxing cells, under forces and a stress that break the
+    symmetry: ASE's steps, and the space group kept to 1e-5 Å (the rattled structure relaxed without it loses it)."""
+    rattled, fixed = layered(1)
+    rattled_cell, fixed_cell = layered(3, a=5.6, strained=True)
+    assert space_group(fixed) == space_group(fixed_cell) == "P4/nmm (129)" != space_group(rattled)
+    pushed = Pushed(lj)
+    results = relax([fixed], pushed, "fire", fmax=1e-3, max_steps=1000, progress=False, loop=loop)
+    assert_like_ase(results, [fixed], pushed, "fire", 1e-3)
+    cells = relax([fixed_cell, argon(6, a=5.6, strained=True)], lj, "fire", fmax=1e-3, max_steps=1000, relax_cell=True,
+                  progress=False, loop=loop)
+    assert_like_ase(cells, [fixed_cell, argon(6, a=5.6, strained=True)], lj, "fire", 1e-3, CellFilter())
+    [sheared] = relax([fixed_cell], pushed, "fire", fmax=1e-3, max_steps=1000, relax_cell=True, progress=False, loop=loop)
+    assert_like_ase([sheared], [fixed_cell], pushed, "fire", 1e-3, CellFilter())
+    assert space_group(sheared.atoms) == "P4/nmm (129)"
+    assert space_group(results[0].atoms) == space_group(cells[0].atoms) == "P4/nmm (129)"
+    assert cells[0].atoms.get_volume() < fixed_cell.get_volume()
+    [free] = relax([rattled], lj, "fire", fmax=1e-3, max_steps=1000, progress=False, loop="host")
+    assert space_group(free.atoms) != "P4/nmm (129)"
+
+
 CELL_CASES = {
     "pressure": ("fire", CellFilter(pressure=0.5)),
     "hydrostatic": ("lbfgs", CellFilter(hydrostatic_strain=True)),
@@ -168,22 +239,68 @@ def test_fix_atoms_and_pressure_on_the_command_line(lj, tmp_path, capsys):
         assert error in capsys.readouterr().err
 
 
+def test_fix_symmetry_on_the_command_line(lj, tmp_path, capsys):
+    from jaxmat.relax.__main__ import main
+
+    rattled, _ = layered(3, a=5.6, strained=True)
+    source, out = tmp_path / "in.extxyz", tmp_path / "out.extxyz"
+    ase.io.write(source, [rattled])
+    assert main([str(source), "--model", MODEL, "--out", str(out), "--fmax", "1e-3", "--relax-cell", "--fix-symmetry",
+                 "--no-progress", "--max-steps", "1000"]) == 0
+    [frame] = ase.io.read(out, index=":")
+    theirs, steps = ase_run(_with(ase.io.read(source), None), lj, "fire", 1e-3, CellFilter())
+    assert frame.info["status"] == "converged" and frame.info["n_steps"] == steps
+    np.testing.assert_allclose(frame.positions, theirs.positions, atol=1e-7)  # extxyz keeps 8 decimals
+    assert space_group(frame) == "P4/nmm (129)"
+    assert main([str(source), "--model", MODEL, "--out", str(tmp_path / "x.extxyz"), "--fix-symmetry", "0"]) != 0
+    assert "positive tolerance" in capsys.readouterr().err
+
+
 def _with(atoms, constraint):
+    """A copy of atoms with this constraint (None: FixSymmetry at 0.01 Å, as --fix-symmetry makes it)."""
     atoms = atoms.copy()
-    atoms.set_constraint(constraint)
+    atoms.set_constraint(FixSymmetry(atoms, symprec=0.01) if constraint is None else constraint)
     return atoms
 
 
 def test_what_jaxmat_cannot_apply_is_refused_by_name(lj):
     line = constrained(1, FixedLine(0, [1.0, 0.0, 0.0]))
     com_first = constrained(2, [FixCom(), FixAtoms([0])])
-    results = relax([line, com_first, argon(3)], lj, "fire", fmax=1e-2, progress=False, loop="host")
-    assert [r.status for r in results] == ["failed", "failed", "converged"]
+    _, symmetric = layered(1)
+    symmetric.set_constraint([FixAtoms([0])] + symmetric.constraints)
+    results = relax([line, com_first, symmetric, argon(3)], lj, "fire", fmax=1e-2, progress=False, loop="host")
+    assert [r.status for r in results] == ["failed", "failed", "failed", "converged"]
     assert "(FixedLine)" in results[0].message and "FixAtoms, FixCartesian, FixCom" in results[0].message
     assert "centre-of-mass constraint before" in results[1].message
+    assert "FixSymmetry with other constraints (FixAtoms, FixSymmetry)" in results[2].message
     with pytest.raises(ConfigError, match="needs relax_cell"):
         relax([argon(3)], lj, cell_filter="exp", progress=False)
     with pytest.raises(ValueError, match="six Voigt flags"):
         CellFilter(mask=(1, 1, 1))
     with pytest.raises(ValueError, match="frechet, exp"):
         CellFilter("unit")
+
+
+def test_a_step_that_breaks_the_symmetry_is_adjusted_as_ase_does(x64):
+    """A non-symmetric step of the optimizer rows (atoms and cell): the device's new cell, positions and read-back
+    rows are those ASE's FrechetCellFilter.set_positions / get_positions make under FixSymmetry."""
+    from ase.filters import FrechetCellFilter
+
+    from jaxmat.relax import geometry
+    from jaxmat.relax.optimizers import FIRE
+    from jaxmat.relax.state import fresh_block, pack
+
+    _, fixed = layered(3, a=5.6, strained=True)
+    cell = CellFilter()
+    state = pack([fresh_block(FIRE(), fixed, cell)], [16], np.zeros(16, int), 0, rows=24, systems=2, optimizer=FIRE(),
+                 relax_cell=True)
+    step = np.random.default_rng(0).normal(scale=0.02, size=state["coords"].shape)
+    step[16:24] = 0.0  # padding rows
+    positions, cells, rows = geometry.after_step(cell, state, state["coords"] + step, state["active"], True)
+    theirs = fixed.copy()
+    ase_filter = FrechetCellFilter(theirs)
+    ase_filter.set_positions(np.concatenate([fixed.positions + step[:16], ase_filter.get_positions()[16:] + step[24:27]]))
+    np.testing.assert_allclose(np.asarray(cells)[0], theirs.cell[:], atol=1e-12)
+    np.testing.assert_allclose(np.asarray(positions)[:16], theirs.positions, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(rows)[np.r_[0:16, 24:27]], ase_filter.get_positions(), atol=1e-10)
+    assert space_group(theirs) == "P4/nmm (129)"

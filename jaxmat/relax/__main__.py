@@ -3,7 +3,7 @@
     python -m jaxmat.relax INPUT.extxyz --model MODEL --out OUT.extxyz [--optimizer fire|lbfgs|lbfgs-linesearch]
         [--fmax 0.05] [--max-steps 300] [--max-atoms N] [--relax-cell] [--trajectory DIR] [--backend torch|jax]
         [--head NAME] [--cell-filter frechet|exp] [--pressure GPA] [--hydrostatic-strain] [--constant-volume]
-        [--cell-mask XX,YY,ZZ,YZ,XZ,XY] [--fix-atoms INDICES|tag:T]
+        [--cell-mask XX,YY,ZZ,YZ,XZ,XY] [--fix-atoms INDICES|tag:T] [--fix-symmetry [SYMPREC]]
 
 MODEL is a mace-torch model file (``--backend torch`` runs it with mace-torch, ``--backend jax`` with
 jaxmat's JAX MACE after converting the weights), a directory written by scripts/convert_mace.py
@@ -43,7 +43,7 @@ def _frame(result, index: int):
 
 MANIFEST_VERSION = 1
 SETTINGS = ("model", "head", "backend", "dtype", "optimizer", "fmax", "max_steps", "relax_cell", "cell_filter", "pressure",
-            "hydrostatic_strain", "constant_volume", "cell_mask", "fix_atoms")  # change the results
+            "hydrostatic_strain", "constant_volume", "cell_mask", "fix_atoms", "fix_symmetry")  # change the results
 
 
 def fingerprint(structures) -> str:
@@ -137,6 +137,9 @@ def build_parser():
     cell.add_argument("--cell-mask", help="strain components that relax, six 0/1 flags xx,yy,zz,yz,xz,xy (e.g. 1,1,1,0,0,0)")
     parser.add_argument("--fix-atoms", help="ASE FixAtoms on every structure: atom indices (0,3,7 or 0-11) or tag:T "
                         "(atoms with that tag); constraints stored with the structures apply anyway")
+    parser.add_argument("--fix-symmetry", nargs="?", type=float, const=0.01, metavar="SYMPREC",
+                        help="ASE FixSymmetry on every structure: keep the space group found by spglib within SYMPREC "
+                        "(Å, default 0.01; the structure is first symmetrised to it, as ASE does)")
     parser.add_argument("--trajectory", help="folder for one extxyz trajectory per structure")
     parser.add_argument("--backend", choices=list(BACKENDS), default="torch", help="MACE implementation")
     parser.add_argument("--dtype", choices=["float64", "float32", "mixed"], default="float64",
@@ -212,10 +215,20 @@ def main(argv=None) -> int:
 
 
 def cell_options(args, structures):
-    """The run's CellFilter (None without --relax-cell); --fix-atoms added to each structure's constraints."""
+    """The run's CellFilter (None without --relax-cell); --fix-atoms and --fix-symmetry added to each structure's
+    constraints (FixSymmetry with another constraint is refused for that structure)."""
     from jaxmat.errors import ConfigError
     from jaxmat.relax.cell import CellFilter
 
+    if args.fix_symmetry is not None:
+        if not args.fix_symmetry > 0:
+            raise ConfigError(f"--fix-symmetry needs a positive tolerance in Å, not {args.fix_symmetry}")
+        from ase.constraints import FixSymmetry
+
+        for k, atoms in enumerate(structures):
+            if not atoms.pbc.all():
+                raise ConfigError(f"--fix-symmetry needs periodic structures; structure {k} is not")
+            atoms.set_constraint(list(atoms.constraints) + [FixSymmetry(atoms, symprec=args.fix_symmetry)])
     if args.fix_atoms:
         for k, atoms in enumerate(structures):
             atoms.set_constraint(list(atoms.constraints) + [fixed_atoms(args.fix_atoms, atoms, k)])

@@ -39,7 +39,7 @@ import numpy as np
 
 from jaxmat.forcefields.neighbors import DeviceCapacity, list_is_stale
 from jaxmat.padding import bucket, round_up
-from jaxmat.relax import constraints
+from jaxmat.relax import constraints, geometry
 from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.lists import NeighborLists, device_lists, near_lists, place
 from jaxmat.relax import state as packing
@@ -74,6 +74,7 @@ def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: b
     def run(params, state, limits, exit_on_finish):
         fmax, max_force, skin, max_steps, max_inner = (limits[k] for k in ("fmax", "max_force", "skin", "max_steps", "max_inner"))
         n_systems, n_rows = state["active"].shape[0], state["positions"].shape[0]
+        symmetric = state["sym_weights"].shape[1] > 0  # a system with FixSymmetry in the batch (a shape: one program each)
         index, real, row_index, row_real = state["system_index"], state["row_mask"], state["row_index"], state["row_real"]
 
         def body(carry):
@@ -84,10 +85,19 @@ def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: b
             coords = state["coords"]
             bad_system = ~jnp.isfinite(energy)
             held = constraints.adjust_forces(forces, state["free"], state["com_mass"], index, n_systems)
+            held_stress = stress
+            if symmetric:  # FixSymmetry: forces and stress averaged over the operations at the current cell
+                weights = state["sym_weights"]
+                has = jnp.any(weights > 0, axis=1)
+                held = jnp.where(has[index][:, None], constraints.symmetrize_vectors(held, state["cells"], state["sym_source"],
+                                                                                      state["sym_rotations"], weights, index), held)
+                if cell is not None:
+                    held_stress = jnp.where(has[:, None, None], constraints.symmetrize_tensors(stress, state["cells"],
+                                                                                               state["sym_rotations"], weights), stress)
             if cell is not None:
                 cell_rows = coords[n_rows:].reshape(n_systems, 3, 3)
-                atom_force, cell_force = cell.generalized_forces(held, stress, state["cells"], state["original_cells"], cell_rows,
-                                                                 state["n_atoms"], index)
+                atom_force, cell_force = cell.generalized_forces(held, held_stress, state["cells"], state["original_cells"],
+                                                                 cell_rows, state["n_atoms"], index)
                 generalized = jnp.concatenate([atom_force, cell_force.reshape(-1, 3)])
                 bad_system = bad_system | ~jnp.all(jnp.isfinite(stress), axis=(1, 2))
                 objective = cell.energy(energy, state["cells"])  # what the line search sees: E + pV
@@ -113,7 +123,7 @@ def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: b
             status = jnp.select([failed, exploded, lost, converged, out_of_steps],
                                 [NON_FINITE, EXPLODED, SEARCH_FAILED, CONVERGED, MAX_STEPS], state["status"])
             atoms, systems, coords = optimizer.step(atoms, systems, coords, generalized, row_index, running, objective)
-            positions, cells, coords = geometry(state, coords, running)
+            positions, cells, coords = geometry.after_step(cell, state, coords, running, symmetric)
             evaluated = active[index][:, None]
             new = dict(state, atom_state=atoms, system_state=systems, coords=coords, positions=positions, cells=cells,
                        status=status, active=running,
@@ -134,26 +144,6 @@ def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: b
             stop = (overflow > 0) | to_host | ~jnp.any(running) | (exit_on_finish & finished)
             rebuilt = stale & ~crowded & rebuild_on_device
             return new, iteration + 1, stop, overflow, rebuilds + rebuilt.astype(jnp.int32), to_host
-
-        def geometry(state, coords, running):
-            """Positions, cells and rows after a step: constraints adjust the new geometry against the last one (scaled
-            to the new cell, as ASE's set_cell does) and the rows are read back from it, as ASE's get_positions does."""
-            if cell is None:
-                adjusted = constraints.adjust_positions(coords, state["positions"], state["free"], state["com_mass"], index, n_systems)
-                return adjusted, state["cells"], adjusted
-            cell_rows = coords[n_rows:].reshape(n_systems, 3, 3)
-            positions, cells = cell.positions_and_cells(coords[:n_rows], cell_rows, state["original_cells"], state["n_atoms"], index)
-            cells = jnp.where(running[:, None, None], cells, state["cells"])
-            scale = jnp.linalg.solve(state["cells"], cells)  # old cell^-1 @ new cell
-            before = jnp.einsum("na,nab->nb", state["positions"], scale[index])
-            adjusted = constraints.adjust_positions(positions, before, state["free"], state["com_mass"], index, n_systems)
-            constrained = (state["constrained"] & running)[index][:, None]
-            positions = jnp.where(running[index][:, None], jnp.where(constrained, adjusted, positions), state["positions"])
-            atom_rows, read_cell_rows = cell.read_rows(positions, cells, state["original_cells"], state["n_atoms"], index)
-            atom_rows = jnp.where(constrained, atom_rows, coords[:n_rows])
-            if cell.mask is not None:  # a mask resets what the optimizer set in fixed strain components
-                cell_rows = jnp.where(running[:, None, None], read_cell_rows, cell_rows)
-            return positions, cells, jnp.concatenate([atom_rows, cell_rows.reshape(-1, 3)])
 
         def rebuild(s):
             """The list at the new geometry, on the device (same capacities)."""

@@ -127,7 +127,8 @@ def relax(
     fmax also bounds the filter's cell forces, as in ASE. cell_filter: "frechet" (default), "exp" (ASE's
     ExpCellFilter) or a :class:`jaxmat.relax.cell.CellFilter` with a pressure (GPa), hydrostatic_strain,
     constant_volume or a strain mask (needs relax_cell). ASE constraints on the structures (FixAtoms,
-    FixCartesian, FixCom; :mod:`jaxmat.relax.constraints`) are applied as ASE applies them; others are refused.
+    FixCartesian, FixCom, FixSymmetry; :mod:`jaxmat.relax.constraints`) are applied as ASE applies them; others
+    are refused.
     loop: "device" runs evaluation, checks, optimizer steps and neighbour-list updates in one compiled loop
     on the accelerator (:mod:`jaxmat.relax.device_loop`; JAX force fields: JAX MACE, pair potentials; no
     trajectories), "host" the host-driven loop (any force field), "auto" (default) the device loop where

@@ -37,12 +37,33 @@ def block_of(state: dict, k: int, rows: slice, n_rows: int, relax_cell: bool) ->
     """System slot k's block of a (host) state whose atom rows of that system are ``rows`` (n_rows: row capacity)."""
     cell_rows = slice(n_rows + 3 * k, n_rows + 3 * k + 3)
     return {"coords": state["coords"][rows], "positions": state["positions"][rows], "cell": state["cells"][k],
-            "free": state["free"][rows], "com_mass": state["com_mass"][rows],
+            "free": state["free"][rows], "com_mass": state["com_mass"][rows], **symmetry_of(state, k, rows),
             "original_cell": state["original_cells"][k], "cell_coords": state["coords"][cell_rows] if relax_cell else None,
             "atom_state": {key: v[rows] for key, v in state["atom_state"].items()},
             "cell_state": {key: v[cell_rows] for key, v in state["atom_state"].items()} if relax_cell else None,
             "system_state": {key: v[k : k + 1] for key, v in state["system_state"].items()},
             "forces": state["forces"][rows]} | {key: state[key][k] for key in RECORDS}
+
+
+def symmetry_of(state: dict, k: int, rows: slice) -> dict:
+    """System k's FixSymmetry tables as in :func:`jaxmat.relax.constraints.arrays` (local atom indices)."""
+    n_ops = int(state["sym_weights"][k].sum())
+    return {"sym_source": state["sym_source"][rows, :n_ops] - rows.start, "sym_rotations": state["sym_rotations"][k, :n_ops]}
+
+
+def symmetry_tables(blocks: list[dict], n_atoms: list[int], rows: int, systems: int) -> dict:
+    """FixSymmetry tables at width W (the most operations of any system; 0 without FixSymmetry): sym_source (rows, W)
+    global rows, sym_rotations (systems, W, 3, 3), sym_weights (systems, W) 1 for a real operation."""
+    width = max(len(b["sym_rotations"]) for b in blocks)
+    source = np.tile(np.arange(rows, dtype=np.int32)[:, None], (1, width))
+    rotations, weights = np.zeros((systems, width, 3, 3)), np.zeros((systems, width))
+    start = 0
+    for k, (b, n) in enumerate(zip(blocks, n_atoms)):
+        n_ops = len(b["sym_rotations"])
+        source[start : start + n, :n_ops] = b["sym_source"] + start
+        rotations[k, :n_ops], weights[k, :n_ops] = b["sym_rotations"], 1.0
+        start += n
+    return {"sym_source": source, "sym_rotations": rotations, "sym_weights": weights}
 
 
 def pack(blocks: list[dict], n_atoms: list[int], species: np.ndarray, evaluations: int, *, rows: int, systems: int, optimizer,
@@ -62,6 +83,7 @@ def pack(blocks: list[dict], n_atoms: list[int], species: np.ndarray, evaluation
     state = {
         "coords": cat_rows("coords"), "positions": cat_rows("positions"), "free": cat_rows("free"), "com_mass": cat_rows("com_mass"),
         "constrained": pad(np.array([constraints.is_constrained(b) for b in blocks]), pad_systems, False),
+        **symmetry_tables(blocks, n_atoms, rows, systems),
         "cells": np.concatenate([np.stack([b["cell"] for b in blocks]), identity]),
         "original_cells": np.concatenate([np.stack([b["original_cell"] for b in blocks]), identity]),
         "n_atoms": pad(np.array(n_atoms, float), pad_systems, 1.0),  # padding: F = I
