@@ -12,46 +12,17 @@ from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.mace.check import check_structures
 from jaxmat.forcefields.mace.convert import UnsupportedMACEError, from_torch
 from jaxmat.forcefields.mace.forcefield import MACEJax
-from jaxmat.forcefields.mace_torch import MACETorch
 from jaxmat.heo.generate import rocksalt_heo
 from jaxmat.testing import build_small_mace, family_shape
+from mace_parity import HEO_NUMBERS, assert_parity as _assert_parity, numbers_of, small_lemat_frames
 
 pytestmark = pytest.mark.usefixtures("x64")
-
-HEO_NUMBERS = [8, 12, 27, 28, 29, 30]
-TOLERANCE = {"energy_per_atom": 1e-6, "forces": 1e-5, "stress": 1e-6}  # eV/atom, eV/Å, eV/Å^3
-
-
-def _lemat_frames(count: int):
-    from jaxmat.data.sources import load_structures
-    from jaxmat.data.structures import to_ase
-
-    records = load_structures("embedded:heo").records
-    small = sorted((r for r in records if len(r.numbers) <= 16), key=lambda r: len(r.numbers))
-    return [to_ase(r) for r in small[:count]]
-
-
-def _differences(torch_model, structures, head=None):
-    batch = batch_from_atoms(structures)
-    reference = MACETorch(torch_model, head=head)(batch, compute_stress=True)
-    ours = MACEJax.from_torch(torch_model, head=head)(batch, compute_stress=True)
-    n_atoms = np.bincount(batch.system_index)
-    return {"energy_per_atom": float(np.max(np.abs(reference.energy - ours.energy) / n_atoms)),
-            "forces": float(np.max(np.abs(reference.forces - ours.forces))),
-            "stress": float(np.max(np.abs(reference.stress - ours.stress)))}
-
-
-def _assert_parity(torch_model, structures, head=None):
-    differences = _differences(torch_model, structures, head)
-    for key, limit in TOLERANCE.items():
-        assert differences[key] < limit, (key, differences)
-    return differences
 
 
 def test_mpa0_shape_density_blocks_zbl_agnesi_on_lemat_frames():
     """MACE-MP-0b3 / MPA-0 / OMAT-0: density and density-residual blocks, ZBL repulsion, Agnesi transform."""
-    frames = _lemat_frames(2)
-    numbers = sorted(set(np.concatenate([f.numbers for f in frames]).tolist()) | set(HEO_NUMBERS))
+    frames = small_lemat_frames(2, max_atoms=16)
+    numbers = sorted(set(numbers_of(frames)) | set(HEO_NUMBERS))
     model = build_small_mace(numbers, seed=1, **family_shape("mpa-0-medium", channels=8))
     config, _ = from_torch(model)
     assert config["zbl"] and config["distance_transform"]["kind"] == "agnesi"
@@ -165,3 +136,22 @@ def test_convert_script_checks_every_head(tmp_path):
     assert script.main([str(model_path), str(tmp_path / "converted")]) == 0
     reloaded = MACEJax.load(tmp_path / "converted", head="spice_wB97M")
     assert reloaded.heads == ["omat_pbe", "matpes_r2scan", "spice_wB97M"] and reloaded.head_index == 2
+
+
+def test_hessian_equals_finite_differences_of_forces():
+    model = build_small_mace(HEO_NUMBERS, seed=9, **{**family_shape("mpa-0-medium", channels=4), "r_max": 4.5})
+    force_field = MACEJax.from_torch(model)
+    atoms = check_structures(HEO_NUMBERS)[1]  # 2 atoms, triclinic
+    hessian = force_field.hessian(atoms)
+    n = len(atoms)
+    assert hessian.shape == (n, 3, n, 3)
+    np.testing.assert_allclose(hessian.reshape(3 * n, 3 * n), hessian.reshape(3 * n, 3 * n).T, atol=1e-9)
+    step = 1e-4
+    for i in range(n):
+        for a in range(3):
+            forces = []
+            for sign in (1, -1):
+                moved = atoms.copy()
+                moved.positions[i, a] += sign * step
+                forces.append(force_field(batch_from_atoms([moved])).forces)
+            np.testing.assert_allclose(hessian[:, :, i, a], -(forces[0] - forces[1]) / (2 * step), atol=1e-6)

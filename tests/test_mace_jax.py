@@ -8,33 +8,15 @@ import pytest
 from conftest import shared_file
 
 from jaxmat.forcefields.base import batch_from_atoms
-from jaxmat.forcefields.mace.check import check_structures, compare_with_torch
+from jaxmat.forcefields.mace.check import check_structures
 from jaxmat.forcefields.mace.convert import from_torch
 from jaxmat.forcefields.mace.forcefield import MACEJax
 from jaxmat.forcefields.mace_torch import MACETorch
 from jaxmat.heo.generate import rocksalt_heo
 from jaxmat.testing import build_small_mace
+from mace_parity import HEO_NUMBERS, assert_parity as _assert_parity, numbers_of, small_lemat_frames
 
 pytestmark = pytest.mark.usefixtures("x64")
-
-HEO_NUMBERS = [8, 12, 27, 28, 29, 30]
-TOLERANCE = {"energy_per_atom": 1e-6, "forces": 1e-5, "stress": 1e-6}  # eV/atom, eV/Å, eV/Å^3
-
-
-def _embedded_heo_frames(count: int):
-    from jaxmat.data.sources import load_structures
-    from jaxmat.data.structures import to_ase
-
-    records = load_structures("embedded:heo").records
-    small = sorted((r for r in records if len(r.numbers) <= 24), key=lambda r: len(r.numbers))
-    return [to_ase(r) for r in small[:count]]
-
-
-def _assert_parity(model, structures):
-    differences = compare_with_torch(model, MACEJax.from_torch(model), structures)
-    for key, limit in TOLERANCE.items():
-        assert differences[key] < limit, (key, differences)
-    return differences
 
 
 def test_hidden_16x0e_lmax2_first_block_not_residual():
@@ -45,8 +27,8 @@ def test_hidden_16x0e_lmax2_first_block_not_residual():
 
 
 def test_hidden_32x0e_32x1o_lmax3_corr3_on_lemat_frames():
-    frames = _embedded_heo_frames(3)  # real LeMat-Bulk DFT frames shipped with the package
-    numbers = sorted(set(np.concatenate([f.numbers for f in frames]).tolist()))
+    frames = small_lemat_frames(3)  # real LeMat-Bulk DFT frames shipped with the package
+    numbers = numbers_of(frames)
     model = build_small_mace(numbers, seed=2, hidden_irreps="32x0e+32x1o", max_ell=3, correlation=3, r_max=5.0,
                              avg_num_neighbors=30.0)
     _assert_parity(model, frames + check_structures(numbers))
@@ -74,7 +56,7 @@ def test_lemat_frames_with_shared_heo_data():
     import ase.io
 
     frames = [a for a in ase.io.read(shared_file("data/heo/lemat_heo_valid.xyz"), index=":40") if len(a) <= 20][:2]
-    numbers = sorted(set(np.concatenate([f.numbers for f in frames]).tolist()))
+    numbers = numbers_of(frames)
     model = build_small_mace(numbers, seed=5, hidden_irreps="32x0e+32x1o", max_ell=3, correlation=3, r_max=5.0)
     _assert_parity(model, frames)
 

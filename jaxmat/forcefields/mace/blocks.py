@@ -138,7 +138,8 @@ def interaction(params, cfg, node_feats, species, edges, cg):
 
     edges: sh (list of (N, K, 2l+1)), feats (N, K, B) radial basis (times the cutoff when the model applies it),
     cutoff (N, K, 1) or None (models with apply_cutoff=False: applied to the MLP outputs instead), mask (N, K),
-    neighbors (N, K), outgoing (optional, :func:`ops.outgoing_slots`), tp_weights (optional, precomputed)."""
+    neighbors (N, K), outgoing (optional, :func:`ops.outgoing_slots`), tp_weights (optional, precomputed),
+    custom_gradients (optional, default True: the hand-written VJPs; False: JAX's own derivatives)."""
     skip_kind = cfg.get("skip_kind", "species")
     sc = None
     if cfg["residual"]:
@@ -148,7 +149,7 @@ def interaction(params, cfg, node_feats, species, edges, cg):
     radial_in = _radial_input(cfg, params, node_feats, species, edges)
     tp_weights, density = _edge_weights(cfg, params, radial_in, edges)
     gathered = [_gather(b, edges) for b in up]
-    messages = ops.convolution(gathered, edges["sh"], tp_weights, cfg["tp_paths"], cg)
+    messages = ops.convolution(gathered, edges["sh"], tp_weights, cfg["tp_paths"], cg, edges.get("custom_gradients", True))
     normalization = cfg.get("normalization", "avg")
     if normalization == "nonlinear":
         messages = linear(messages, cfg["linear_1"], params["linear_1"])

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
+from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch, batch_from_atoms
 from jaxmat.forcefields.mace.model import energy_forces_stress
 from jaxmat.forcefields.mace.ops import outgoing_slots
 from jaxmat.forcefields.mace.product_basis import checked_block
@@ -151,6 +151,23 @@ class MACEJax:
         (padding rows included), traced at this force field's matmul precision (a scoped setting)."""
         with jax.default_matmul_precision(self.matmul_precision), float64_scope(self.float64):
             return self._evaluate(self.params, **inputs)
+
+    def hessian(self, atoms) -> np.ndarray:
+        """Second derivatives of the energy with respect to the positions of one structure, (N, 3, N, 3) eV/Å^2:
+        ``jax.jacfwd`` of minus the forces, through the model with JAX's own derivatives (the hand-written VJPs of
+        the fast path have no forward-mode rule). For phonons and Hessian-based checks."""
+        inputs = self.padded_inputs(batch_from_atoms([atoms]))
+        n_atoms = len(atoms)
+        config, head, dtype, block = self.config, self.head_index, self.compute_dtype, self.contraction_block
+
+        def forces(positions):
+            arguments = {**inputs, "positions": positions}
+            return energy_forces_stress(self.params, config, head=head, compute_dtype=dtype, contraction_block=block,
+                                        custom_gradients=False, **arguments)[1]
+
+        with jax.default_matmul_precision(self.matmul_precision), float64_scope(self.float64):
+            hessian = -jax.jit(jax.jacfwd(forces))(inputs["positions"])
+        return np.asarray(hessian, np.float64)[:n_atoms, :, :n_atoms, :]
 
     @property
     def supports_device_loop(self) -> bool:

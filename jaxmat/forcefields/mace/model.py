@@ -149,7 +149,7 @@ def with_radial_table(params, config, step: float = 1e-3, r_min: float = 0.5):
 
 
 def node_energies(params, config, species, vectors, neighbors, neighbor_mask, head: int = 0, outgoing_slots=None,
-                  contraction_block: int = 1, node_features=None):
+                  contraction_block: int = 1, node_features=None, custom_gradients: bool = True):
     """Interaction energy of every atom (eV, after scale and shift, without the E0s), the ZBL pair repulsion
     included where the model has one (inside the scale and shift, as mace-torch's ScaleShiftMACE).
 
@@ -159,8 +159,13 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
     :func:`ops.outgoing_slots`) makes the gradient of the neighbour gathers a gather instead of a scatter;
     contraction_block: monomials per step of the product basis (:func:`product_basis.symmetric_contraction`);
     node_features: {"total_charge": (N,), "total_spin": (N,)} each atom's structure's values, for models with a
-    joint embedding (its energy readout, not scaled, is part of the returned energies).
+    joint embedding (its energy readout, not scaled, is part of the returned energies); custom_gradients=False:
+    JAX's own derivatives instead of the hand-written VJPs (slower; forward mode and second derivatives work).
     """
+    if not custom_gradients and "radial_table" in params:
+        raise ValueError("the radial table has no derivatives of its own beyond the first: use the exact radial MLPs")
+    if not custom_gradients:
+        outgoing_slots = None
     n_nodes, k_slots = neighbors.shape
     r_max = config["r_max"]
     far = jnp.asarray([2.0 * r_max, 0.0, 0.0], vectors.dtype)
@@ -176,7 +181,7 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
             tables = [w.reshape(n_nodes, k_slots, -1) for w in _radial_weights(params, config, lengths, flat_mask)]
     edges = {"sh": edge_sh, "feats": edge_feats.reshape(n_nodes, k_slots, -1), "mask": neighbor_mask,
              "cutoff": None if cutoff is None else cutoff.reshape(n_nodes, k_slots, 1), "neighbors": neighbors,
-             "outgoing": outgoing_slots}
+             "outgoing": outgoing_slots, "custom_gradients": custom_gradients}
 
     embedding = config["node_embedding"]
     (w_embed,) = params["node_embedding"]
@@ -198,7 +203,7 @@ def node_energies(params, config, species, vectors, neighbors, neighbor_mask, he
         with jax.named_scope(f"mace_product_L{layer}"):
             product_species = jnp.zeros_like(species) if prod_cfg["agnostic"] else species
             contracted = product_basis.symmetric_contraction(coupled, product_species, prod_cfg["contractions"],
-                                                             prod_params["weights"], contraction_block)
+                                                             prod_params["weights"], contraction_block, custom_gradients)
         with jax.named_scope(f"mace_linears_L{layer}"):
             node_feats = blocks.linear(contracted, prod_cfg["linear"], prod_params["linear"])
             if prod_cfg["use_sc"] and sc is not None:
@@ -277,12 +282,13 @@ def reference_energies(config, species, head: int = 0):
 
 def energy_forces_stress(params, config, positions, species, cells, system_index, neighbors, shifts,
                          neighbor_mask, n_systems: int, head: int = 0, outgoing_slots=None, compute_dtype=None,
-                         contraction_block: int = 1, system_features=None):
+                         contraction_block: int = 1, system_features=None, custom_gradients: bool = True):
     """Total energies (S,) eV, forces (N, 3) eV/Å = -dE/dx and stress (S, 3, 3) eV/Å^3 = (1/V) dE/d(strain).
 
     neighbors (N, K) senders of each atom's neighbour slots; shifts (N, K, 3) Å the periodic image
     offset of each slot (vector = r_atom - r_neighbor + shift); neighbor_mask (N, K); system_features:
-    {"total_charge": (S,), "total_spin": (S,)} for models with a joint embedding.
+    {"total_charge": (S,), "total_spin": (S,)} for models with a joint embedding; custom_gradients: as
+    :func:`node_energies` (False for second derivatives: ``jax.jacfwd`` of the forces is the negative Hessian).
 
     compute_dtype: the dtype of :func:`node_energies` (default: that of params). The geometry - strain,
     edge vectors r_receiver - r_sender + shift -, the per-system sums of node energies, the E0s and so the
@@ -298,11 +304,12 @@ def energy_forces_stress(params, config, positions, species, cells, system_index
         atom_deform = deformation(strain)[system_index]
         pos = jnp.einsum("na,nab->nb", positions, atom_deform)
         shift = jnp.einsum("nka,nab->nkb", shifts, atom_deform)  # an edge belongs to its receiver's system
-        senders = pos[neighbors] if outgoing_slots is None else ops.gather_neighbors(pos, neighbors, outgoing_slots)
+        plain = outgoing_slots is None or not custom_gradients
+        senders = pos[neighbors] if plain else ops.gather_neighbors(pos, neighbors, outgoing_slots)
         vectors = (pos[:, None, :] - senders + shift).astype(compute_dtype)  # rounded to the edge, not the coordinates
         node_features = None if system_features is None else {k: v[system_index] for k, v in system_features.items()}
         e_node = node_energies(params, config, species, vectors, neighbors, neighbor_mask, head, outgoing_slots, contraction_block,
-                               node_features)
+                               node_features, custom_gradients)
         return jax.ops.segment_sum(e_node.astype(positions.dtype), system_index, n_systems)
 
     e_inter, forces, stress = energies_forces_stress(interaction_energy, positions, cells, n_systems)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmat.forcefields.mace.memo import IdentityMemo
+
 
 def parse_irreps(irreps: str) -> list[tuple[int, int, int]]:
     """'128x0e+32x1o' -> [(128, 0, 1), (32, 1, -1)] (mul, l, parity), order kept, nothing merged."""
@@ -173,10 +175,10 @@ def _make_convolution(paths, cg):
     return convolve
 
 
-_CONVOLUTION_FNS: dict = {}
+_CONVOLUTION_FNS = IdentityMemo()
 
 
-def convolution(sender_blocks, edge_sh, edge_weights, paths, cg):
+def convolution(sender_blocks, edge_sh, edge_weights, paths, cg, custom_gradients: bool = True):
     """e3nn TensorProduct in 'uvu' mode with per-edge weights, summed over each atom's neighbours.
 
     Edges are laid out per receiving atom: sender_blocks[i] (N, K, 2l1+1, mul) the features of the
@@ -185,12 +187,11 @@ def convolution(sender_blocks, edge_sh, edge_weights, paths, cg):
     their weight slices consecutive; cg["l1_l2_l3"] e3nn's Wigner 3j symbol. Returns, per output block,
     out[n, k, u] = path_weight sum_neighbours w[u] sum_ij x1[i, u] x2[j] C[i, j, k]  (N, 2l3+1, mul),
     as a batched matrix product, so no (edges x channels x components) message tensor is summed by scatter.
-    Custom VJP (same numbers as autodiff): the backward's products keep the channels-minor layout.
+    Custom VJP (same numbers as autodiff): the backward's products keep the channels-minor layout;
+    custom_gradients=False leaves the derivatives to JAX (forward mode and second derivatives work).
     """
     widths = [sender_blocks[p[0]].shape[3] for p in paths]
-    if [p[4] for p in paths] != list(np.cumsum([0] + widths[:-1])) or sum(widths) != edge_weights.shape[-1]:
+    if (not custom_gradients or [p[4] for p in paths] != list(np.cumsum([0] + widths[:-1]))
+            or sum(widths) != edge_weights.shape[-1]):
         return _convolution_forward(sender_blocks, edge_sh, edge_weights, paths, cg)  # not the layout the VJP assumes
-    key = (id(paths), id(cg))
-    if key not in _CONVOLUTION_FNS:
-        _CONVOLUTION_FNS[key] = (paths, cg, _make_convolution(paths, cg))  # keeps them alive: the ids stay unique
-    return _CONVOLUTION_FNS[key][2](sender_blocks, edge_sh, edge_weights)
+    return _CONVOLUTION_FNS.get(_make_convolution, paths, cg)(sender_blocks, edge_sh, edge_weights)

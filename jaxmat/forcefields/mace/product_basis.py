@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmat.forcefields.mace.memo import IdentityMemo
+
 
 def contraction_terms(U: np.ndarray, nu: int, l_out: int) -> dict:
     """The sparse form of MACE's U_nu (shape [(2l+1),] A x nu, K): distinct products with summed
@@ -73,11 +75,12 @@ def _folded_weights(w, folded):
 
 
 def _with_vjp(forward_loop, backward):
-    """forward_loop(x, weights, species) as a custom-VJP function whose residuals are its arguments and whose
-    gradient is backward(residuals, cotangent) -> (dx, dweights, None)."""
+    """{"custom": forward_loop(x, weights, species) as a custom-VJP function whose residuals are its arguments and
+    whose gradient is backward(residuals, cotangent) -> (dx, dweights, None), "plain": forward_loop itself, which
+    JAX differentiates in any mode (forward mode, Hessians), more slowly}."""
     contract = jax.custom_vjp(forward_loop)
     contract.defvjp(lambda x, weights, species: (forward_loop(x, weights, species), (x, weights, species)), backward)
-    return contract
+    return {"custom": contract, "plain": forward_loop}
 
 
 def _make_contraction(folded):
@@ -190,16 +193,17 @@ def _make_blocked_contraction(folded, block: int):
     return _with_vjp(forward_loop, backward)
 
 
-_CONTRACTION_FNS: dict = {}
+_CONTRACTION_FNS = IdentityMemo()
 
 
 def _contraction_fn(terms, block: int = 1):
-    key = (id(terms), block)
-    if key not in _CONTRACTION_FNS:
-        folded = _folded_terms(terms)  # kept with terms alive, so the id stays unique
-        make = _make_contraction(folded) if block == 1 else _make_blocked_contraction(folded, block)
-        _CONTRACTION_FNS[key] = (terms, folded, make)
-    return _CONTRACTION_FNS[key][1:]
+    """(folded terms, the custom-VJP contraction) of these terms, built once per terms object and block."""
+
+    def build(terms):
+        folded = _folded_terms(terms)
+        return folded, (_make_contraction(folded) if block == 1 else _make_blocked_contraction(folded, block))
+
+    return _CONTRACTION_FNS.get(build, terms, extra=(block,))
 
 
 def checked_block(block, name: str = "block") -> int:
@@ -209,11 +213,12 @@ def checked_block(block, name: str = "block") -> int:
     return int(block)
 
 
-def symmetric_contraction(x, species, contractions, weights, block: int = 1):
+def symmetric_contraction(x, species, contractions, weights, block: int = 1, custom_gradients: bool = True):
     """MACE SymmetricContraction. x (N, A, C): the coupled features stacked; contractions[o][nu-1]
     the :func:`contraction_terms` of output irrep o; weights[o][nu-1] (S, K, C). One (N, 2l+1, C) block
     per output irrep. block: monomials per loop step (1: the one-monomial loop, fastest on CPU; larger: fewer,
-    larger steps, :func:`_make_blocked_contraction`); the same numbers up to summation order."""
+    larger steps, :func:`_make_blocked_contraction`); the same numbers up to summation order. custom_gradients=False:
+    JAX's own derivatives of the loop instead of the hand-written VJP (for forward mode and second derivatives)."""
     block = checked_block(block)
     x_t = jnp.moveaxis(x, 1, 0)  # (A, N, C): every coupled component a contiguous row of atoms x channels
     blocks = []
@@ -223,7 +228,7 @@ def symmetric_contraction(x, species, contractions, weights, block: int = 1):
             if len(terms["forward"]["value"]) == 0:
                 continue
             folded, contract = _contraction_fn(terms, block)
-            contribution = contract(x_t, _folded_weights(w, folded), species)
+            contribution = contract["custom" if custom_gradients else "plain"](x_t, _folded_weights(w, folded), species)
             total = contribution if total is None else total + contribution
         blocks.append(jnp.moveaxis(total, 0, 1))
     return blocks
