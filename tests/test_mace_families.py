@@ -155,3 +155,17 @@ def test_hessian_equals_finite_differences_of_forces():
                 moved.positions[i, a] += sign * step
                 forces.append(force_field(batch_from_atoms([moved])).forces)
             np.testing.assert_allclose(hessian[:, :, i, a], -(forces[0] - forces[1]) / (2 * step), atol=1e-6)
+
+
+def test_model_caches_are_bounded():
+    from jaxmat.forcefields.mace import ops, product_basis
+    from jaxmat.forcefields.mace.memo import IdentityMemo
+
+    built = []
+    memo = IdentityMemo(size=3)
+    configs = [{"layer": i} for i in range(5)]
+    for config in configs + configs[-1:]:
+        memo.get(lambda c: built.append(c) or len(built), config)
+    assert len(memo) == 3 and len(built) == 5  # the last one was served from the table
+    assert memo.get(lambda c: -1, configs[-1]) == 5
+    assert isinstance(ops._CONVOLUTION_FNS, IdentityMemo) and isinstance(product_basis._CONTRACTION_FNS, IdentityMemo)
