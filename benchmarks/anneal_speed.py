@@ -1,0 +1,78 @@
+"""Swap attempts and Langevin MD steps per second of jaxmat.heo (swap Monte Carlo on unrelaxed energies, MD with the
+skin list), with a MACE model on the named HEO workloads; compilation timed apart.
+
+    python benchmarks/anneal_speed.py --model ../shared/models/mace_heo_chgnet_small.model --workload W1 [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--workload", default="W1")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--sweeps", type=int, default=2)
+    parser.add_argument("--md-steps", type=int, default=20)
+    args = parser.parse_args()
+    from jaxmat.precision import use_float64
+
+    use_float64(args.dtype == "float64")
+    from ase import units
+
+    from jaxmat.forcefields.registry import load_force_field
+    from jaxmat.heo import langevin, swap
+    from jaxmat.testing import workload
+
+    cells = workload(args.workload)
+    model = load_force_field(args.model, "jax", args.dtype)
+    params, evaluate = model.device_model()
+    lay = swap.layout(cells, [1000.0], model.device_species, model.r_max)
+    graph = {k: jnp.asarray(v) for k, v in lay["graph"].items()}
+    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(0), r))(jnp.arange(lay["n_replicas"]))
+    state = swap.init(evaluate, params, graph, jnp.asarray(lay["labels"]), keys)
+    arrays = (jnp.asarray(lay["sites"]), jnp.asarray(lay["n_sites"]), jnp.asarray(lay["kT"]))
+    attempts = lay["sites"].shape[1]
+    start = time.perf_counter()
+    state, trace = swap.sweeps(evaluate, params, graph, *arrays, state, n_sweeps=1, attempts=attempts)
+    jax.block_until_ready(trace)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    state, trace = swap.sweeps(evaluate, params, graph, *arrays, state, n_sweeps=1, attempts=attempts)
+    jax.block_until_ready(trace)
+    one = time.perf_counter() - start
+    per_second = lay["n_replicas"] * attempts / one
+    print(f"{args.workload} ({len(cells)} x {len(cells[0])} atoms, {args.dtype}, {jax.devices()[0].platform}): swap MC "
+          f"{per_second:.0f} attempts/s ({lay['n_replicas']} replicas x {attempts} attempts per sweep in {one:.2f} s; "
+          f"first sweep with compilation {first:.1f} s); acceptance {float(np.mean(trace['acceptance'])):.3f}")
+    n = sum(len(a) for a in cells)
+    index = lay["graph"]["system_index"]
+    masses = np.concatenate([np.concatenate([a.get_masses() for a in cells]), [1.0]])
+    pbc = np.ones((len(cells) + 1, 3), bool)
+    md = langevin.md_graph(lay["graph"]["positions"], lay["graph"]["cells"], pbc, index,
+                           np.asarray(lay["graph"]["species_table"])[lay["labels"]], np.arange(n + 1) < n, model.r_max, 1.0)
+    md_state = langevin.init_state(evaluate, params, md, np.zeros((n + 1, 3)), keys, model.r_max)
+    settings = dict(dt=2 * units.fs, kT=np.full(len(cells) + 1, units.kB * 1000), friction=np.full(len(cells) + 1, 0.01 / units.fs),
+                    masses=masses, pbc=pbc, cutoff=model.r_max)
+    start = time.perf_counter()
+    md_state, md = langevin.run(evaluate, params, md, md_state, 1, **settings)
+    jax.block_until_ready(md_state["positions"])
+    first = time.perf_counter() - start
+    stats = {}
+    start = time.perf_counter()
+    md_state, md = langevin.run(evaluate, params, md, md_state, args.md_steps, stats=stats, **settings)
+    jax.block_until_ready(md_state["positions"])
+    took = time.perf_counter() - start
+    print(f"  Langevin MD {args.md_steps / took:.1f} steps/s of the whole batch ({args.md_steps} steps in {took:.2f} s, "
+          f"{stats.get('rebuilds', 0)} list rebuilds; first step with compilation {first:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
