@@ -5,8 +5,9 @@ device relaxation loop, with any force field's ``device_model()`` energy (the JA
 :class:`jaxmat.heo.pair_model.SpeciesPairEnergy`). One *attempt*: every replica picks a cation site i
 uniformly, then a cation site j uniformly among those holding another species, swaps the two and accepts
 by Metropolis at its own kT (k_B in eV/K); anions never move, so compositions are conserved exactly. The
-proposal is symmetric (an unlike pair {i, j} is drawn with probability (1/(N_a) + 1/(N_b)) / N_c whatever
-the arrangement: N_c cation sites, N_a / N_b the sites not of the pair's two species). A *sweep* is N_c
+proposal is symmetric: an unlike pair {i, j} holding species a and b is drawn with probability
+(1 / (N_c - n_a) + 1 / (N_c - n_b)) / N_c whatever the arrangement (N_c cation sites, n_a of them holding a),
+the same before and after the swap. A *sweep* is N_c
 attempts (N_c of the largest replica). Swaps move no atom, so the neighbour list built once at the model's
 cutoff (:func:`jaxmat.forcefields.neighbors.neighbor_matrix`) stays exact.
 
