@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from jaxmat.relax.__main__ import main
+from jaxmat.relax.__main__ import LATER_SETTINGS, main
 
 LJ = "lj:3.4,0.0104,6.0"
 N = 4
@@ -130,6 +130,18 @@ def test_same_input_and_settings_resume_to_the_uninterrupted_result(killed, caps
     assert f"({N - 2} relaxed in this run, 2 taken from {partial(out).name})" in captured.out
     same_result(out, full)
     assert not partial(out).exists() and not manifest(out).exists()  # nothing left to resume from by mistake
+
+
+def test_a_manifest_without_the_cell_and_constraint_settings_resumes(killed, capsys):
+    """Written before --cell-filter, --pressure, --fix-atoms, ... existed: their defaults; another value is refused."""
+    source, full, out = killed
+    recorded = json.loads(manifest(out).read_text())
+    for key in LATER_SETTINGS:
+        recorded.pop(key)
+    manifest(out).write_text(json.dumps(recorded))
+    assert "--pressure 1.0 (partial file: None)" in refused(command(source, out, "--relax-cell", "--pressure", "1"), out, capsys)
+    assert main(command(source, out)) == 0
+    same_result(out, full)
 
 
 def test_a_renamed_copy_of_the_input_resumes(killed, tmp_path, capsys):

@@ -44,6 +44,9 @@ def _frame(result, index: int):
 MANIFEST_VERSION = 1
 SETTINGS = ("model", "head", "backend", "dtype", "optimizer", "fmax", "max_steps", "relax_cell", "cell_filter", "pressure",
             "hydrostatic_strain", "constant_volume", "cell_mask", "fix_atoms", "fix_symmetry")  # change the results
+LATER_SETTINGS = {"cell_filter": "frechet", "pressure": 0.0, "hydrostatic_strain": False, "constant_volume": False,
+                  "cell_mask": None, "fix_atoms": None, "fix_symmetry": None}
+"""settings newer than some manifests: a manifest without one was written with this value"""
 
 
 def fingerprint(structures) -> str:
@@ -96,7 +99,7 @@ def check_resumable(out, manifest: dict) -> None:
         differs.append(f"input structures differ ({manifest['input']}: {manifest['n_structures']} structures, "
                        f"partial file from {recorded.get('input')}: {recorded.get('n_structures')} structures)")
     differs += [f"--{k.replace('_', '-')} {manifest[k]} (partial file: {recorded.get(k)})"
-                for k in SETTINGS if recorded.get(k) != manifest[k]]
+                for k in SETTINGS if recorded.get(k, LATER_SETTINGS.get(k)) != manifest[k]]
     if differs:
         raise JaxmatInputError(f"cannot resume from {names}: it was written by a different run: "
                                f"{'; '.join(differs)}; {advice}")
