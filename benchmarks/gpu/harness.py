@@ -49,7 +49,8 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
 
     Parity and force calls of the shared model in float64 first, then the JAX MACE's per-stage profile
     (where its GPU time goes), the headline relaxations (W3, W4; L-BFGS, then FIRE), float32 force calls,
-    profile and per-stage float32 error (``precision-*``), the MACE-MP-0 medium shape, and the PolySRL train step.
+    profile and per-stage float32 error (``precision-*``), the MACE-MP-0 medium shape, the MPA-0 and MH-1 shapes,
+    and the PolySRL train step.
     """
     repeats = 1 if smoke else 3
     workloads = ["W1"] if smoke else ["W1", "W3", "W4"]
@@ -101,6 +102,9 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
         plan += [unit for unit in forces(small, small_name, "mixed") if unit["spec"]["contender"] == "jaxmat-jax"]
     if model:
         plan += forces("medium", "medium", "float32") + forces("medium", "medium", "float64")
+    if not smoke:  # the foundation families' shapes (random weights), the first head of multi-head ones
+        for family in ("mpa-0-medium", "mh-1"):
+            plan += forces(family, family, "float64") + forces(family, family, "float32")
     plan.append({"name": "polysrl", "kind": "polysrl", "min_s": 40, "cap_s": 200,
                  "spec": {"batch_size": 8 if smoke else 256, "limit": 40 if smoke else 640, "repeats": 2 if smoke else 5}})
     for unit in plan:

@@ -90,13 +90,18 @@ def structures(workload: str, smoke: bool):
 
 
 def load_model(model: str, smoke: bool):
-    """A mace-torch module: a model file, or the MACE-MP-0 "medium" shape with random weights
-    (smoke: the same architecture at 16 channels)."""
+    """A mace-torch module: a model file, the MACE-MP-0 "medium" shape, or a foundation family's shape of
+    jaxmat.testing.FAMILY_SHAPES ("mpa-0-medium", "mh-1", "omol-0") with random weights over 89 elements (smoke:
+    the same architecture at 16 channels)."""
     import torch
 
+    from jaxmat.testing import FAMILY_SHAPES, build_small_mace, family_shape
+
+    if model in FAMILY_SHAPES and model != "mp-0-medium":
+        return build_small_mace(list(range(1, 90)), seed=0, avg_num_neighbors=61.96, scale_shift=(0.8, 0.1),
+                                **family_shape(model, channels=16 if smoke else None))
     if model != "medium":
         return torch.load(model, map_location="cpu", weights_only=False)
-    from jaxmat.testing import build_small_mace
 
     channels = 16 if smoke else 128
     return build_small_mace(list(range(1, 90)), seed=0, hidden_irreps=f"{channels}x0e+{channels}x1o", max_ell=3, correlation=3,
@@ -152,6 +157,8 @@ def unit_forces(spec, arrays):
     smoke, dtype, contender = spec["smoke"], spec["dtype"], spec["contender"]
     device = torch_device()
     model = load_model(spec["model"], smoke)
+    heads = list(getattr(model, "heads", None) or ["Default"])
+    head = heads[0] if len(heads) > 1 else None  # multi-head shapes: the first head on both sides
     results = {}
     for workload in spec["workloads"]:
         batch = batch_from_atoms(structures(workload, smoke))
@@ -161,7 +168,7 @@ def unit_forces(spec, arrays):
             from jaxmat.forcefields.mace_torch import MACETorch
             from mace.tools import torch_geometric
 
-            force_field = MACETorch(model, device=device, dtype=dtype)
+            force_field = MACETorch(model, device=device, dtype=dtype, head=head)
             first, call_times, out = timed(lambda: force_field(batch), spec["repeats"])
             collated = torch_geometric.Batch.from_data_list(force_field._graphs(batch)).to(device).to_dict()
 
@@ -178,7 +185,7 @@ def unit_forces(spec, arrays):
 
             from jaxmat.forcefields.mace.forcefield import MACEJax
 
-            force_field = MACEJax.from_torch(model, dtype=dtype)
+            force_field = MACEJax.from_torch(model, dtype=dtype, head=head)
             first, call_times, out = timed(lambda: force_field(batch), spec["repeats"])
             inputs = force_field.padded_inputs(batch)
             _, model_times, _ = timed(lambda: jax.block_until_ready(force_field.evaluate_padded(inputs)), spec["repeats"])
