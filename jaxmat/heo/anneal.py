@@ -156,7 +156,7 @@ def anneal(structures, force_field, temperatures, sweeps: int, *, seed: int = 0,
             _save(checkpoint, state, traces, manifest)
             if on_checkpoint is not None:
                 on_checkpoint(done + n)
-    return _result(structures, lay, state, traces, temperatures, n_temps)
+    return collect(structures, lay, state, traces, temperatures, n_temps)
 
 
 def _exists(path) -> bool:
@@ -165,7 +165,8 @@ def _exists(path) -> bool:
     return Path(path).is_file()
 
 
-def _result(structures, lay, state, traces, temperatures, n_temps) -> AnnealResult:
+def collect(structures, lay, state, traces, temperatures, n_temps) -> AnnealResult:
+    """The AnnealResult of a sampler state (:func:`jaxmat.heo.swap.init`) and its traces (lists of per-sweep chunks)."""
     elements, n_rep = lay["elements"], lay["n_replicas"]
     starts = np.concatenate([[0], np.cumsum([len(structures[r // n_temps]) for r in range(n_rep)])])
     labels, best_labels = np.asarray(state["labels"]), np.asarray(state["best_labels"])

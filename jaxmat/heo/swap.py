@@ -50,11 +50,7 @@ def layout(structures, temperatures, species_of, cutoff: float) -> dict:
     system_index = np.concatenate([np.full(len(a), r) for r, (a, _) in enumerate(copies)] + [[len(copies)]]).astype(np.int32)
     positions = np.concatenate([a.positions for a, _ in copies])
     cells = np.concatenate([np.stack([np.asarray(a.cell[:], float) for a, _ in copies]), np.eye(3)[None]])
-    batch = SystemBatch(positions, np.concatenate([a.numbers for a, _ in copies]), cells[:-1],
-                        np.stack([a.pbc for a, _ in copies]), system_index[:-1])
-    matrix = neighbor_matrix(batch, cutoff, rows)
-    width = max(int(np.bincount(matrix.neighbors[matrix.mask], minlength=rows).max(initial=0)), 1)
-    outgoing, _ = device_outgoing(jnp.asarray(matrix.neighbors), jnp.asarray(matrix.mask), width)
+    lists = model_lists(positions, cells[:-1], np.stack([a.pbc for a, _ in copies]), system_index[:-1], rows, cutoff)
     cation = ~np.isin(elements, list(ANIONS))
     starts = np.concatenate([[0], np.cumsum([len(a) for a, _ in copies])])
     site_rows = [starts[r] + np.flatnonzero(cation[lab]) for r, lab in enumerate(labels)]
@@ -63,12 +59,21 @@ def layout(structures, temperatures, species_of, cutoff: float) -> dict:
     for r, s in enumerate(site_rows):
         sites[r, : len(s)] = s
     graph = {"positions": np.concatenate([positions, np.zeros((1, 3))]), "cells": cells,
-             "species_table": np.asarray(species_of(elements), np.int32), "system_index": system_index,
-             "neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
-             "outgoing": np.asarray(outgoing)}
+             "species_table": np.asarray(species_of(elements), np.int32), "system_index": system_index, **lists}
     return {"graph": graph, "labels": np.concatenate(labels + [np.zeros(1, np.int32)]), "sites": sites,
             "n_sites": np.array([len(s) for s in site_rows], np.int32),
             "kT": K_B * np.array([t for _, t in copies]), "elements": elements, "n_replicas": len(copies)}
+
+
+def model_lists(positions, cells, pbc, system_index, rows: int, cutoff: float) -> dict:
+    """The model's neighbour list (cutoff Å, no skin: swaps move no atom) of the real atoms at these positions, padded
+    to ``rows`` rows: neighbors, translations, mask and outgoing slots."""
+    n = len(system_index)
+    batch = SystemBatch(np.asarray(positions, float)[:n], np.zeros(n, int), np.asarray(cells, float), np.asarray(pbc), system_index)
+    matrix = neighbor_matrix(batch, cutoff, rows)
+    width = max(int(np.bincount(matrix.neighbors[matrix.mask], minlength=rows).max(initial=0)), 1)
+    outgoing, _ = device_outgoing(jnp.asarray(matrix.neighbors), jnp.asarray(matrix.mask), width)
+    return {"neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask, "outgoing": np.asarray(outgoing)}
 
 
 def energies(evaluate, params, graph, labels):
