@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-GPA = 1.0 / 160.21766208  # eV/Å^3 in one GPa (ase.units.GPa)
 KINDS = ("frechet", "exp")
 
 
@@ -58,7 +57,9 @@ class CellFilter:
     @property
     def scalar_pressure(self) -> float:
         """The pressure in eV/Å^3 (ASE's ``scalar_pressure``)."""
-        return float(self.pressure) * GPA
+        from ase.units import GPa
+
+        return float(self.pressure) * GPa
 
     def mask3x3(self) -> np.ndarray:
         if self.mask is None:
