@@ -169,3 +169,18 @@ def test_model_caches_are_bounded():
     assert len(memo) == 3 and len(built) == 5  # the last one was served from the table
     assert memo.get(lambda c: -1, configs[-1]) == 5
     assert isinstance(ops._CONVOLUTION_FNS, IdentityMemo) and isinstance(product_basis._CONTRACTION_FNS, IdentityMemo)
+
+
+def test_device_loop_follows_a_changed_force_field_setting():
+    """A compiled loop traced with one matmul precision is not reused after the force field's setting changed."""
+    from jaxmat.relax import relax
+
+    force_field = MACEJax.from_torch(build_small_mace(HEO_NUMBERS, seed=10, hidden_irreps="4x0e+4x1o", r_max=4.0),
+                                     dtype="float32")
+    cells = [rocksalt_heo(1, seed=1)]
+    first, again, changed = {}, {}, {}
+    relax(cells, force_field, "fire", max_steps=2, progress=False, loop="device", stats=first)
+    relax(cells, force_field, "fire", max_steps=2, progress=False, loop="device", stats=again)
+    force_field.matmul_precision = "default"
+    relax(cells, force_field, "fire", max_steps=2, progress=False, loop="device", stats=changed)
+    assert first["compilations"] >= 1 and again["compilations"] == 0 and changed["compilations"] >= 1

@@ -189,9 +189,12 @@ _LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def compiled_loop(force_field, optimizer, evaluate, cell: CellFilter | None = None, rebuild_on_device: bool = True) -> CompiledLoop:
-    """The compiled loop of this force field, optimizer and modes (kept as long as the force field)."""
+    """The compiled loop of this force field, optimizer and modes (kept as long as the force field), also keyed by
+    the force field's ``device_settings()`` where it has them: a loop traced before a setting changed (e.g. a
+    MACEJax's matmul_precision or head) is not reused after it."""
     loops = _LOOPS.setdefault(force_field, {})
-    key = (optimizer, cell, rebuild_on_device)
+    settings = getattr(force_field, "device_settings", None)
+    key = (optimizer, cell, rebuild_on_device, settings() if settings else None)
     if key not in loops:
         loops[key] = CompiledLoop(optimizer, evaluate, cell, rebuild_on_device)
     return loops[key]

@@ -178,6 +178,10 @@ class MACEJax:
         """Per-atom species indices (into the model's element list) for :meth:`device_model`."""
         return self.species(numbers)
 
+    def device_settings(self) -> tuple:
+        """What :meth:`device_model`'s program depends on besides params: a compiled loop is keyed by it."""
+        return (self.matmul_precision, str(self.dtype), str(self.compute_dtype), self.contraction_block, self.head_index)
+
     def device_model(self):
         """(params, energy_forces_stress(params, graph)) for the device relaxation loop: graph holds
         positions, cells, species, system_index, neighbors, translations, mask, outgoing (padded)."""
