@@ -87,7 +87,7 @@ def command(monkeypatch, tmp_path):
 
 def test_command_outputs_and_resume_after_a_kill(command, monkeypatch):
     run, folder = command
-    assert run("full") == 0
+    assert run("full", "--exchange") == 0  # with replica exchange: its state resumes too
     saved = anneal_module._save
     calls = []
 
@@ -100,9 +100,9 @@ def test_command_outputs_and_resume_after_a_kill(command, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(anneal_module, "_save", save_then_die)
         with pytest.raises(Killed):
-            run("killed")
+            run("killed", "--exchange")
     assert not (folder / "killed" / "trace.csv").exists() and (folder / "killed" / "checkpoint.npz").exists()
-    assert run("killed") == 0
+    assert run("killed", "--exchange") == 0
     for name in ("trace.csv", "sro.json", "final.extxyz"):
         assert (folder / "killed" / name).read_text() == (folder / "full" / name).read_text(), name
     rows = list(csv.DictReader(open(folder / "full" / "trace.csv")))
@@ -111,10 +111,12 @@ def test_command_outputs_and_resume_after_a_kill(command, monkeypatch):
     assert [f.info["state"] for f in frames] == ["last", "lowest"] * 4
     assert all(f.get_potential_energy() >= g.get_potential_energy() for f, g in zip(frames[::2], frames[1::2]))  # info energy, read by ASE
     assert frames[0].info["temperature"] == 500 and 0 < frames[0].info["acceptance"] <= 1
+    assert all("exchanges" in f.info for f in frames)  # counts (rare here: 500 and 3000 K are far apart)
     table = json.loads((folder / "full" / "sro.json").read_text())["alpha"]
     assert len(table) == 15 and set(table["Mg-Co"]) == {"500", "3000"}
     assert (folder / "full" / "energy.png").stat().st_size and (folder / "full" / "sro.png").stat().st_size
-    assert run("full", "--seed", "5") == 2  # another run's checkpoint is refused
+    assert run("full", "--seed", "5", "--exchange") == 2  # another run's checkpoint is refused
+    assert run("full") == 2  # without the exchange: another run too
 
 
 @pytest.mark.parametrize("change, message", [

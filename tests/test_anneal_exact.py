@@ -55,7 +55,7 @@ def exact_averages():
     return out
 
 
-def sample(seed=0, replicas=24, sweeps=160, burn=40):
+def sample(seed=0, replicas=24, sweeps=160, burn=40, exchange=False):
     atoms, sites = cell()
     rng = np.random.default_rng(seed)
     starts = []
@@ -63,7 +63,8 @@ def sample(seed=0, replicas=24, sweeps=160, burn=40):
         start = atoms.copy()
         start.numbers[sites] = rng.permutation(atoms.numbers[sites])
         starts.append(start)
-    result = anneal_module.anneal(starts, model(), TEMPERATURES, sweeps, seed=seed)
+    result = anneal_module.anneal(starts, model(), TEMPERATURES, sweeps, seed=seed, exchange=exchange)
+    assert (result.exchanges.sum() > sweeps) == exchange  # exchanges happen (or none without the option)
     assert all(np.array_equal(np.sort(a.numbers), np.sort(atoms.numbers)) for a in result.last)
     mg, co = result.cations.index("Mg"), result.cations.index("Co")
     found = {}
@@ -79,10 +80,11 @@ def agrees(found, exact, sigmas=4.0):
     return all(abs(found[t][q][0] - exact[t][q]) <= sigmas * found[t][q][1] + 1e-4 for t in TEMPERATURES for q in (0, 1))
 
 
-def test_swap_mc_matches_exact_boltzmann_averages():
+@pytest.mark.parametrize("exchange", [False, True])
+def test_swap_mc_matches_exact_boltzmann_averages(exchange):
     exact = exact_averages()
     assert exact[400.0][0] < exact[4000.0][0] and exact[400.0][1] > 0.2  # ordering at low T: the check has something to see
-    found = sample()
+    found = sample(exchange=exchange)
     for t in TEMPERATURES:
         (e, de), (a, da) = found[t]
         assert abs(e - exact[t][0]) <= 4 * de + 1e-4, (t, e, de, exact[t][0])

@@ -1,7 +1,7 @@
 """HEO cation arrangements at temperature: batched swap Monte Carlo with short-range order out.
 
     python -m jaxmat.heo.anneal CELLS --model M --temperatures 300,900,1500 --sweeps N --out DIR
-        [--seed 0] [--checkpoint-every 10] [--backend jax] [--dtype float32|float64] [--head NAME]
+        [--seed 0] [--checkpoint-every 10] [--exchange] [--dtype float32|float64|mixed] [--head NAME]
 
 Every input cell at every temperature (K) is a replica; all replicas run as one compiled batch
 (:mod:`jaxmat.heo.swap`: unrelaxed energies, swaps of two cations of different species, Metropolis at each
@@ -10,12 +10,15 @@ model file or foundation key run by the JAX MACE, ``lj``/``morse`` for quick che
 do not see species, so every swap is accepted). Outputs in DIR:
 
 - final.extxyz: per replica its last and its lowest-energy arrangement (info: replica, input_index,
-  temperature K, state last|lowest, energy eV, acceptance = accepted / attempted swaps, sweeps);
+  temperature K, state last|lowest, energy eV, acceptance = accepted / attempted swaps, sweeps, exchanges);
 - trace.csv: per sweep and replica the energy (eV) after it and that sweep's acceptance ratio;
 - sro.json: Warren-Cowley alpha of every cation pair in the first cation shell (:mod:`jaxmat.heo.sro`) per
   temperature, mean and spread (standard deviation) over the replicas, of the last arrangements and of
   the sweep average over the second half of the run;
 - energy.png (energy per atom vs sweep), sro.png (alpha vs temperature).
+
+--exchange adds replica exchange (parallel tempering) between neighbouring temperatures of each cell after every
+sweep, alternating even and odd pairs.
 
 DIR/checkpoint.npz holds the whole sampler state (arrangements, energies, counters, every replica's PRNG
 key) and the traces, written whole every --checkpoint-every sweeps: a killed command run again continues
@@ -38,14 +41,14 @@ from jaxmat.errors import JaxmatInputError
 from jaxmat.heo import sro, swap
 
 log = logging.getLogger(__name__)
-STATE_KEYS = ("labels", "energy", "best_energy", "best_labels", "attempted", "accepted", "keys", "sweep")
+STATE_KEYS = ("labels", "energy", "best_energy", "best_labels", "attempted", "accepted", "exchanged", "keys", "sweep")
 TRACE_KEYS = ("energy", "acceptance", "observed")
 
 
 @dataclass
 class AnnealResult:
     """Per replica (R = structures x temperatures, structure-major): input_index, temperature (K), energy and
-    best_energy (eV), acceptance; last and best (ase.Atoms); per sweep: trace_energy, trace_acceptance (S, R),
+    best_energy (eV), acceptance, exchanges (accepted replica exchanges); last and best (ase.Atoms); per sweep: trace_energy, trace_acceptance (S, R),
     alpha (S, R, L, L) for the cation symbols ``cations`` (L,)."""
 
     input_index: np.ndarray
@@ -53,6 +56,7 @@ class AnnealResult:
     energy: np.ndarray
     best_energy: np.ndarray
     acceptance: np.ndarray
+    exchanges: np.ndarray
     last: list
     best: list
     trace_energy: np.ndarray
@@ -86,11 +90,11 @@ def check_inputs(structures, force_field, temperatures) -> None:
             raise JaxmatInputError(f"structure {k}: element(s) {[chemical_symbols[z] for z in missing]} unknown to the model")
 
 
-def _manifest(structures, temperatures, seed, attempts, chunk, model_id) -> dict:
+def _manifest(structures, temperatures, seed, attempts, chunk, model_id, exchange) -> dict:
     from jaxmat.relax.__main__ import fingerprint
 
     return {"structures": fingerprint(structures), "temperatures": [float(t) for t in temperatures], "seed": int(seed),
-            "attempts": int(attempts), "checkpoint_every": int(chunk), "model": str(model_id)}
+            "attempts": int(attempts), "checkpoint_every": int(chunk), "model": str(model_id), "exchange": bool(exchange)}
 
 
 def _save(path, state, traces, manifest) -> None:
@@ -113,11 +117,12 @@ def _load(path, manifest):
 
 
 def anneal(structures, force_field, temperatures, sweeps: int, *, seed: int = 0, checkpoint=None, checkpoint_every: int = 10,
-           model_id: str = "", on_checkpoint=None) -> AnnealResult:
+           model_id: str = "", on_checkpoint=None, exchange: bool = False) -> AnnealResult:
     """Swap Monte Carlo of every structure at every temperature (K) for ``sweeps`` sweeps (N_c attempts each), unrelaxed
     energies of ``force_field``'s device model. checkpoint: an .npz path to save the state to every checkpoint_every
     sweeps and resume from (model_id: the model's name, part of what the checkpoint must match); on_checkpoint(sweep):
-    called after each save."""
+    called after each save. exchange: replica exchange between neighbouring temperatures (in the given order) of each
+    structure after every sweep (:func:`jaxmat.heo.swap.exchange`)."""
     check_inputs(structures, force_field, temperatures)
     params, evaluate = force_field.device_model()
     cutoff = float(getattr(force_field, "r_max", None) or force_field.cutoff)
@@ -136,7 +141,8 @@ def anneal(structures, force_field, temperatures, sweeps: int, *, seed: int = 0,
         return sro.warren_cowley(labels, *pairs, cation_labels, n_rep + 1)[:-1]
 
     attempts = int(lay["sites"].shape[1])
-    manifest = _manifest(structures, temperatures, seed, attempts, checkpoint_every, model_id)
+    manifest = _manifest(structures, temperatures, seed, attempts, checkpoint_every, model_id, exchange)
+    exchange_pairs = tuple(jnp.asarray(a) for a in swap.partners(len(structures), n_temps, [len(a) for a in structures])) if exchange else None
     traces = {k: [] for k in TRACE_KEYS}
     if checkpoint is not None and _exists(checkpoint):
         state, traces = _load(checkpoint, manifest)
@@ -148,7 +154,8 @@ def anneal(structures, force_field, temperatures, sweeps: int, *, seed: int = 0,
     while int(state["sweep"]) < sweeps:
         done = int(state["sweep"])
         n = min(checkpoint_every - done % checkpoint_every, sweeps - done)
-        state, trace = swap.sweeps(evaluate, params, graph, *arrays, state, n_sweeps=n, attempts=attempts, observe=observe)
+        state, trace = swap.sweeps(evaluate, params, graph, *arrays, state, n_sweeps=n, attempts=attempts, observe=observe,
+                                   pairs=exchange_pairs)
         for k in TRACE_KEYS:
             traces[k].append(np.asarray(trace[k]))
         log.info("sweep %d/%d: mean acceptance %.3f", done + n, sweeps, float(np.mean(trace["acceptance"])))
@@ -186,7 +193,8 @@ def collect(structures, lay, state, traces, temperatures, n_temps) -> AnnealResu
     stack = lambda k: np.concatenate(traces[k]) if traces[k] else np.zeros((0, n_rep))
     return AnnealResult(input_index=np.arange(n_rep) // n_temps, temperature=np.tile(np.asarray(temperatures, float), len(structures)),
                         energy=np.asarray(state["energy"], float), best_energy=np.asarray(state["best_energy"], float),
-                        acceptance=np.asarray(state["accepted"]) / attempted, last=frames(labels), best=frames(best_labels),
+                        acceptance=np.asarray(state["accepted"]) / attempted, exchanges=np.asarray(state["exchanged"]),
+                        last=frames(labels), best=frames(best_labels),
                         trace_energy=stack("energy"), trace_acceptance=stack("acceptance"), alpha=stack("observed"),
                         cations=[chemical_symbols[z] for z in elements if z not in swap.ANIONS])
 
@@ -234,7 +242,7 @@ def write_outputs(result: AnnealResult, out) -> None:
             atoms = atoms.copy()
             atoms.info.update(replica=r, input_index=int(result.input_index[r]), temperature=float(result.temperature[r]),
                               state=kind, energy=float(energy), acceptance=float(result.acceptance[r]),
-                              sweeps=len(result.trace_energy))
+                              sweeps=len(result.trace_energy), exchanges=int(result.exchanges[r]))
             frames.append(atoms)
     write_frames(out / "final.extxyz", frames)
     lines = ["sweep,replica,input_index,temperature,energy,acceptance"]
@@ -304,6 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=10, help="sweeps between checkpoints")
+    parser.add_argument("--exchange", action="store_true", help="replica exchange between neighbouring temperatures")
     parser.add_argument("--dtype", choices=["float64", "float32", "mixed"], default="float64", help="precision of the model")
     args = parser.parse_args(argv)
     cli.configure_logging()
@@ -315,7 +324,7 @@ def main(argv=None) -> int:
     force_field = load_force_field(args.model, "jax", args.dtype, head=args.head)
     out = Path(args.out)
     result = anneal(structures, force_field, temperatures, args.sweeps, seed=args.seed, checkpoint=out / "checkpoint.npz",
-                    checkpoint_every=args.checkpoint_every, model_id=f"{args.model}|{args.head}|{args.dtype}")
+                    checkpoint_every=args.checkpoint_every, model_id=f"{args.model}|{args.head}|{args.dtype}", exchange=args.exchange)
     write_outputs(result, out)
     print(f"annealed {len(structures)} structure(s) x {len(temperatures)} temperature(s), {args.sweeps} sweeps: {out}")
     return 0

@@ -85,11 +85,11 @@ def energies(evaluate, params, graph, labels):
 @functools.partial(jax.jit, static_argnames=("evaluate",))
 def init(evaluate, params, graph, labels, keys) -> dict:
     """The sampler's state: labels (rows,), energy (R,) eV, the lowest energy met and its labels, attempted and
-    accepted counts (R,), keys (R, 2) uint32 (one PRNG key per replica), sweep (the sweeps done)."""
+    accepted swaps and accepted replica exchanges (R,), keys (R, 2) uint32 (one PRNG key per replica), sweep (the sweeps done)."""
     energy = energies(evaluate, params, graph, labels)[:-1]
     n = energy.shape[0]
     return {"labels": labels, "energy": energy, "best_energy": energy, "best_labels": labels,
-            "attempted": jnp.zeros(n, jnp.int32), "accepted": jnp.zeros(n, jnp.int32), "keys": keys,
+            "attempted": jnp.zeros(n, jnp.int32), "accepted": jnp.zeros(n, jnp.int32), "exchanged": jnp.zeros(n, jnp.int32), "keys": keys,
             "sweep": jnp.zeros((), jnp.int32)}
 
 
@@ -124,15 +124,56 @@ def attempt(evaluate, params, graph, sites, n_sites, kT, state, sign: float = 1.
                 keys=keys)
 
 
+def partners(n_structures: int, n_temperatures: int, n_atoms) -> tuple[np.ndarray, np.ndarray]:
+    """Replica exchange pairs of the structure-major layout (:func:`layout`): for parity p (0, 1; alternating sweeps) the
+    partner (2, R) of every replica - the same structure at the next (or previous) temperature in the given order, pairs
+    (t, t + 1) with t % 2 == p; itself where it has none - and the partner's row of every row (2, rows)."""
+    n_rep = n_structures * n_temperatures
+    starts = np.concatenate([[0], np.cumsum(np.repeat(np.asarray(n_atoms), n_temperatures))])
+    partner = np.tile(np.arange(n_rep), (2, 1))
+    for p in (0, 1):
+        for r in range(n_rep):
+            t = r % n_temperatures
+            if t % 2 == p and t + 1 < n_temperatures:
+                partner[p, r], partner[p, r + 1] = r + 1, r
+    rows = np.tile(np.arange(starts[-1] + 1), (2, 1))
+    for p in (0, 1):
+        for r in range(n_rep):
+            rows[p, starts[r]: starts[r + 1]] += starts[partner[p, r]] - starts[r]
+    return partner.astype(np.int32), rows.astype(np.int32)
+
+
+def exchange(state, kT, partner, partner_rows, system_index):
+    """Parallel tempering between the replica pairs ``partner`` (R,): the pair's arrangements are exchanged with
+    probability min(1, exp((1/kT_r - 1/kT_s) (E_r - E_s))), decided by the lower replica's random number."""
+    split = jax.vmap(lambda k: jax.random.split(k, 2))(state["keys"])
+    u = 1.0 - jax.vmap(jax.random.uniform)(split[:, 1])
+    energy = state["energy"]
+    gain = (1.0 / kT - 1.0 / kT[partner]) * (energy - energy[partner])  # symmetric in the pair
+    accept = (partner != jnp.arange(partner.shape[0])) & (jnp.log(u[jnp.minimum(partner, jnp.arange(partner.shape[0]))]) < gain)
+    taken = jnp.concatenate([accept, jnp.zeros(1, bool)])[system_index]
+    labels = jnp.where(taken, state["labels"][partner_rows], state["labels"])
+    energy = jnp.where(accept, energy[partner], energy)
+    better = energy < state["best_energy"]
+    best_labels = jnp.where(jnp.concatenate([better, jnp.zeros(1, bool)])[system_index], labels, state["best_labels"])
+    return dict(state, labels=labels, energy=energy, best_energy=jnp.where(better, energy, state["best_energy"]),
+                best_labels=best_labels, exchanged=state["exchanged"] + accept, keys=split[:, 0])
+
+
 @functools.partial(jax.jit, static_argnames=("evaluate", "n_sweeps", "attempts", "observe", "sign"))
-def sweeps(evaluate, params, graph, sites, n_sites, kT, state, n_sweeps: int, attempts: int, observe=None, sign: float = 1.0):
+def sweeps(evaluate, params, graph, sites, n_sites, kT, state, n_sweeps: int, attempts: int, observe=None, sign: float = 1.0,
+           pairs=None):
     """n_sweeps sweeps of ``attempts`` attempts each (one compiled program). Returns (state, trace): trace holds per
     sweep and replica the energy (eV) after it, its acceptance ratio and observe(labels) (e.g. Warren-Cowley
-    alpha: :func:`jaxmat.heo.sro.warren_cowley`) when given."""
+    alpha: :func:`jaxmat.heo.sro.warren_cowley`) when given. pairs: (partner, partner_rows) of :func:`partners` for a
+    replica exchange after every sweep (parity alternating with the sweep count), None for none."""
 
     def one_sweep(state, _):
         before = state["accepted"]
         state = jax.lax.fori_loop(0, attempts, lambda _, s: attempt(evaluate, params, graph, sites, n_sites, kT, s, sign=sign), state)
+        if pairs is not None:
+            parity = state["sweep"] % 2
+            state = exchange(state, kT, pairs[0][parity], pairs[1][parity], graph["system_index"])
         record = {"energy": state["energy"], "acceptance": (state["accepted"] - before) / attempts}
         if observe is not None:
             record["observed"] = observe(state["labels"])
