@@ -1,11 +1,15 @@
 """Energy + forces of one MACE: jaxmat's JAX MACE (jit) vs mace-torch, same CPU, threads and dtype.
 
-    python benchmarks/mace_forces.py [--model medium|PATH.model] [--dtype float64|float32] [--repeats 5]
+    python benchmarks/mace_forces.py [--model medium|mp-0-medium|mpa-0-medium|mh-1|PATH.model] [--dtype float64|float32] [--repeats 5]
         [--cases W1,cell512] [--contenders mace-torch,jaxmat-jax,jaxmat-jax@REF] [--one-at-a-time] [--json out.json]
 
 medium = the MACE-MP-0 "medium" shape (128x0e+128x1o, max_ell 3, correlation 3, r_max 6 Å, 2 interactions,
-89 elements) with random weights; PATH = any mace-torch model file (e.g. the shared HEO model).
-Cases: W1 = one batch of 16 x 64-atom rattled rock-salt HEO cells; cell512 = one 512-atom cell (4x4x4).
+89 elements) with random weights; mp-0-medium, mpa-0-medium, mh-1 = the published architecture of each MACE
+foundation family (``jaxmat.testing.FAMILY_SHAPES``: full channel counts, 89 elements, random weights, the same
+avg_num_neighbors and scale/shift as medium; mp-0-medium is the medium model); a multi-head shape (mh-1) is
+evaluated on its first head by both contenders. PATH = any mace-torch model file (e.g. the shared HEO model).
+Cases: W1 = one batch of 16 x 64-atom rattled rock-salt HEO cells; cell512 = one 512-atom cell (4x4x4);
+W1:N = the first N cells of W1 (for shapes whose mace-torch W1 call does not fit in memory, e.g. mh-1).
 Each contender is one force-field call as the relaxer makes it (neighbour lists/graphs included, energies,
 forces and stress). Every contender lives in its own worker process (same environment and threads, its own
 heap), is warmed up with one call (the JAX compilation is reported separately), and then the workers are
@@ -49,6 +53,25 @@ def medium_model():
                             r_max=6.0, num_bessel=10, avg_num_neighbors=61.96, scale_shift=(0.8, 0.1))
 
 
+def family_model(name):
+    """A random-weight mace-torch ScaleShiftMACE of one foundation family's shape (89 elements, full channels)."""
+    from jaxmat.testing import build_small_mace, family_shape
+
+    return build_small_mace(list(range(1, 90)), seed=0, avg_num_neighbors=61.96, scale_shift=(0.8, 0.1),
+                            **family_shape(name))
+
+
+def model_of(model_spec):
+    """(mace-torch module or model path, head) for a --model value: the first head of a multi-head shape."""
+    from jaxmat.testing import FAMILY_SHAPES
+
+    if model_spec == "medium":
+        return medium_model(), None
+    if model_spec in FAMILY_SHAPES:
+        return family_model(model_spec), (FAMILY_SHAPES[model_spec].get("heads") or [None])[0]
+    return model_spec, None
+
+
 def _jax_at(ref: str):
     """Replace the JAX MACE's ops.py and model.py with their text at git ``ref`` (in this process only)."""
     from jaxmat.forcefields.mace import forcefield, model, ops
@@ -65,18 +88,19 @@ def make_force_field(name, model_spec, dtype, threads):
     import torch
 
     torch.set_num_threads(threads)
-    model = medium_model() if model_spec == "medium" else model_spec
+    model, head = model_of(model_spec)
+    kwargs = {} if head is None else {"head": head}
     if ":" in name:  # a contender's own precision, e.g. jaxmat-jax:mixed
         name, dtype = name.rsplit(":", 1)
     if name == "mace-torch":
         from jaxmat.forcefields.mace_torch import MACETorch
 
-        return MACETorch(model, dtype=dtype)
+        return MACETorch(model, dtype=dtype, **kwargs)
     if "@" in name:
         _jax_at(name.split("@", 1)[1])
     from jaxmat.forcefields.mace.forcefield import MACEJax
 
-    return MACEJax.from_torch(model, dtype=dtype)
+    return MACEJax.from_torch(model, dtype=dtype, **kwargs)
 
 
 def worker(name, model_spec, dtype, case, threads, out_npz):
@@ -84,7 +108,7 @@ def worker(name, model_spec, dtype, case, threads, out_npz):
     from jaxmat.forcefields.base import batch_from_atoms
 
     force_field = make_force_field(name, model_spec, dtype, threads)  # fresh per case: no shape reuse across cases
-    batch = batch_from_atoms(CASES[case]())
+    batch = batch_from_atoms(case_cells(case))
     started = time.perf_counter()
     out = force_field(batch, compute_stress=True)
     print(f"ready {time.perf_counter() - started} {len(batch.numbers)}", flush=True)
@@ -112,6 +136,13 @@ def one_cell():
 
 
 CASES = {"W1": lambda: workload_cells("W1"), "cell512": one_cell}
+
+
+def case_cells(case):
+    """The cells of a case: a CASES name, or W1:N (the first N cells of W1)."""
+    if case.startswith("W1:"):
+        return workload_cells("W1")[:int(case[3:])]
+    return CASES[case]()
 
 
 def _reply(process, token):

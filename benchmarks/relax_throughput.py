@@ -7,6 +7,12 @@ timed run compiles its own batch shape, as a first run would), same MACE model, 
         [--contenders ase-fire,ase-lbfgs,torch-sim-fire,jaxmat-fire,jaxmat-lbfgs,jaxmat-jax-fire,jaxmat-jax-lbfgs]
         [--json out.json]
 
+--model may also name a MACE foundation family's shape (mp-0-medium, mpa-0-medium, mh-1: the published
+architecture with random weights, 89 elements, as ``mace_forces.py --model``; a multi-head shape runs its first
+head in every contender). Random weights make a potential whose relaxations need not converge at fmax 0.05:
+give every contender the same ``--max-steps`` (e.g. 5) and read the time per structure evaluation, which the
+last lines report for every contender (ASE: steps + 1 calls per structure; jaxmat: its evaluations).
+
 A JAX contender may name the JAX MACE's precision after a colon: jaxmat-jax-lbfgs:mixed (float32 model,
 float64 geometry and sums) or jaxmat-jax-lbfgs:float32; the optimizer always runs in float64.
 
@@ -33,12 +39,29 @@ from jaxmat.testing import workload
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared/models/mace_heo_chgnet_small.model"
 
 
-def run_ase(structures, model, kind, fmax, max_steps, device="cpu"):
+def family_model_file(name, folder) -> tuple[Path, str | None]:
+    """A foundation family's shape with random weights (mace_forces.py's family_model) saved as a mace-torch
+    model file in folder, and its first head (None for a single-head shape)."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from mace_forces import model_of
+
+    model, head = model_of(name)
+    path = Path(folder) / f"{name}.model"
+    torch.save(model, path)
+    return path, head
+
+
+def run_ase(structures, model, kind, fmax, max_steps, device="cpu", head=None):
     """ASE's FIRE / LBFGS with mace-torch's calculator, one structure at a time (one warm-up call untimed)."""
     from ase.optimize import FIRE, LBFGS
     from mace.calculators import MACECalculator
 
-    calculator = MACECalculator(model_paths=str(model), device=device, default_dtype="float64")
+    calculator = MACECalculator(model_paths=str(model), device=device, default_dtype="float64",
+                                **({} if head is None else {"head": head}))
     warm = structures[0].copy()
     warm.calc = calculator
     warm.get_forces()  # device context, kernels and allocator outside the timing
@@ -76,18 +99,19 @@ def run_torch_sim(structures, model, fmax, max_steps):
             "converged": int(sum(f < fmax for f in fmax_per)), "force_evaluations": None}
 
 
-def run_jaxmat(structures, model, kind, fmax, max_steps, backend="torch", dtype="float64"):
+def run_jaxmat(structures, model, kind, fmax, max_steps, backend="torch", dtype="float64", head=None):
     from jaxmat.relax import relax
 
+    heads = {} if head is None else {"head": head}
     if backend == "jax":
         from jaxmat.forcefields.mace.forcefield import MACEJax
 
-        force_field = MACEJax.from_torch(model, dtype=dtype)
+        force_field = MACEJax.from_torch(model, dtype=dtype, **heads)
         relax(structures[:1], force_field, kind, fmax=fmax, max_steps=2, progress=False)  # compile outside the timing
     else:
         from jaxmat.forcefields.mace_torch import MACETorch
 
-        force_field = MACETorch(model)
+        force_field = MACETorch(model, **heads)
     stats: dict = {}
     started = time.perf_counter()
     results = relax(structures, force_field, kind, fmax=fmax, max_steps=max_steps, progress=False, stats=stats)
@@ -113,8 +137,16 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
+    from jaxmat.testing import FAMILY_SHAPES
+
+    head = None
+    if args.model in FAMILY_SHAPES:
+        import tempfile
+
+        folder = tempfile.TemporaryDirectory()
+        args.model, head = family_model_file(args.model, folder.name)
     if not Path(args.model).exists():
-        raise SystemExit(f"model {args.model} not found: pass --model (a mace-torch model file)")
+        raise SystemExit(f"model {args.model} not found: pass --model (a mace-torch model file or a family shape)")
     structures = workload(args.workload)
     env = {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")}
     print(f"{args.workload}: {len(structures)} x {len(structures[0])} atoms; model {Path(args.model).name}; "
@@ -122,15 +154,15 @@ def main():
     results = {}
     for name in args.contenders.split(","):
         if name.startswith("ase-"):
-            results[name] = run_ase(structures, args.model, name[4:], args.fmax, args.max_steps)
+            results[name] = run_ase(structures, args.model, name[4:], args.fmax, args.max_steps, head=head)
         elif name == "torch-sim-fire":
             results[name] = run_torch_sim(structures, args.model, args.fmax, args.max_steps)
         elif name.startswith("jaxmat-jax-"):
             kind, _, dtype = name[11:].partition(":")
             results[name] = run_jaxmat(structures, args.model, kind, args.fmax, args.max_steps, backend="jax",
-                                       dtype=dtype or "float64")
+                                       dtype=dtype or "float64", head=head)
         elif name.startswith("jaxmat-"):
-            results[name] = run_jaxmat(structures, args.model, name[7:], args.fmax, args.max_steps)
+            results[name] = run_jaxmat(structures, args.model, name[7:], args.fmax, args.max_steps, head=head)
         else:
             raise SystemExit(f"unknown contender {name}")
         r = results[name]
@@ -139,6 +171,9 @@ def main():
         extra = f", {100 * r['outside_force_fraction']:.1f}% of time outside force calls" if "outside_force_fraction" in r else ""
         if "compilations" in r:
             extra += f" (device loop: {r['compilations']} compilations, {r['compile_seconds']:.1f} s)"
+        if r["force_evaluations"]:  # per structure evaluation; the device loop's compilation left out
+            r["ms_per_evaluation"] = 1000 * (r["seconds"] - r.get("compile_seconds", 0.0)) / r["force_evaluations"]
+            extra += f"; {r['ms_per_evaluation']:.0f} ms per structure evaluation" + (" (compilation left out)" if "compile_seconds" in r else "")
         print(f"{name:15s} {r['seconds']:8.1f} s  {r['structures_per_s']:.3f} structures/s  {steps}  "
               f"converged {r['converged']}/{len(structures)}  force evaluations {r['force_evaluations']}{extra}", flush=True)
     pairs = []  # (jaxmat contender, its peer): ASE's optimizer of the same kind, the torch bridge, torch-sim FIRE
@@ -153,6 +188,8 @@ def main():
             diff = np.abs(np.array(results[mine]["energies"]) - np.array(results[peer]["energies"]))
             print(f"final energies {mine} vs {peer}: max |dE| {diff.max():.2e} eV, mean {diff.mean():.2e} eV")
     ratios = [f"{mine}/{peer} {results[peer]['seconds'] / results[mine]['seconds']:.2f}x" for mine, peer in pairs if peer in results]
+    ratios += [f"{mine}/{peer} per evaluation {results[peer]['ms_per_evaluation'] / results[mine]['ms_per_evaluation']:.2f}x"
+               for mine, peer in pairs if "ms_per_evaluation" in results.get(peer, {}) and "ms_per_evaluation" in results[mine]]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
     print(f"summary {args.workload}: " + ", ".join(ratios))
