@@ -9,11 +9,9 @@ from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.neighbors import list_is_stale, neighbor_matrix, pair_list, slot_shifts
 from jaxmat.relax import relax
 
-pytestmark = pytest.mark.usefixtures("x64")
-
 
 @pytest.fixture(scope="module")
-def lj(x64):
+def lj():
     from jaxmat.forcefields.classical import lennard_jones
 
     return lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
@@ -27,7 +25,7 @@ def _triclinic():
 
 
 @pytest.mark.parametrize("name", ["small", "triclinic", "large"])
-def test_neighbor_matrix_holds_exactly_vesins_pairs(name):
+def test_neighbor_matrix_holds_exactly_vesins_pairs(name, x64):  # the list code called directly, in float64
     """Every (receiver, sender, image) within the cutoff appears once, with the right vector, also for cells
     narrower than twice the cutoff (many images of one neighbour) and skewed cells."""
     from vesin import NeighborList

@@ -307,7 +307,7 @@ class Failing:
 
 
 @pytest.mark.parametrize("mode", ["raise", "explode"])
-def test_relax_isolates_a_failing_force_field(mode, x64):
+def test_relax_isolates_a_failing_force_field(mode):
     from ase.build import bulk
 
     from jaxmat.forcefields.classical import lennard_jones
@@ -322,7 +322,7 @@ def test_relax_isolates_a_failing_force_field(mode, x64):
     assert ("non-finite" if mode == "raise" else "exploding forces") in results[1].message
 
 
-def test_relax_of_no_structures_returns_nothing(x64):  # (raised UnboundLocalError from 8d4650a until ed0fa71)
+def test_relax_of_no_structures_returns_nothing():  # (raised UnboundLocalError from 8d4650a until ed0fa71)
     from jaxmat.forcefields.classical import lennard_jones
     from jaxmat.relax import relax
 

@@ -52,7 +52,7 @@ def test_bridge_matches_calculator_with_the_shared_model():
     assert_matches_calculator(model, frames)
 
 
-def test_mace_relaxation_batch_equals_one_by_one(small_mace_file, x64):
+def test_mace_relaxation_batch_equals_one_by_one(small_mace_file):
     from jaxmat.relax import relax
 
     bridge = MACETorch(small_mace_file)
@@ -64,7 +64,7 @@ def test_mace_relaxation_batch_equals_one_by_one(small_mace_file, x64):
         np.testing.assert_allclose(b.atoms.positions, alone.atoms.positions, atol=1e-9)
 
 
-def test_unsupported_element_named(small_mace_file, x64):
+def test_unsupported_element_named(small_mace_file):
     from jaxmat.errors import JaxmatInputError
     from jaxmat.relax import relax
 

@@ -15,7 +15,7 @@ from jaxmat.relax.optimizers import LBFGS
 
 
 @pytest.fixture(scope="module")
-def lj(x64):
+def lj():
     from jaxmat.forcefields.classical import lennard_jones
 
     return lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)  # argon, Å and eV
@@ -34,7 +34,7 @@ def mixed_structures():
     return [argon((2, 2, 2), seed=1), argon((2, 2, 3), seed=2), small, argon((1, 1, 1), seed=3)]
 
 
-def test_forces_are_minus_energy_gradient(lj):
+def test_forces_are_minus_energy_gradient(lj, x64):  # the pair potential called directly: in the caller's precision
     atoms = argon(seed=4)
     out = lj(batch_from_atoms([atoms]), compute_stress=True)
     k, h = 5, 1e-5

@@ -81,7 +81,7 @@ def test_overlap_check_uses_the_neighbour_module():
     assert overlap_message(atoms) is None  # 3.9 Å apart without periodic images
 
 
-def test_no_structures_no_work(x64):
+def test_no_structures_no_work():
     from jaxmat.forcefields.classical import lennard_jones
     from jaxmat.relax import relax
 
@@ -89,7 +89,7 @@ def test_no_structures_no_work(x64):
     assert relax([], lennard_jones(), progress=False, stats=stats) == [] and stats["force_calls"] == 0
 
 
-def test_structures_that_cannot_be_relaxed_fail_alone_with_a_reason(x64):
+def test_structures_that_cannot_be_relaxed_fail_alone_with_a_reason():
     """Found in review: a NaN or flat periodic cell and coordinates of 1e12 Å stopped the whole process inside
     vesin; a slab with pbc [T, T, F] was silently relaxed as a molecule; a constraint jaxmat does not apply was silently
     ignored; a
