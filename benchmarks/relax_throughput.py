@@ -127,6 +127,7 @@ def run_jaxmat(structures, model, kind, fmax, max_steps, backend="torch", dtype=
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default="W1", choices=["W1", "W2"])
+    parser.add_argument("--first", type=int, help="only the first N structures of the workload (shapes too large for memory)")
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
     parser.add_argument("--contenders", default="ase-fire,ase-lbfgs,torch-sim-fire,jaxmat-fire,jaxmat-lbfgs")
     parser.add_argument("--fmax", type=float, default=0.05)
@@ -147,7 +148,7 @@ def main():
         args.model, head = family_model_file(args.model, folder.name)
     if not Path(args.model).exists():
         raise SystemExit(f"model {args.model} not found: pass --model (a mace-torch model file or a family shape)")
-    structures = workload(args.workload)
+    structures = workload(args.workload)[:args.first]
     env = {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")}
     print(f"{args.workload}: {len(structures)} x {len(structures[0])} atoms; model {Path(args.model).name}; "
           f"torch threads {args.threads}; allocator env {env}")
