@@ -14,6 +14,7 @@ from ase.utils.linesearch import LineSearch
 from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.relax import linesearch, relax
 from jaxmat.relax.optimizers import OPTIMIZERS, LBFGSLineSearch
+from cells import rattled_argon
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -116,11 +117,7 @@ class ExactFrechetCellFilter(FrechetCellFilter):
 
 
 def argon(seed, a=5.3, strained=False):
-    atoms = bulk("Ar", "fcc", a=a, cubic=True) * (2, 2, 2)
-    atoms.rattle(0.1, seed=seed)
-    if strained:
-        atoms.set_cell(atoms.cell[:] @ np.array([[1.0, 0.02, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.97]]), scale_atoms=True)
-    return atoms
+    return rattled_argon(seed, (2, 2, 2), a, strained)
 
 
 def _ase(atoms, lj, fmax, cell_filter=None):

@@ -18,6 +18,7 @@ from jaxmat.forcefields.base import ase_calculator
 from jaxmat.relax import relax
 from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.optimizers import LBFGS
+from cells import rattled_argon
 
 ASE_OPTIMIZERS = {"fire": ASEFIRE, "lbfgs": ASELBFGS, "lbfgs-linesearch": ASELineSearch}
 MODEL = "lj:3.4,0.0104,6.0"
@@ -45,11 +46,7 @@ def lj(x64):
 
 def argon(seed, a=5.3, strained=False):
     """16 argon atoms, rattled; strained: a sheared, squeezed cell 6 % too large (a=5.6)."""
-    atoms = bulk("Ar", "fcc", a=a, cubic=True) * (2, 2, 1)
-    atoms.rattle(0.1, seed=seed)
-    if strained:
-        atoms.set_cell(atoms.cell[:] @ np.array([[1.0, 0.02, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.97]]), scale_atoms=True)
-    return atoms
+    return rattled_argon(seed, (2, 2, 1), a, strained)
 
 
 def constrained(seed, constraint, **kwargs):

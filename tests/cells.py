@@ -1,0 +1,15 @@
+"""Small test cells shared by the relaxation tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase.build import bulk
+
+
+def rattled_argon(seed, repeat=(2, 2, 2), a=5.3, strained=False):
+    """fcc argon (cubic cell times repeat), rattled 0.1 Å; strained: a sheared cell, squeezed 3 % along z."""
+    atoms = bulk("Ar", "fcc", a=a, cubic=True) * repeat
+    atoms.rattle(0.1, seed=seed)
+    if strained:
+        atoms.set_cell(atoms.cell[:] @ np.array([[1.0, 0.02, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.97]]), scale_atoms=True)
+    return atoms
