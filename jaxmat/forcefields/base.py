@@ -12,6 +12,9 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 
+DEFAULT_CHARGE, DEFAULT_SPIN = 0.0, 1.0  # total charge (e) and spin multiplicity where atoms.info has none (mace-torch's)
+
+
 class SystemBatch(NamedTuple):
     """Many systems at once. positions (N, 3) Å; numbers (N,); cells (S, 3, 3) Å, rows are lattice vectors;
     pbc (S, 3); system_index (N,) in [0, S); charge (S,) total charge in e and spin (S,) total spin
@@ -32,8 +35,8 @@ class SystemBatch(NamedTuple):
 
     def charges_and_spins(self) -> tuple[np.ndarray, np.ndarray]:
         """Total charge and spin multiplicity of every system (S,), with mace-torch's defaults 0 and 1."""
-        charge = np.zeros(self.n_systems) if self.charge is None else np.asarray(self.charge, float)
-        spin = np.ones(self.n_systems) if self.spin is None else np.asarray(self.spin, float)
+        charge = np.full(self.n_systems, DEFAULT_CHARGE) if self.charge is None else np.asarray(self.charge, float)
+        spin = np.full(self.n_systems, DEFAULT_SPIN) if self.spin is None else np.asarray(self.spin, float)
         return charge, spin
 
     def system(self, s: int) -> "SystemBatch":
@@ -106,8 +109,8 @@ def batch_from_atoms(structures) -> SystemBatch:
         np.stack([np.asarray(a.cell[:]) for a in structures]),
         np.stack([a.pbc for a in structures]),
         np.concatenate([np.full(len(a), i) for i, a in enumerate(structures)]),
-        _info_numbers(structures, "charge", 0.0),
-        _info_numbers(structures, "spin", 1.0),
+        _info_numbers(structures, "charge", DEFAULT_CHARGE),
+        _info_numbers(structures, "spin", DEFAULT_SPIN),
     )
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch, batch_from_atoms
+from jaxmat.forcefields.base import DEFAULT_CHARGE, DEFAULT_SPIN, ForceFieldOutput, SystemBatch, batch_from_atoms
 from jaxmat.forcefields.mace.model import energy_forces_stress
 from jaxmat.forcefields.mace.ops import outgoing_slots
 from jaxmat.forcefields.mace.product_basis import checked_block
@@ -143,7 +143,8 @@ class MACEJax:
                     raise ValueError(f"structure {int(bad[0])}: {spec['name']} {values[spec['name']][bad[0]]:g} is outside this "
                                      f"model's embedding ({weights['table'].shape[0]} classes from {-spec['offset']:g})")
         pad = systems_size - batch.n_systems
-        padded = {"total_charge": np.concatenate([charge, np.zeros(pad)]), "total_spin": np.concatenate([spin, np.ones(pad)])}
+        padded = {"total_charge": np.concatenate([charge, np.full(pad, DEFAULT_CHARGE)]),
+                  "total_spin": np.concatenate([spin, np.full(pad, DEFAULT_SPIN)])}
         return {"system_features": {k: jnp.asarray(v, self.dtype) for k, v in padded.items()}}
 
     def evaluate_padded(self, inputs: dict):

@@ -35,14 +35,17 @@ def _edge_lengths_features(config, species, neighbors, lengths, mask):
     transformed = lengths
     if config.get("distance_transform"):
         radii = jnp.asarray(config["covalent_radii"], lengths.dtype)
-        senders = neighbors.reshape(-1)
-        receivers = jnp.repeat(jnp.arange(neighbors.shape[0]), neighbors.shape[1])
-        transformed = radial.transform_distances(lengths, config["distance_transform"], radii[species[senders]],
-                                                 radii[species[receivers]])
+        senders, receivers = _edge_species(species, neighbors)
+        transformed = radial.transform_distances(lengths, config["distance_transform"], radii[senders], radii[receivers])
     basis = radial.radial_basis(transformed, radial_spec(config))
     if config["apply_cutoff"]:
         return basis * cutoff, None
     return basis, cutoff
+
+
+def _edge_species(species, neighbors):
+    """The species of every edge's sender and receiver, flat (E,) in the (N, K) slot order."""
+    return species[neighbors.reshape(-1)], jnp.repeat(species, neighbors.shape[1])
 
 
 def radial_spec(config) -> dict:
@@ -64,8 +67,7 @@ def _radial_weights(params, config, lengths, mask):
     Only for models whose radial weights depend on the length alone (:func:`radial_weights_depend_on_length_only`)."""
     if "radial_table" in params:
         return _interpolate_radial(params["radial_table"], lengths, mask, config["r_max"])
-    no_neighbors = jnp.zeros((lengths.shape[0], 1), jnp.int32)
-    edge_feats, cutoff = _edge_lengths_features(config, None, no_neighbors, lengths, mask)
+    edge_feats, cutoff = _edge_lengths_features(config, None, None, lengths, mask)  # no transform: no species needed
     out = []
     for layer, inter_cfg in enumerate(config["interactions"]):
         with jax.named_scope(f"mace_radial_mlp_L{layer}"):
@@ -238,8 +240,7 @@ def _zbl_node_energies(config, species, neighbors, lengths, mask):
     """mace-torch's ZBLBasis: each atom's half of the ZBL repulsion with its neighbours (N,) eV."""
     z = jnp.asarray(config["atomic_numbers"], lengths.dtype)
     radii = jnp.asarray(config["covalent_radii"], lengths.dtype)
-    senders = species[neighbors.reshape(-1)]
-    receivers = jnp.repeat(species, neighbors.shape[1])
+    senders, receivers = _edge_species(species, neighbors)
     safe = jnp.where(mask, lengths, 1.0)  # padding slots: no division by a far length's gradient trouble, then dropped
     per_edge = radial.zbl_edge_energies(safe, config["zbl"], z[senders], z[receivers], radii[senders], radii[receivers])
     return jnp.sum(jnp.where(mask, per_edge, 0.0).reshape(neighbors.shape), axis=1)

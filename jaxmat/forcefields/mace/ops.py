@@ -36,8 +36,9 @@ def bessel_basis(lengths, frequencies, prefactor: float):
     return prefactor * (jnp.sin(frequencies * lengths[:, None]) / lengths[:, None])
 
 
-def polynomial_cutoff(lengths, r_max: float, p: int):
-    """MACE's smooth envelope (1 at r=0, 0 with p derivatives at r_max); lengths (E,) Å -> (E, 1)."""
+def polynomial_cutoff(lengths, r_max, p: int):
+    """MACE's smooth envelope (1 at r=0, 0 with p derivatives at r_max); lengths (E,) Å -> (E, 1); r_max a number
+    or one per edge (E, 1) (ZBL's covalent-radius sums)."""
     x = lengths[:, None] / r_max
     envelope = (1.0 - ((p + 1.0) * (p + 2.0) / 2.0) * x**p + p * (p + 2.0) * x ** (p + 1)
                 - (p * (p + 1.0) / 2) * x ** (p + 2))
