@@ -91,7 +91,7 @@ def check_inputs(structures, force_field, temperatures) -> None:
 
 
 def _manifest(structures, temperatures, seed, attempts, chunk, model_id, exchange) -> dict:
-    from jaxmat.relax.__main__ import fingerprint
+    from jaxmat.fingerprint import fingerprint
 
     return {"structures": fingerprint(structures), "temperatures": [float(t) for t in temperatures], "seed": int(seed),
             "attempts": int(attempts), "checkpoint_every": int(chunk), "model": str(model_id), "exchange": bool(exchange)}

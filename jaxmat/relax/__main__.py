@@ -20,7 +20,6 @@ info['status'] (converged / max_steps / failed), info['n_steps'], energy (eV) an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxmat import cli
+from jaxmat.fingerprint import fingerprint
 
 
 def _frame(result, index: int):
@@ -47,17 +47,6 @@ SETTINGS = ("model", "head", "backend", "dtype", "optimizer", "fmax", "max_steps
 LATER_SETTINGS = {"cell_filter": "frechet", "pressure": 0.0, "hydrostatic_strain": False, "constant_volume": False,
                   "cell_mask": None, "fix_atoms": None, "fix_symmetry": None}
 """settings newer than some manifests: a manifest without one was written with this value"""
-
-
-def fingerprint(structures) -> str:
-    """sha256 of every structure's atomic numbers, positions, cell and pbc, in order (not the file's name)."""
-    digest = hashlib.sha256()
-    for atoms in structures:
-        digest.update(np.int64(len(atoms)).tobytes())
-        for array, dtype in ((atoms.numbers, np.int64), (atoms.positions, np.float64),
-                             (atoms.cell.array, np.float64), (atoms.pbc, np.bool_)):
-            digest.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
-    return digest.hexdigest()
 
 
 def manifest_path(out) -> Path:
