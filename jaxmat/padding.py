@@ -16,3 +16,9 @@ def bucket(n: int, minimum: int = 8, bits: int = 3) -> int:
 def round_up(n: int, multiple: int) -> int:
     """The smallest multiple of ``multiple`` that is >= n."""
     return int(-(-int(n) // int(multiple)) * int(multiple))
+
+
+def pad(array, extra: int, value=0) -> np.ndarray:
+    """``array`` with ``extra`` rows (first axis) of ``value`` appended: the one padding helper of the relax loops."""
+    array = np.asarray(array)
+    return np.concatenate([array, np.full((extra,) + array.shape[1:], value, array.dtype)])
