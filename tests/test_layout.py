@@ -18,7 +18,7 @@ FORBIDDEN = {
     "jaxmat.heo": ("jaxmat.polysrl",),
 }
 SHARED = ("jaxmat.errors", "jaxmat.files", "jaxmat.cli", "jaxmat.precision", "jaxmat.plotting", "jaxmat.padding",
-          "jaxmat.config", "jaxmat.compile_cache", "jaxmat.resources")
+          "jaxmat.config", "jaxmat.compile_cache", "jaxmat.resources", "jaxmat.fingerprint")
 MAX_LINES = 350
 
 
