@@ -44,11 +44,9 @@ from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.lists import NeighborLists, device_lists, near_lists, place
 from jaxmat.relax import state as packing
 from jaxmat.relax.scheduler import Capacities, admit
-from jaxmat.relax.state import RUNNING
+from jaxmat.relax.status import RUNNING, STATUS_NAMES, decide, message
 
-CONVERGED, MAX_STEPS, NON_FINITE, EXPLODED, SEARCH_FAILED = 1, 2, 3, 4, 5  # and RUNNING (0), from relax.state
 SKIN_OVERFLOW, CROWDED = 1, 2  # the loop's overflow codes: the rebuilt list, the near list did not fit
-STATUS_NAMES = {CONVERGED: "converged", MAX_STEPS: "max_steps", NON_FINITE: "failed", EXPLODED: "failed", SEARCH_FAILED: "failed"}
 GRAPH_KEYS = {"positions": "positions", "cells": "cells", "species": "species", "system_index": "system_index",
               "neighbors": "near_neighbors", "translations": "near_translations", "mask": "near_mask", "outgoing": "near_outgoing"}
 """the model's graph (its key: the state's key): the model evaluates the near list (:mod:`jaxmat.relax.lists`)"""
@@ -114,14 +112,8 @@ def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: b
             if hasattr(optimizer, "advance"):  # line searches take the evaluation first (ASE's points, failures)
                 atoms, systems, at_point, lost = optimizer.advance(atoms, systems, coords, generalized,
                                                                    jnp.where(active, objective, 0.0), row_index, active)
-            failed = active & non_finite
-            exploded = active & ~non_finite & (largest > max_force)
-            lost = active & ~non_finite & ~exploded & lost  # its last step never completed: ASE does not count it
-            converged = active & ~non_finite & ~exploded & ~lost & at_point & (largest < fmax)
-            out_of_steps = active & ~non_finite & ~exploded & ~lost & ~converged & at_point & (state["steps"] >= max_steps)
-            running = active & ~(failed | exploded | lost | converged | out_of_steps)
-            status = jnp.select([failed, exploded, lost, converged, out_of_steps],
-                                [NON_FINITE, EXPLODED, SEARCH_FAILED, CONVERGED, MAX_STEPS], state["status"])
+            status, running, lost = decide(state["status"], active, non_finite, largest, lost, at_point, state["steps"],
+                                           fmax=fmax, max_force=max_force, max_steps=max_steps)  # lost: ASE does not count its step
             atoms, systems, coords = optimizer.step(atoms, systems, coords, generalized, row_index, running, objective)
             positions, cells, coords = geometry.after_step(cell, state, coords, running, symmetric)
             evaluated = active[index][:, None]
@@ -306,13 +298,10 @@ class DeviceRelaxation:
         for k in done:
             r, rows = running[k], slice(starts[k], starts[k + 1])
             code = int(state["status"][k])
-            message = {NON_FINITE: "non-finite energy, forces or stress",
-                       EXPLODED: f"exploding forces (max {float(state['fmax'][k]):.3g} eV/Å)",
-                       SEARCH_FAILED: "line search failed (ASE raises 'LineSearch failed!')"}.get(code, "")
             atoms = r.atoms.copy()
             if self.relax_cell:
                 atoms.set_cell(state["cells"][k], scale_atoms=False)
             atoms.positions = state["positions"][rows]
             stress = np.array(state["stress"][k]) if self.relax_cell else None
             finish(r.index, atoms, STATUS_NAMES[code], int(state["steps"][k]), float(state["energy"][k]),
-                   np.array(state["forces"][rows]), stress, message)
+                   np.array(state["forces"][rows]), stress, message(code, state["fmax"][k]))

@@ -16,8 +16,8 @@ import numpy as np
 
 from jaxmat.relax import constraints
 from jaxmat.relax.cell import CellFilter
+from jaxmat.relax.status import RUNNING
 
-RUNNING = 0  # status code of a system still relaxing (the others: jaxmat.relax.device_loop)
 RECORDS = ("steps", "status", "energy", "fmax", "stress")  # per-system records carried through repacking
 
 
