@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxmat.heo import anneal as anneal_module
+from jaxmat.heo import sampling
 from jaxmat.heo.generate import rocksalt_heo
 from jaxmat.heo.pair_model import SpeciesPairEnergy
 
@@ -88,7 +89,7 @@ def command(monkeypatch, tmp_path):
 def test_command_outputs_and_resume_after_a_kill(command, monkeypatch):
     run, folder = command
     assert run("full", "--exchange") == 0  # with replica exchange: its state resumes too
-    saved = anneal_module._save
+    saved = sampling.save
     calls = []
 
     def save_then_die(*args):
@@ -98,7 +99,7 @@ def test_command_outputs_and_resume_after_a_kill(command, monkeypatch):
             raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(anneal_module, "_save", save_then_die)
+        patch.setattr(sampling, "save", save_then_die)
         with pytest.raises(Killed):
             run("killed", "--exchange")
     assert not (folder / "killed" / "trace.csv").exists() and (folder / "killed" / "checkpoint.npz").exists()

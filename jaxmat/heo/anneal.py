@@ -1,7 +1,8 @@
 """HEO cation arrangements at temperature: batched swap Monte Carlo with short-range order out.
 
     python -m jaxmat.heo.anneal CELLS --model M --temperatures 300,900,1500 --sweeps N --out DIR
-        [--seed 0] [--checkpoint-every 10] [--exchange] [--dtype float32|float64|mixed] [--head NAME]
+        [--seed 0] [--checkpoint-every 10] [--exchange | --md-steps K [--timestep 2] [--friction 0.01] | --relax-steps K [--relax-cell]]
+        [--dtype float32|float64|mixed] [--head NAME]
 
 Every input cell at every temperature (K) is a replica; all replicas run as one compiled batch
 (:mod:`jaxmat.heo.swap`: unrelaxed energies, swaps of two cations of different species, Metropolis at each
@@ -18,7 +19,11 @@ do not see species, so every swap is accepted). Outputs in DIR:
 - energy.png (energy per atom vs sweep), sro.png (alpha vs temperature).
 
 --exchange adds replica exchange (parallel tempering) between neighbouring temperatures of each cell after every
-sweep, alternating even and odd pairs.
+sweep, alternating even and odd pairs. --md-steps K runs K Langevin NVT steps (--timestep fs, --friction 1/fs) of every
+replica after every sweep (:mod:`jaxmat.heo.hybrid`: atoms move, final.extxyz carries their positions; the trace
+energy is the one after the MD); its checkpoint adds positions, velocities and the MD PRNG keys. --relax-steps K scores
+every swap by its energy after at most K FIRE steps (fmax 0.05 eV/Å) from the current geometry, --relax-cell with the
+cell (:mod:`jaxmat.heo.relaxed`, jaxmat.relax's batched runner).
 
 DIR/checkpoint.npz holds the whole sampler state (arrangements, energies, counters, every replica's PRNG
 key) and the traces, written whole every --checkpoint-every sweeps: a killed command run again continues
@@ -28,9 +33,7 @@ more --sweeps continue a finished run).
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -38,82 +41,10 @@ import numpy as np
 
 from jaxmat import cli
 from jaxmat.errors import JaxmatInputError
-from jaxmat.heo import sro, swap
+from jaxmat.heo import sampling, swap
+from jaxmat.heo.sampling import AnnealResult, check_inputs, collect  # noqa: F401  (the library call's names)
 
 log = logging.getLogger(__name__)
-STATE_KEYS = ("labels", "energy", "best_energy", "best_labels", "attempted", "accepted", "exchanged", "keys", "sweep")
-TRACE_KEYS = ("energy", "acceptance", "observed")
-
-
-@dataclass
-class AnnealResult:
-    """Per replica (R = structures x temperatures, structure-major): input_index, temperature (K), energy and
-    best_energy (eV), acceptance, exchanges (accepted replica exchanges); last and best (ase.Atoms); per sweep: trace_energy, trace_acceptance (S, R),
-    alpha (S, R, L, L) for the cation symbols ``cations`` (L,)."""
-
-    input_index: np.ndarray
-    temperature: np.ndarray
-    energy: np.ndarray
-    best_energy: np.ndarray
-    acceptance: np.ndarray
-    exchanges: np.ndarray
-    last: list
-    best: list
-    trace_energy: np.ndarray
-    trace_acceptance: np.ndarray
-    alpha: np.ndarray
-    cations: list
-
-
-def check_inputs(structures, force_field, temperatures) -> None:
-    """JaxmatInputError for what the sampler cannot run: no structures, a temperature <= 0 K, a structure without
-    cations or with a single cation species, an element the model does not know, a model without device_model."""
-    from ase.data import chemical_symbols
-
-    from jaxmat.forcefields.base import unsupported_elements
-
-    if not len(structures):
-        raise JaxmatInputError("no structures to anneal")
-    temperatures = np.asarray(temperatures, float)
-    if temperatures.size == 0 or not np.all(np.isfinite(temperatures)) or np.any(temperatures <= 0):
-        raise JaxmatInputError(f"temperatures must be positive (K), not {temperatures.tolist()}")
-    if not callable(getattr(force_field, "device_model", None)) or "joint_embedding" in getattr(force_field, "config", {}):
-        raise JaxmatInputError(f"{type(force_field).__name__} has no device model: swap Monte Carlo needs a JAX force field")
-    for k, atoms in enumerate(structures):
-        kinds = sorted({int(z) for z in atoms.numbers if int(z) not in swap.ANIONS})
-        if not kinds:
-            raise JaxmatInputError(f"structure {k} ({atoms.get_chemical_formula()}) has no cations to swap")
-        if len(kinds) == 1:
-            raise JaxmatInputError(f"structure {k} ({atoms.get_chemical_formula()}) has one cation species only: nothing to swap")
-        missing = unsupported_elements(force_field, atoms.numbers)
-        if missing:
-            raise JaxmatInputError(f"structure {k}: element(s) {[chemical_symbols[z] for z in missing]} unknown to the model")
-
-
-def _manifest(structures, temperatures, seed, attempts, chunk, model_id, exchange) -> dict:
-    from jaxmat.fingerprint import fingerprint
-
-    return {"structures": fingerprint(structures), "temperatures": [float(t) for t in temperatures], "seed": int(seed),
-            "attempts": int(attempts), "checkpoint_every": int(chunk), "model": str(model_id), "exchange": bool(exchange)}
-
-
-def _save(path, state, traces, manifest) -> None:
-    from jaxmat.files import write_atomically
-
-    arrays = {f"state_{k}": np.asarray(state[k]) for k in STATE_KEYS}
-    arrays |= {f"trace_{k}": np.concatenate(v) if v else np.zeros(0) for k, v in traces.items()}
-    write_atomically(path, lambda tmp: np.savez(open(tmp, "wb"), manifest=json.dumps(manifest), **arrays))
-
-
-def _load(path, manifest):
-    with np.load(path) as data:
-        saved = json.loads(str(data["manifest"]))
-        if saved != manifest:
-            changed = sorted(k for k in manifest if saved.get(k) != manifest[k])
-            raise JaxmatInputError(f"{path} holds a run with other {', '.join(changed)}: use another output folder")
-        state = {k: jnp.asarray(data[f"state_{k}"]) for k in STATE_KEYS}
-        traces = {k: [data[f"trace_{k}"]] if data[f"trace_{k}"].size else [] for k in TRACE_KEYS}
-    return state, traces
 
 
 def anneal(structures, force_field, temperatures, sweeps: int, *, seed: int = 0, checkpoint=None, checkpoint_every: int = 10,
@@ -129,23 +60,13 @@ def anneal(structures, force_field, temperatures, sweeps: int, *, seed: int = 0,
     lay = swap.layout(structures, temperatures, force_field.device_species, cutoff)
     n_rep, n_temps = lay["n_replicas"], len(temperatures)
     graph = {k: jnp.asarray(v) for k, v in lay["graph"].items()}
-    copies = [structures[r // n_temps] for r in range(n_rep)]
-    starts = np.concatenate([[0], np.cumsum([len(a) for a in copies])])
-    sites = [lay["sites"][r, : lay["n_sites"][r]] - starts[r] for r in range(n_rep)]
-    pair_i, pair_j = sro.shell_pairs(copies, starts[:-1], sites)
-    pair_system = lay["graph"]["system_index"][pair_i]
-    cation_labels = np.flatnonzero(~np.isin(lay["elements"], list(swap.ANIONS)))
-    pairs = tuple(jnp.asarray(a) for a in (pair_i, pair_j, pair_system))
-
-    def observe(labels):
-        return sro.warren_cowley(labels, *pairs, cation_labels, n_rep + 1)[:-1]
-
+    observe = sampling.observer(structures, lay, n_temps)
     attempts = int(lay["sites"].shape[1])
-    manifest = _manifest(structures, temperatures, seed, attempts, checkpoint_every, model_id, exchange)
+    manifest = sampling.manifest(structures, temperatures, seed, attempts, checkpoint_every, model_id, exchange)
     exchange_pairs = tuple(jnp.asarray(a) for a in swap.partners(len(structures), n_temps, [len(a) for a in structures])) if exchange else None
-    traces = {k: [] for k in TRACE_KEYS}
-    if checkpoint is not None and _exists(checkpoint):
-        state, traces = _load(checkpoint, manifest)
+    traces = {k: [] for k in sampling.TRACE_KEYS}
+    if checkpoint is not None and sampling.exists(checkpoint):
+        state, traces = sampling.load(checkpoint, manifest)
         log.info("resuming from %s after %d sweeps", checkpoint, int(state["sweep"]))
     else:
         keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(n_rep))
@@ -156,47 +77,14 @@ def anneal(structures, force_field, temperatures, sweeps: int, *, seed: int = 0,
         n = min(checkpoint_every - done % checkpoint_every, sweeps - done)
         state, trace = swap.sweeps(evaluate, params, graph, *arrays, state, n_sweeps=n, attempts=attempts, observe=observe,
                                    pairs=exchange_pairs)
-        for k in TRACE_KEYS:
+        for k in sampling.TRACE_KEYS:
             traces[k].append(np.asarray(trace[k]))
         log.info("sweep %d/%d: mean acceptance %.3f", done + n, sweeps, float(np.mean(trace["acceptance"])))
         if checkpoint is not None:
-            _save(checkpoint, state, traces, manifest)
+            sampling.save(checkpoint, state, traces, manifest)
             if on_checkpoint is not None:
                 on_checkpoint(done + n)
     return collect(structures, lay, state, traces, temperatures, n_temps)
-
-
-def _exists(path) -> bool:
-    from pathlib import Path
-
-    return Path(path).is_file()
-
-
-def collect(structures, lay, state, traces, temperatures, n_temps) -> AnnealResult:
-    """The AnnealResult of a sampler state (:func:`jaxmat.heo.swap.init`) and its traces (lists of per-sweep chunks)."""
-    elements, n_rep = lay["elements"], lay["n_replicas"]
-    starts = np.concatenate([[0], np.cumsum([len(structures[r // n_temps]) for r in range(n_rep)])])
-    labels, best_labels = np.asarray(state["labels"]), np.asarray(state["best_labels"])
-    attempted = np.maximum(np.asarray(state["attempted"]), 1)
-
-    def frames(chosen):
-        out = []
-        for r in range(n_rep):
-            atoms = structures[r // n_temps].copy()
-            atoms.calc = None
-            atoms.numbers = elements[chosen[starts[r]: starts[r + 1]]]
-            out.append(atoms)
-        return out
-
-    from ase.data import chemical_symbols
-
-    stack = lambda k: np.concatenate(traces[k]) if traces[k] else np.zeros((0, n_rep))
-    return AnnealResult(input_index=np.arange(n_rep) // n_temps, temperature=np.tile(np.asarray(temperatures, float), len(structures)),
-                        energy=np.asarray(state["energy"], float), best_energy=np.asarray(state["best_energy"], float),
-                        acceptance=np.asarray(state["accepted"]) / attempted, exchanges=np.asarray(state["exchanged"]),
-                        last=frames(labels), best=frames(best_labels),
-                        trace_energy=stack("energy"), trace_acceptance=stack("acceptance"), alpha=stack("observed"),
-                        cations=[chemical_symbols[z] for z in elements if z not in swap.ANIONS])
 
 
 def sro_table(result: AnnealResult) -> dict:
@@ -252,37 +140,9 @@ def write_outputs(result: AnnealResult, out) -> None:
     write_atomically(out / "trace.csv", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     write_json(out / "sro.json", {"definition": "alpha_ab = 1 - p_ab / c_b, first cation shell; 0: random solution",
                                   "cations": result.cations, "alpha": sro_table(result)})
-    _plots(result, out)
+    from jaxmat.heo.plots import anneal_plots
 
-
-def _plots(result: AnnealResult, out) -> None:
-    from jaxmat.files import write_atomically
-    from jaxmat.plotting import pyplot
-
-    plt = pyplot()
-    n_atoms = np.array([len(a) for a in result.last], float)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    sweep = np.arange(1, len(result.trace_energy) + 1)
-    colors = {t: plt.cm.coolwarm(k / max(len(set(result.temperature)) - 1, 1)) for k, t in enumerate(sorted(set(result.temperature)))}
-    for r in range(len(result.last)):
-        axis.plot(sweep, result.trace_energy[:, r] / n_atoms[r], color=colors[result.temperature[r]], lw=0.8,
-                  label=f"{result.temperature[r]:g} K" if r < len(colors) else None)
-    axis.set(xlabel="sweep", ylabel="energy (eV/atom)")
-    axis.legend(fontsize=8)
-    write_atomically(out / "energy.png", lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(figure)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    temperatures = sorted(colors)
-    for pair, entry in sro_table(result).items():
-        means = [entry[f"{t:g}"]["second_half"]["mean"] for t in temperatures]
-        spreads = [entry[f"{t:g}"]["second_half"]["spread"] for t in temperatures]
-        means, spreads = (np.array([np.nan if v is None else v for v in x]) for x in (means, spreads))
-        axis.errorbar(temperatures, means, yerr=spreads, marker="o", capsize=3, label=pair)
-    axis.axhline(0.0, color="k", lw=0.5)
-    axis.set(xlabel="temperature (K)", ylabel="Warren-Cowley alpha (first cation shell)")
-    axis.legend(fontsize=6, ncol=3)
-    write_atomically(out / "sro.png", lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(figure)
+    anneal_plots(result, sro_table(result), out)
 
 
 def _temperatures(text: str) -> list[float]:
@@ -314,17 +174,40 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=10, help="sweeps between checkpoints")
     parser.add_argument("--exchange", action="store_true", help="replica exchange between neighbouring temperatures")
     parser.add_argument("--dtype", choices=["float64", "float32", "mixed"], default="float64", help="precision of the model")
+    parser.add_argument("--md-steps", type=int, default=0, help="Langevin NVT steps after every sweep (hybrid MC/MD; 0: none)")
+    parser.add_argument("--timestep", type=float, default=2.0, help="MD time step (fs)")
+    parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
+    parser.add_argument("--skin", type=float, default=1.0, help="MD neighbour-list skin (Å)")
+    parser.add_argument("--relax-steps", type=int, default=0, help="relaxed swaps: energies after at most K FIRE steps (0: unrelaxed)")
+    parser.add_argument("--relax-cell", action="store_true", help="relaxed swaps: the cell relaxes too")
     args = parser.parse_args(argv)
     cli.configure_logging()
     temperatures = _temperatures(args.temperatures)
     if args.sweeps < 0 or args.checkpoint_every < 1:
         raise JaxmatInputError("--sweeps must be >= 0 and --checkpoint-every >= 1")
+    if args.md_steps < 0 or args.timestep <= 0 or args.friction < 0 or args.skin < 0:
+        raise JaxmatInputError("--md-steps and --friction must be >= 0, --timestep > 0 fs and --skin >= 0 Å")
+    if args.relax_steps < 0 or sum(map(bool, (args.md_steps, args.exchange, args.relax_steps))) > 1:
+        raise JaxmatInputError("--exchange, --md-steps and --relax-steps go one at a time (MD and relaxations give every replica its "
+                               "own geometry, so arrangements cannot be exchanged); --relax-steps must be >= 0")
     use_float64(args.dtype != "float32")
     structures = read_atoms(args.cells)
     force_field = load_force_field(args.model, "jax", args.dtype, head=args.head)
     out = Path(args.out)
-    result = anneal(structures, force_field, temperatures, args.sweeps, seed=args.seed, checkpoint=out / "checkpoint.npz",
-                    checkpoint_every=args.checkpoint_every, model_id=f"{args.model}|{args.head}|{args.dtype}", exchange=args.exchange)
+    common = dict(seed=args.seed, checkpoint=out / "checkpoint.npz", checkpoint_every=args.checkpoint_every,
+                  model_id=f"{args.model}|{args.head}|{args.dtype}")
+    if args.md_steps:
+        from jaxmat.heo.hybrid import hybrid
+
+        result = hybrid(structures, force_field, temperatures, args.sweeps, args.md_steps, timestep_fs=args.timestep,
+                        friction_per_fs=args.friction, skin=args.skin, **common)
+    elif args.relax_steps:
+        from jaxmat.heo.relaxed import relaxed_anneal
+
+        result = relaxed_anneal(structures, force_field, temperatures, args.sweeps, relax_steps=args.relax_steps,
+                                relax_cell=args.relax_cell, **common)
+    else:
+        result = anneal(structures, force_field, temperatures, args.sweeps, exchange=args.exchange, **common)
     write_outputs(result, out)
     print(f"annealed {len(structures)} structure(s) x {len(temperatures)} temperature(s), {args.sweeps} sweeps: {out}")
     return 0

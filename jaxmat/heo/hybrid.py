@@ -4,11 +4,17 @@ steps (:mod:`jaxmat.heo.langevin`) of every replica at its own temperature, all 
 Each atom keeps its site's velocity when two cations swap (the thermostat re-equilibrates the kinetic energy; masses
 follow the species). Between sweeps the MD loop owns the geometry: its skin list is rebuilt whenever it may be stale,
 and after the MD segment the swap sampler's list (the model's cutoff, no skin) is rebuilt at the new positions and the
-energies re-evaluated there. The lowest energy met is kept with its arrangement and geometry. A library call (no
-checkpoints yet): ``python -m jaxmat.heo.anneal`` runs swaps on fixed geometries only.
+energies re-evaluated there. The lowest energy met is kept with its arrangement and geometry.
+
+The whole state - the sampler's (:func:`jaxmat.heo.swap.init`), positions, velocities, the lowest-energy geometry and
+the MD PRNG keys - is one dict of arrays, checkpointed as :func:`jaxmat.heo.anneal.anneal` does (``python -m
+jaxmat.heo.anneal --md-steps K``): every round starts from that dict alone (lists rebuilt from its positions), so a
+killed run resumes with the uninterrupted run's numbers.
 """
 
 from __future__ import annotations
+
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -16,60 +22,97 @@ import numpy as np
 from ase import units
 from ase.data import atomic_masses
 
-from jaxmat.heo import anneal, langevin, swap
+from jaxmat.heo import langevin, sampling, swap
 
+log = logging.getLogger(__name__)
 _energies = jax.jit(swap.energies, static_argnums=0)
 _start = jax.jit(langevin.init_state, static_argnums=0, static_argnames=("cutoff",))
 
 
+def _graph(lay, positions, pbc, cutoff):
+    """The swap sampler's graph (device arrays) at these positions (rows,)."""
+    host, index = lay["graph"], lay["graph"]["system_index"]
+    rows = len(index)
+    lists = swap.model_lists(positions, host["cells"][:-1], pbc[:-1], index[:-1], rows, cutoff)
+    return {k: jnp.asarray(v) for k, v in dict(host, positions=positions, **lists).items()}
+
+
+def _round(evaluate, params, lay, graph, state, md_steps, observe, pbc, cutoff, md):
+    """One swap sweep then md_steps Langevin steps. Returns (state, graph at the new positions, trace record)."""
+    index, rows = lay["graph"]["system_index"], len(lay["labels"])
+    real = np.arange(rows) < rows - 1
+    sampler = {k: state[k] for k in sampling.STATE_KEYS}
+    best_before = np.asarray(sampler["best_energy"])
+    arrays = (jnp.asarray(lay["sites"]), jnp.asarray(lay["n_sites"]), jnp.asarray(lay["kT"]))
+    sampler, trace = swap.sweeps(evaluate, params, graph, *arrays, sampler, n_sweeps=1, attempts=lay["sites"].shape[1], observe=observe)
+    positions, best_positions = np.asarray(state["positions"], float), np.array(state["best_positions"], float)
+    improved = np.repeat(np.append(np.asarray(sampler["best_energy"]) < best_before, False), np.bincount(index))
+    best_positions[improved] = positions[improved]
+    labels = np.asarray(sampler["labels"])
+    masses = np.where(real, atomic_masses[lay["elements"][labels]], 1.0)
+    md_graph = langevin.md_graph(positions, lay["graph"]["cells"], pbc, index, lay["graph"]["species_table"][labels], real, cutoff,
+                                 md["skin"])
+    md_state = _start(evaluate, params, {k: jnp.asarray(v) for k, v in md_graph.items()}, jnp.asarray(state["velocities"]),
+                      jnp.asarray(state["md_keys"]), cutoff=cutoff)
+    md_state, _ = langevin.run(evaluate, params, md_graph, md_state, md_steps, dt=md["dt"], kT=md["kT"], friction=md["friction"],
+                               masses=masses, pbc=pbc, cutoff=cutoff, skin=md["skin"])
+    positions = np.asarray(md_state["positions"], float)
+    graph = _graph(lay, positions, pbc, cutoff)
+    energy = _energies(evaluate, params, graph, sampler["labels"])[:-1]
+    lower = energy < sampler["best_energy"]
+    moved = np.repeat(np.append(np.asarray(lower), False), np.bincount(index))
+    best_positions[moved] = positions[moved]
+    sampler = dict(sampler, energy=energy, best_energy=jnp.where(lower, energy, sampler["best_energy"]),
+                   best_labels=jnp.where(jnp.asarray(moved), sampler["labels"], sampler["best_labels"]))
+    state = dict(sampler, positions=positions, velocities=np.asarray(md_state["velocities"], float), md_keys=np.asarray(md_state["keys"]),
+                 best_positions=best_positions)
+    record = {"energy": np.asarray(energy)[None], "acceptance": np.asarray(trace["acceptance"]), "observed": np.asarray(trace["observed"])}
+    return state, graph, record
+
+
 def hybrid(structures, force_field, temperatures, sweeps: int, md_steps: int, *, seed: int = 0, timestep_fs: float = 2.0,
-           friction_per_fs: float = 0.01, skin: float = 1.0) -> anneal.AnnealResult:
+           friction_per_fs: float = 0.01, skin: float = 1.0, checkpoint=None, checkpoint_every: int = 10, model_id: str = "",
+           on_checkpoint=None) -> sampling.AnnealResult:
     """``sweeps`` rounds of one swap sweep then ``md_steps`` Langevin steps (timestep fs, friction 1/fs, skin Å) of every
     structure at every temperature (K); velocities start at zero. The result's trace energies are those after each
-    round's MD; last and best frames carry their positions; alpha is not traced (jaxmat.heo.sro on the frames)."""
-    anneal.check_inputs(structures, force_field, temperatures)
+    round's MD, alpha the first-shell Warren-Cowley alpha after each sweep; last and best frames carry their positions.
+    checkpoint, checkpoint_every, model_id, on_checkpoint: as :func:`jaxmat.heo.anneal.anneal`."""
+    sampling.check_inputs(structures, force_field, temperatures)
     params, evaluate = force_field.device_model()
     cutoff = float(getattr(force_field, "r_max", None) or force_field.cutoff)
     lay = swap.layout(structures, temperatures, force_field.device_species, cutoff)
-    n_rep, rows = lay["n_replicas"], len(lay["labels"])
-    host = lay["graph"]
-    index, real = host["system_index"], np.arange(rows) < rows - 1
-    pbc = np.concatenate([np.stack([structures[r // len(temperatures)].pbc for r in range(n_rep)]), np.ones((1, 3), bool)])
-    graph = {k: jnp.asarray(v) for k, v in host.items()}
-    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(n_rep))
-    state = swap.init(evaluate, params, graph, jnp.asarray(lay["labels"]), keys)
-    md_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    arrays = (jnp.asarray(lay["sites"]), jnp.asarray(lay["n_sites"]), jnp.asarray(lay["kT"]))
-    kT, friction = np.append(lay["kT"], 0.0), np.full(n_rep + 1, friction_per_fs / units.fs)
-    positions, velocities = host["positions"].copy(), np.zeros((rows, 3))
-    best_positions = positions.copy()
-    traces = {"energy": [], "acceptance": [], "observed": []}
-    for _ in range(sweeps):
-        best_before = np.asarray(state["best_energy"])
-        state, trace = swap.sweeps(evaluate, params, graph, *arrays, state, n_sweeps=1, attempts=lay["sites"].shape[1])
-        improved = np.repeat(np.append(np.asarray(state["best_energy"]) < best_before, False), np.bincount(index))
-        best_positions[improved] = positions[improved]
-        labels = np.asarray(state["labels"])
-        masses = np.where(real, atomic_masses[lay["elements"][labels]], 1.0)
-        md = langevin.md_graph(positions, host["cells"], pbc, index, host["species_table"][labels], real, cutoff, skin)
-        md_state = _start(evaluate, params, {k: jnp.asarray(v) for k, v in md.items()}, jnp.asarray(velocities), md_keys,
-                          cutoff=cutoff)
-        md_state, _ = langevin.run(evaluate, params, md, md_state, md_steps, dt=timestep_fs * units.fs, kT=kT, friction=friction,
-                                   masses=masses, pbc=pbc, cutoff=cutoff, skin=skin)
-        positions, velocities, md_keys = np.asarray(md_state["positions"], float), np.asarray(md_state["velocities"]), md_state["keys"]
-        host = dict(host, positions=positions, **swap.model_lists(positions, host["cells"][:-1], pbc[:-1], index[:-1], rows, cutoff))
-        graph = {k: jnp.asarray(v) for k, v in host.items()}
-        energy = _energies(evaluate, params, graph, state["labels"])[:-1]
-        lower = energy < state["best_energy"]
-        moved = np.repeat(np.append(np.asarray(lower), False), np.bincount(index))
-        best_positions[moved] = positions[moved]
-        state = dict(state, energy=energy, best_energy=jnp.where(lower, energy, state["best_energy"]),
-                     best_labels=jnp.where(jnp.asarray(moved), state["labels"], state["best_labels"]))
-        traces["energy"].append(np.asarray(energy)[None])
-        traces["acceptance"].append(np.asarray(trace["acceptance"]))
-    traces["observed"] = []
-    result = anneal.collect(structures, lay, state, traces, temperatures, len(temperatures))
+    n_rep, n_temps = lay["n_replicas"], len(temperatures)
+    pbc = np.concatenate([np.stack([structures[r // n_temps].pbc for r in range(n_rep)]), np.ones((1, 3), bool)])
+    md = {"dt": timestep_fs * units.fs, "kT": np.append(lay["kT"], 0.0), "friction": np.full(n_rep + 1, friction_per_fs / units.fs),
+          "skin": float(skin)}
+    observe = sampling.observer(structures, lay, n_temps)
+    manifest = sampling.manifest(structures, temperatures, seed, lay["sites"].shape[1], checkpoint_every, model_id, False,
+                                md_steps=int(md_steps), timestep_fs=float(timestep_fs), friction_per_fs=float(friction_per_fs),
+                                skin=float(skin))
+    traces = {k: [] for k in sampling.TRACE_KEYS}
+    if checkpoint is not None and sampling.exists(checkpoint):
+        state, traces = sampling.load(checkpoint, manifest)
+        log.info("resuming from %s after %d rounds", checkpoint, int(state["sweep"]))
+    else:
+        keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(n_rep))
+        graph = {k: jnp.asarray(v) for k, v in lay["graph"].items()}
+        state = swap.init(evaluate, params, graph, jnp.asarray(lay["labels"]), keys)
+        positions = np.asarray(lay["graph"]["positions"], float)
+        state = dict(state, positions=positions, velocities=np.zeros_like(positions), best_positions=positions.copy(),
+                     md_keys=np.asarray(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)))
+    graph = _graph(lay, np.asarray(state["positions"], float), pbc, cutoff)
+    while int(state["sweep"]) < sweeps:
+        state, graph, record = _round(evaluate, params, lay, graph, state, md_steps, observe, pbc, cutoff, md)
+        for k in sampling.TRACE_KEYS:
+            traces[k].append(record[k])
+        done = int(state["sweep"])
+        if checkpoint is not None and (done % checkpoint_every == 0 or done == sweeps):
+            sampling.save(checkpoint, state, traces, manifest)
+            if on_checkpoint is not None:
+                on_checkpoint(done)
+    result = sampling.collect(structures, lay, state, traces, temperatures, n_temps)
     starts = np.concatenate([[0], np.cumsum([len(a) for a in result.last])])
+    positions, best_positions = np.asarray(state["positions"], float), np.asarray(state["best_positions"], float)
     for r in range(n_rep):
         result.last[r].positions = positions[starts[r]: starts[r + 1]]
         result.best[r].positions = best_positions[starts[r]: starts[r + 1]]

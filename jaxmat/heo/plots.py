@@ -1,4 +1,4 @@
-"""Plots of the HEO pipeline (matplotlib, Agg): the curation overview."""
+"""Plots of the HEO pipeline (matplotlib, Agg): the curation overview, an anneal's energies and short-range order."""
 
 from __future__ import annotations
 
@@ -65,3 +65,35 @@ def curation_plots(frames, out_dir) -> list[str]:
     ax.set_title(f"{method} of compositions"), ax.legend(fontsize=7)
     fig.tight_layout(), fig.savefig(out_dir / "composition_map.png", dpi=120), plt.close(fig)
     return ["elements_per_sample.png", "element_frequency.png", "composition_map.png"]
+
+
+def anneal_plots(result, table: dict, out) -> None:
+    """energy.png (energy per atom vs sweep per replica) and sro.png (Warren-Cowley alpha vs temperature, ``table`` of
+    :func:`jaxmat.heo.anneal.sro_table`) of an :class:`jaxmat.heo.anneal.AnnealResult` in the folder ``out``."""
+    from jaxmat.files import write_atomically
+
+    plt = pyplot()
+    out = Path(out)
+    n_atoms = np.array([len(a) for a in result.last], float)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    sweep = np.arange(1, len(result.trace_energy) + 1)
+    colors = {t: plt.cm.coolwarm(k / max(len(set(result.temperature)) - 1, 1)) for k, t in enumerate(sorted(set(result.temperature)))}
+    for r in range(len(result.last)):
+        axis.plot(sweep, result.trace_energy[:, r] / n_atoms[r], color=colors[result.temperature[r]], lw=0.8,
+                  label=f"{result.temperature[r]:g} K" if r < len(colors) else None)
+    axis.set(xlabel="sweep", ylabel="energy (eV/atom)")
+    axis.legend(fontsize=8)
+    write_atomically(out / "energy.png", lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    temperatures = sorted(colors)
+    for pair, entry in table.items():
+        means = [entry[f"{t:g}"]["second_half"]["mean"] for t in temperatures]
+        spreads = [entry[f"{t:g}"]["second_half"]["spread"] for t in temperatures]
+        means, spreads = (np.array([np.nan if v is None else v for v in x]) for x in (means, spreads))
+        axis.errorbar(temperatures, means, yerr=spreads, marker="o", capsize=3, label=pair)
+    axis.axhline(0.0, color="k", lw=0.5)
+    axis.set(xlabel="temperature (K)", ylabel="Warren-Cowley alpha (first cation shell)")
+    axis.legend(fontsize=6, ncol=3)
+    write_atomically(out / "sro.png", lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(figure)

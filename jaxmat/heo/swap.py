@@ -93,11 +93,10 @@ def init(evaluate, params, graph, labels, keys) -> dict:
             "sweep": jnp.zeros((), jnp.int32)}
 
 
-def attempt(evaluate, params, graph, sites, n_sites, kT, state, sign: float = 1.0):
-    """One swap attempt in every replica (the docstring of this module); sign -1 flips the Metropolis rule (a
-    broken sampler for the tests to catch)."""
-    labels, system_index = state["labels"], graph["system_index"]
-    split = jax.vmap(lambda k: jax.random.split(k, 4))(state["keys"])
+def propose(labels, sites, n_sites, keys):
+    """Every replica's proposal (the docstring of this module): (keys advanced, swapped labels (rows,), possible (R,): the
+    replica has two cation species, u (R,) in (0, 1] for the Metropolis test)."""
+    split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
     keys, k_i, k_j, k_accept = split[:, 0], split[:, 1], split[:, 2], split[:, 3]
     held = labels[sites]  # (R, C)
     valid = jnp.arange(sites.shape[1])[None, :] < n_sites[:, None]
@@ -106,22 +105,31 @@ def attempt(evaluate, params, graph, sites, n_sites, kT, state, sign: float = 1.
     other = valid & (held != label_i[:, None])
     scores = jnp.where(other, jax.vmap(lambda k: jax.random.uniform(k, (sites.shape[1],)))(k_j), -1.0)
     second = jnp.argmax(scores, axis=1)
-    possible = jnp.any(other, axis=1)
     row_i = jnp.take_along_axis(sites, first[:, None], 1)[:, 0]
     row_j = jnp.take_along_axis(sites, second[:, None], 1)[:, 0]
     swapped = labels.at[row_i].set(labels[row_j]).at[row_j].set(label_i)
-    new_energy = energies(evaluate, params, graph, swapped)[:-1]
-    change = new_energy - state["energy"]
-    u = 1.0 - jax.vmap(jax.random.uniform)(k_accept)  # (0, 1]
-    accept = possible & jnp.isfinite(new_energy) & (jnp.log(u) * kT < -sign * change)
+    return keys, swapped, jnp.any(other, axis=1), 1.0 - jax.vmap(jax.random.uniform)(k_accept)
+
+
+def metropolis(state, swapped, new_energy, possible, u, kT, system_index, sign: float = 1.0):
+    """The state after the Metropolis test of every replica's proposal (``swapped`` labels, their energy (R,) eV); the
+    accepted mask (R,) is the second value. sign -1 flips the rule (a broken sampler for the tests to catch)."""
+    accept = possible & jnp.isfinite(new_energy) & (jnp.log(u) * kT < -sign * (new_energy - state["energy"]))
     taken = jnp.concatenate([accept, jnp.zeros(1, bool)])[system_index]
-    labels = jnp.where(taken, swapped, labels)
+    labels = jnp.where(taken, swapped, state["labels"])
     energy = jnp.where(accept, new_energy, state["energy"])
     better = energy < state["best_energy"]
     best_labels = jnp.where(jnp.concatenate([better, jnp.zeros(1, bool)])[system_index], labels, state["best_labels"])
     return dict(state, labels=labels, energy=energy, best_energy=jnp.where(better, energy, state["best_energy"]),
-                best_labels=best_labels, attempted=state["attempted"] + possible, accepted=state["accepted"] + accept,
-                keys=keys)
+                best_labels=best_labels, attempted=state["attempted"] + possible, accepted=state["accepted"] + accept), accept
+
+
+def attempt(evaluate, params, graph, sites, n_sites, kT, state, sign: float = 1.0):
+    """One swap attempt in every replica (:func:`propose`, unrelaxed energies, :func:`metropolis`)."""
+    keys, swapped, possible, u = propose(state["labels"], sites, n_sites, state["keys"])
+    new_energy = energies(evaluate, params, graph, swapped)[:-1]
+    state, _ = metropolis(state, swapped, new_energy, possible, u, kT, graph["system_index"], sign)
+    return dict(state, keys=keys)
 
 
 def partners(n_structures: int, n_temperatures: int, n_atoms) -> tuple[np.ndarray, np.ndarray]:
