@@ -1,7 +1,7 @@
 """Evaluate MACE potentials on high-entropy oxides: pretrained (base) vs finetuned, side by side.
 
     python -m jaxmat.heo.evaluate --models base.model finetuned.model --data CURATED_DIR \\
-        --structures cells.extxyz --out REPORT [--config configs/heo_eval.yaml] [--set KEY=VALUE]
+        --structures cells.extxyz --out REPORT [--anneal ANNEAL_DIR] [--config configs/heo_eval.yaml] [--set KEY=VALUE]
 
 Three tasks, every relaxation through jaxmat's batched runner (``jaxmat.relax.relax``):
 1. test-split errors: energy (meV/atom) and force (meV/Å) RMSE/MAE against the DFT labels;
@@ -12,7 +12,9 @@ Three tasks, every relaxation through jaxmat's batched runner (``jaxmat.relax.re
    of every final geometry under an independent reference model (CHGNet offline, with the MP2020
    corrections removed so its energies sit on the DFT scale; or a MACE model path or mace-torch foundation
    key such as small-omat-0). The models too may be foundation keys; ``head`` (config) picks a multi-head
-   model's head.
+   model's head. With --anneal (a python -m jaxmat.heo.anneal folder run on the same structures) the lowest-energy
+   annealed arrangement of every replica is relaxed the same way: the report compares its relaxed energy with the
+   relaxed random start of the same cell per temperature and shows the anneal's Warren-Cowley alpha table.
 
 Raw outputs (extxyz/JSON under REPORT/test, REPORT/in_distribution, REPORT/substitution) are written
 first, each under a temporary name and renamed when complete; a rerun skips the parts already there.
@@ -173,8 +175,40 @@ def load_reference(spec: str, dtype: str):
     return load_force_field(spec, "torch", dtype)
 
 
-def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
-    """Run the three tasks (raw outputs in OUT), then write the report; returns OUT/report.md."""
+def annealed_starts(anneal_dir, cells, kept) -> list:
+    """The lowest-energy arrangement of every replica in ANNEAL_DIR/final.extxyz (python -m jaxmat.heo.anneal, state
+    lowest) whose input cell is among ``kept``, each checked against ``cells`` (the --structures it must have started
+    from: composition and cell); info: temperature, anneal_energy (eV, unrelaxed) and substitution_index into kept."""
+    import ase.io
+
+    path = Path(anneal_dir) / "final.extxyz"
+    if not path.exists():
+        raise JaxmatInputError(f"--anneal {anneal_dir}: no final.extxyz there (python -m jaxmat.heo.anneal writes it)")
+    position = {id(atoms): k for k, atoms in enumerate(kept)}
+    starts = []
+    for atoms in ase.io.read(path, index=":"):
+        if atoms.info.get("state") != "lowest":
+            continue
+        k = int(atoms.info.get("input_index", -1))
+        if not (0 <= k < len(cells) and sorted(atoms.numbers) == sorted(cells[k].numbers)
+                and np.allclose(atoms.cell[:], cells[k].cell[:], atol=1e-6)):
+            raise JaxmatInputError(f"--anneal {anneal_dir}: replica {atoms.info.get('replica')} did not start from structure {k} "
+                                   f"of --structures (another composition or cell): anneal those structures")
+        if id(cells[k]) in position:
+            energy = atoms.get_potential_energy()
+            start = _plain(atoms)
+            start.info = {"temperature": float(atoms.info["temperature"]), "anneal_energy": float(energy),
+                          "substitution_index": position[id(cells[k])]}
+            starts.append(start)
+    if not starts:
+        raise JaxmatInputError(f"--anneal {anneal_dir}: no lowest-energy arrangements of the substitution structures in {path}")
+    return starts
+
+
+def evaluate(models, data_dir, structures_path, out, config: dict, anneal_dir=None) -> Path:
+    """Run the three tasks (raw outputs in OUT), then write the report; returns OUT/report.md. anneal_dir: a folder of
+    python -m jaxmat.heo.anneal run on the structures; its lowest-energy arrangements are relaxed as the substitution
+    structures are (OUT/annealed) and its sro.json copied there, for the report's annealed vs random-start table."""
     import ase.io
 
     from jaxmat.forcefields.registry import load_force_field
@@ -200,6 +234,8 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
         write_frames(start_path, starts)
     run_relaxations(starts, force_fields, config["in_distribution"], out / "in_distribution", config, relax_cell=False)
     timings["in_distribution_seconds"] = time.perf_counter() - started
+    if anneal_dir is not None and not structures_path:
+        raise JaxmatInputError("--anneal needs --structures: the structures the anneal started from")
 
     if structures_path:
         started = time.perf_counter()
@@ -209,8 +245,16 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
         cells = ase.io.read(path, index=":")
         if not cells:
             raise JaxmatInputError(f"{path} holds no structures")
+        every = cells
         cells, missing = supported_frames(cells, force_fields, f"substitution structures {path}", config["unsupported"])
         skipped["substitution"] = {"left_out": missing}
+        if anneal_dir is not None:
+            annealed = annealed_starts(anneal_dir, every, cells)
+            if not (out / "annealed" / "start.extxyz").exists():
+                write_frames(out / "annealed" / "start.extxyz", annealed)
+                write_json(out / "annealed" / "sro.json", json.loads((Path(anneal_dir) / "sro.json").read_text()))
+            run_relaxations(annealed, force_fields, config["substitution"], out / "annealed", config,
+                            relax_cell=config["substitution"]["relax_cell"])
         if not (out / "substitution" / "start.extxyz").exists():
             write_frames(out / "substitution" / "start.extxyz", [_plain(a) for a in cells])
         run_relaxations(cells, force_fields, config["substitution"], out / "substitution", config,
@@ -222,7 +266,7 @@ def evaluate(models, data_dir, structures_path, out, config: dict) -> Path:
 
     meta_path = out / "evaluation.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    meta.update({"models": dict(zip(labels, map(str, models))), "data": str(data_dir), "structures": str(structures_path),
+    meta.update({"models": dict(zip(labels, map(str, models))), "data": str(data_dir), "structures": str(structures_path), "anneal": str(anneal_dir),
                  "config": config, "left_out": skipped})
     previous = meta.setdefault("timings", {})
     for key, seconds in timings.items():  # a resumed run adds the time it spent
@@ -237,6 +281,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", required=True, help="mace-torch .model files or foundation keys (or converted JAX MACE dirs with backend jax)")
     parser.add_argument("--data", required=True, help="curated folder with train/val/test.extxyz (python -m jaxmat.heo.curate)")
     parser.add_argument("--structures", help="rock-salt supercells for the random-substitution task (python -m jaxmat.heo.generate)")
+    parser.add_argument("--anneal", help="an output folder of python -m jaxmat.heo.anneal run on --structures: annealed vs random starts")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--config", help="YAML (configs/heo_eval.yaml); defaults otherwise")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -245,7 +290,7 @@ def main(argv=None) -> int:
 
     compile_cache.enable()  # relaxations rerun with the same shapes compile nothing ($JAXMAT_COMPILATION_CACHE=0: off)
     config = apply_overrides(load_config(args.config) if args.config else {}, args.set)
-    report = evaluate(args.models, args.data, args.structures, args.out, config)
+    report = evaluate(args.models, args.data, args.structures, args.out, config, anneal_dir=args.anneal)
     print(f"wrote {report}")
     return 0
 

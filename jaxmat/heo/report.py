@@ -46,6 +46,10 @@ def load_outputs(report: Path) -> dict:
     for task in TASKS:
         frames = {label: _read(report / task / f"{label}.extxyz") for label in labels}
         outputs[task] = {label: f for label, f in frames.items() if f}
+    annealed = {label: _read(report / "annealed" / f"{label}.extxyz") for label in labels}
+    outputs["annealed"] = {label: f for label, f in annealed.items() if f}
+    sro_path = report / "annealed" / "sro.json"
+    outputs["anneal_sro"] = json.loads(sro_path.read_text()) if sro_path.exists() else None
     for label in labels:
         path = report / "substitution" / f"{label}_traces.json"
         if path.exists():
@@ -100,6 +104,24 @@ def substitution_metrics(frames, start=None) -> dict:
     return metrics
 
 
+def annealed_metrics(annealed, finals) -> dict:
+    """Per anneal temperature (K): relaxed energies (eV/atom, means) of the annealed arrangements and of the random starts
+    of the same cells (their substitution relaxations), the mean difference (meV/atom) and on how many cells it is < 0."""
+    pairs: dict = {}
+    for atoms in annealed:
+        start = finals[int(atoms.info["substitution_index"])]
+        if atoms.info["status"] != "failed" and start.info["status"] != "failed":
+            pairs.setdefault(float(atoms.info["temperature"]), []).append(
+                (start.info["model_energy"] / len(start), atoms.info["model_energy"] / len(atoms)))
+    table = {}
+    for t, values in sorted(pairs.items()):
+        random_start, after = np.array(values).T
+        table[f"{t:g}"] = {"cells": len(values), "random_start_eV_per_atom": float(random_start.mean()),
+                           "annealed_eV_per_atom": float(after.mean()), "difference_meV_per_atom": 1000 * float(np.mean(after - random_start)),
+                           "lower": int(np.sum(after < random_start))}
+    return table
+
+
 def lowest_reference_counts(per_model: dict, tie_tolerance: float = 1e-4) -> dict:
     """For each model: on how many substitution structures its final geometry has the lowest reference energy
     (structures where the two lowest are within tie_tolerance eV are counted as ties)."""
@@ -130,6 +152,10 @@ def compute_metrics(outputs: dict) -> dict:
     if start and any("reference_energy" in a.info for a in start):
         metrics["substitution_start_reference_energy_mean_eV_per_atom"] = float(
             np.mean([a.info["reference_energy"] / len(a) for a in start if "reference_energy" in a.info]))
+    metrics["annealed"] = {label: annealed_metrics(frames, finals[label]) for label, frames in outputs.get("annealed", {}).items()
+                           if label in finals}
+    if outputs.get("anneal_sro"):
+        metrics["anneal_sro"] = outputs["anneal_sro"]
     if len(finals) == len(labels) and len(labels) > 1:
         metrics["substitution_lowest_reference_energy"] = lowest_reference_counts(finals)
     return metrics
@@ -245,14 +271,41 @@ def render(metrics: dict, evaluation: dict, plots) -> str:
             lines.append(f"Lowest reference energy among the models' final geometries, over {lowest['compared']} structures: "
                          + ", ".join(f"{k} {v}" for k, v in lowest["lowest"].items()) + f", ties {lowest['ties']}.")
         lines.append("")
+    lines += _annealed_lines(metrics, evaluation)
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     timings = evaluation.get("timings")
     if timings:
         lines += ["Wall time (s): " + ", ".join(f"{k.replace('_seconds', '')} {v:.0f}" for k, v in timings.items()), ""]
-    lines += ["All numbers are recomputed from the files in test/, in_distribution/ and substitution/ by "
+    lines += ["All numbers are recomputed from the files in test/, in_distribution/, substitution/ and annealed/ by "
               "`python -m jaxmat.heo.report REPORT`.", ""]
     return "\n".join(lines)
+
+
+def _annealed_lines(metrics: dict, evaluation: dict) -> list[str]:
+    """The report's section on an anneal (evaluate --anneal): relaxed energies per temperature and the alpha table."""
+    lines = []
+    if metrics.get("annealed"):
+        lines += ["## Annealed vs random starts", "",
+                  f"The lowest-energy arrangement of every replica of `{evaluation.get('anneal')}` relaxed as the random "
+                  "substitution structures are, against the relaxed random start of the same cell.", "",
+                  "| model | anneal T (K) | cells | random start E (eV/atom) | annealed E (eV/atom) | difference (meV/atom) | annealed lower |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, table in metrics["annealed"].items():
+            lines += [f"| {label} | {t} | {m['cells']} | {m['random_start_eV_per_atom']:.4f} | {m['annealed_eV_per_atom']:.4f} | "
+                      f"{_fmt(m['difference_meV_per_atom'], 2)} | {m['lower']}/{m['cells']} |" for t, m in table.items()]
+        lines.append("")
+    sro = metrics.get("anneal_sro")
+    if sro:
+        temperatures = sorted({t for entry in sro["alpha"].values() for t in entry}, key=float)
+        lines += ["Warren-Cowley alpha of the anneal (first cation shell; mean ± spread over replicas of the sweep average over "
+                  "the run's second half; 0: random solution):", "",
+                  "| pair | " + " | ".join(f"{t} K" for t in temperatures) + " |", "|---|" + "---|" * len(temperatures)]
+        for pair, entry in sro["alpha"].items():
+            cells = [entry[t]["second_half"] for t in temperatures]
+            lines.append(f"| {pair} | " + " | ".join("–" if c["mean"] is None else f"{c['mean']:.3f} ± {c['spread']:.3f}" for c in cells) + " |")
+        lines.append("")
+    return lines
 
 
 def write_report(report) -> Path:
