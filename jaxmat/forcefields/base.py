@@ -2,12 +2,13 @@
 
 A force field is called on a :class:`SystemBatch` (many periodic systems, atoms concatenated with a
 per-atom system index) and returns a :class:`ForceFieldOutput`. ``supported_numbers`` lets callers
-refuse structures with elements the model does not know before any work is done.
+refuse structures with elements the model does not know before any work is done. A force field that
+also runs inside the compiled relaxation loop states so through :class:`DeviceForceField`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Any, Callable, Hashable, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -59,6 +60,48 @@ class ForceField(Protocol):
     supported_numbers: frozenset[int] | None  # None: any element
 
     def __call__(self, batch: SystemBatch, compute_stress: bool = False) -> ForceFieldOutput: ...
+
+
+@runtime_checkable
+class DeviceForceField(Protocol):
+    """What the compiled relaxation loop (:mod:`jaxmat.relax.device_loop`) needs from a force field.
+
+    supports_device_loop: True where the model can run there (False: the host loop runs it). cutoff: the
+    interaction cutoff (Å); no pair farther apart contributes, read through :func:`cutoff_of`. device_model():
+    (params, evaluate), evaluate(params, graph) -> (energy (S,) eV, forces (N, 3) eV/Å, stress (S, 3, 3) eV/Å^3),
+    a pure JAX function of a graph dict of padded arrays: positions (N, 3) Å, cells (S, 3, 3) Å, species (N,),
+    system_index (N,), neighbors (N, K), translations (N, K, 3) lattice vectors, mask (N, K), outgoing.
+    device_species(numbers): the species index (int32) per atomic number, as evaluate's graph takes it.
+    device_settings(): a hashable of everything evaluate's program depends on besides params (a compiled loop is
+    keyed by it; () where nothing)."""
+
+    supports_device_loop: bool
+    cutoff: float
+
+    def device_model(self) -> tuple[Any, Callable]: ...
+
+    def device_species(self, numbers) -> np.ndarray: ...
+
+    def device_settings(self) -> Hashable: ...
+
+
+DEVICE_MEMBERS = ("supports_device_loop", "cutoff", "device_model", "device_species", "device_settings")
+
+
+def require_device_force_field(force_field) -> DeviceForceField:
+    """force_field, checked against :class:`DeviceForceField`; a TypeError naming what is missing where it is not one."""
+    missing = [name for name in DEVICE_MEMBERS if not hasattr(force_field, name)]
+    if missing:
+        raise TypeError(f"{type(force_field).__name__} cannot run in the device loop: it has no "
+                        f"{', '.join(missing)} (jaxmat.forcefields.base.DeviceForceField)")
+    if not force_field.supports_device_loop:
+        raise TypeError(f"{type(force_field).__name__} does not support the device loop (supports_device_loop is False)")
+    return force_field
+
+
+def cutoff_of(force_field) -> float:
+    """The force field's interaction cutoff (Å): its ``cutoff`` (:class:`DeviceForceField`)."""
+    return float(force_field.cutoff)
 
 
 def unsupported_elements(force_field, numbers) -> list[int]:

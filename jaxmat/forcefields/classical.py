@@ -53,6 +53,10 @@ class PairPotential:
         """Per-atom species indices for :meth:`device_model` (unused by a pair potential)."""
         return np.zeros(len(numbers), np.int32)
 
+    def device_settings(self) -> tuple:
+        """Nothing besides params changes :meth:`device_model`'s program (its pair function is fixed at construction)."""
+        return ()
+
     def device_model(self):
         """(params, energy_forces_stress(params, graph)) on the neighbour-matrix layout of the device loop
         (graph: positions, cells, species, system_index, neighbors, translations, mask, outgoing)."""

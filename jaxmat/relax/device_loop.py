@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmat.forcefields.base import DeviceForceField, cutoff_of, require_device_force_field
 from jaxmat.forcefields.neighbors import DeviceCapacity, list_is_stale
 from jaxmat.padding import bucket, round_up
 from jaxmat.relax import constraints, geometry
@@ -50,11 +51,6 @@ SKIN_OVERFLOW, CROWDED = 1, 2  # the loop's overflow codes: the rebuilt list, th
 GRAPH_KEYS = {"positions": "positions", "cells": "cells", "species": "species", "system_index": "system_index",
               "neighbors": "near_neighbors", "translations": "near_translations", "mask": "near_mask", "outgoing": "near_outgoing"}
 """the model's graph (its key: the state's key): the model evaluates the near list (:mod:`jaxmat.relax.lists`)"""
-
-
-def cutoff_of(force_field) -> float:
-    """The force field's interaction cutoff (Å)."""
-    return float(getattr(force_field, "r_max", None) or force_field.cutoff)
 
 
 def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: bool = True):
@@ -180,13 +176,13 @@ class CompiledLoop:
 _LOOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_loop(force_field, optimizer, evaluate, cell: CellFilter | None = None, rebuild_on_device: bool = True) -> CompiledLoop:
+def compiled_loop(force_field: DeviceForceField, optimizer, evaluate, cell: CellFilter | None = None,
+                  rebuild_on_device: bool = True) -> CompiledLoop:
     """The compiled loop of this force field, optimizer and modes (kept as long as the force field), also keyed by
-    the force field's ``device_settings()`` where it has them: a loop traced before a setting changed (e.g. a
-    MACEJax's matmul_precision or head) is not reused after it."""
+    the force field's ``device_settings()``: a loop traced before a setting changed (e.g. a MACEJax's
+    matmul_precision or head) is not reused after it."""
     loops = _LOOPS.setdefault(force_field, {})
-    settings = getattr(force_field, "device_settings", None)
-    key = (optimizer, cell, rebuild_on_device, settings() if settings else None)
+    key = (optimizer, cell, rebuild_on_device, force_field.device_settings())
     if key not in loops:
         loops[key] = CompiledLoop(optimizer, evaluate, cell, rebuild_on_device)
     return loops[key]
@@ -211,6 +207,7 @@ class DeviceRelaxation:
         """allocation: where neighbour lists are built when systems join or capacities grow
         (:class:`jaxmat.relax.lists.NeighborLists`); rebuild: where a stale list is rebuilt, "device" (inside the
         loop), "host" (the loop returns, vesin rebuilds it) or "auto" (:func:`jaxmat.relax.lists.place`)."""
+        force_field = require_device_force_field(force_field)  # a TypeError naming what is missing
         self.force_field, self.optimizer, self.cell, self.relax_cell = force_field, optimizer, cell, cell is not None
         self.params, evaluate = force_field.device_model()
         self.cutoff = cutoff_of(force_field) + skin

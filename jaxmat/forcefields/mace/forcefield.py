@@ -175,6 +175,11 @@ class MACEJax:
         """The device loop carries no per-structure charge and spin: models that embed them run in the host loop."""
         return "joint_embedding" not in self.config
 
+    @property
+    def cutoff(self) -> float:
+        """The interaction cutoff (Å): the model's r_max."""
+        return self.r_max
+
     def device_species(self, numbers) -> np.ndarray:
         """Per-atom species indices (into the model's element list) for :meth:`device_model`."""
         return self.species(numbers)
