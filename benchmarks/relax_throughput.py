@@ -107,15 +107,14 @@ def run_jaxmat(structures, model, kind, fmax, max_steps, backend="torch", dtype=
         from jaxmat.forcefields.mace.forcefield import MACEJax
 
         force_field = MACEJax.from_torch(model, dtype=dtype, **heads)
-        relax(structures[:1], force_field, kind, fmax=fmax, max_steps=2, progress=False)  # compile outside the timing
+        relax(structures[:1], force_field, optimizer=kind, fmax=fmax, max_steps=2, progress=False)  # compile outside the timing
     else:
         from jaxmat.forcefields.mace_torch import MACETorch
 
         force_field = MACETorch(model, **heads)
-    stats: dict = {}
     started = time.perf_counter()
-    results = relax(structures, force_field, kind, fmax=fmax, max_steps=max_steps, progress=False, stats=stats)
-    seconds = time.perf_counter() - started
+    results = relax(structures, force_field, optimizer=kind, fmax=fmax, max_steps=max_steps, progress=False)
+    seconds, stats = time.perf_counter() - started, results.stats
     inside = stats["force_seconds"] + stats.get("compile_seconds", 0.0)  # the device loop times compilation apart
     out = {"seconds": seconds, "steps": [r.n_steps for r in results], "energies": [r.energy for r in results],
            "converged": sum(r.status == "converged" for r in results), "force_evaluations": stats["structure_evaluations"],

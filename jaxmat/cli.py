@@ -8,9 +8,9 @@ import functools
 import logging
 import sys
 
-from jaxmat.errors import JaxmatInputError
+from jaxmat.errors import ForceFieldError, JaxmatInputError
 
-USER_ERRORS = (JaxmatInputError, FileNotFoundError)  # what a user can fix: reported, not raised
+USER_ERRORS = (JaxmatInputError, FileNotFoundError, ForceFieldError)  # reported as one line (naming the input), not raised
 QUIET_LOGGERS = ("absl", "matplotlib", "jax", "orbax")
 
 

@@ -15,3 +15,8 @@ class StructureError(JaxmatInputError):
 
 class ConfigError(JaxmatInputError):
     """A config key or value is not valid."""
+
+
+class ForceFieldError(RuntimeError):
+    """A force field raised something other than a numerical failure or an out-of-memory error: the run stops,
+    naming the structures of the failing call."""

@@ -7,7 +7,7 @@ from ase.build import bulk
 
 from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.neighbors import list_is_stale, neighbor_matrix, pair_list, slot_shifts
-from jaxmat.relax import relax
+from jaxmat.relax import DeviceLoopOptions, relax
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +87,10 @@ def test_rebuilds_keep_the_host_loops_steps(lj, optimizer, allocation):
         atoms = bulk("Ar", "fcc", a=5.3, cubic=True) * (2, 2, 2)
         atoms.rattle(0.1, seed=seed)
         structures.append(atoms)
-    stats = {}
-    host = relax(structures, lj, optimizer, fmax=1e-3, max_steps=300, progress=False, loop="host")
-    device = relax(structures, lj, optimizer, fmax=1e-3, max_steps=300, progress=False, loop="device", skin=0.02,
-                   max_systems=2, stats=stats, allocation=allocation, rebuild=allocation)
+    host = relax(structures, lj, optimizer=optimizer, fmax=1e-3, max_steps=300, progress=False, loop="host")
+    device = relax(structures, lj, optimizer=optimizer, fmax=1e-3, max_steps=300, progress=False, loop="device",
+                   max_systems=2, device_loop=DeviceLoopOptions(skin=0.02, allocation=allocation, rebuild=allocation))
+    stats = device.stats
     assert [r.n_steps for r in device] == [r.n_steps for r in host]
     assert [r.status for r in device] == ["converged"] * 3
     for a, b in zip(device, host):
@@ -111,10 +111,10 @@ def test_neighbour_growth_reallocates_and_matches_the_host_loop(lj, allocation):
     grid = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float) * 4.6 + 5.0
     gas = Atoms("Ar8", positions=grid, cell=[20.0, 20.0, 20.0], pbc=True)
     gas.rattle(0.05, seed=2)
-    stats = {}
-    [device] = relax([gas], short, "fire", fmax=1e-3, max_steps=2000, progress=False, loop="device", skin=0.6, stats=stats,
-                     allocation=allocation)
-    [host] = relax([gas], short, "fire", fmax=1e-3, max_steps=2000, progress=False, loop="host")
+    run = relax([gas], short, optimizer="fire", fmax=1e-3, max_steps=2000, progress=False, loop="device",
+                device_loop=DeviceLoopOptions(skin=0.6, allocation=allocation))
+    [device], stats = run, run.stats
+    [host] = relax([gas], short, optimizer="fire", fmax=1e-3, max_steps=2000, progress=False, loop="host")
     assert device.status == host.status == "converged" and device.n_steps == host.n_steps
     np.testing.assert_allclose(device.atoms.positions, host.atoms.positions, atol=1e-9)
     assert stats["compilations"] == 2 and stats["rebuilds"] >= 1 and stats["reallocations"] >= 1
@@ -125,8 +125,8 @@ def test_exploding_system_fails_alone(lj):
     good.rattle(0.1, seed=4)
     bad = good.copy()
     bad.positions[1] = bad.positions[0] + [0.6, 0.0, 0.0]  # not overlapping (> 0.5 Å) but forces ~1e6 eV/Å
-    device = relax([good, bad, good], lj, "fire", fmax=1e-3, progress=False, loop="device")
-    host = relax([good, bad, good], lj, "fire", fmax=1e-3, progress=False, loop="host")
+    device = relax([good, bad, good], lj, optimizer="fire", fmax=1e-3, progress=False, loop="device")
+    host = relax([good, bad, good], lj, optimizer="fire", fmax=1e-3, progress=False, loop="host")
     assert [r.status for r in device] == [r.status for r in host] == ["converged", "failed", "converged"]
     assert "exploding forces" in device[1].message and device[1].n_steps == 0
     assert device[0].n_steps == host[0].n_steps
@@ -144,10 +144,10 @@ def test_mace_device_loop_equals_host_loop_and_compiles_once():
     force_field = MACEJax.from_torch(build_small_mace([8, 12, 27, 28, 29, 30], seed=1, hidden_irreps="8x0e+8x1o", r_max=4.5,
                                                       scale_shift=(5.0, 0.0)))  # forces of about 1 eV/Å
     cells = [rocksalt_heo(1, seed=s) for s in range(3)] + [rocksalt_heo(2, seed=9)]
-    host = relax(cells, force_field, "lbfgs", fmax=0.05, max_steps=12, progress=False, loop="host")
-    stats = {}
-    device = relax(cells, force_field, "lbfgs", fmax=0.05, max_steps=12, progress=False, loop="device", stats=stats, max_systems=3,
-                   rebuild="host")
+    host = relax(cells, force_field, optimizer="lbfgs", fmax=0.05, max_steps=12, progress=False, loop="host")
+    device = relax(cells, force_field, optimizer="lbfgs", fmax=0.05, max_steps=12, progress=False, loop="device",
+                   max_systems=3, device_loop=DeviceLoopOptions(rebuild="host"))
+    stats = device.stats
     assert [r.n_steps for r in device] == [r.n_steps for r in host] == [12] * 4
     assert [r.status for r in device] == [r.status for r in host]
     for a, b in zip(device, host):
@@ -157,9 +157,9 @@ def test_mace_device_loop_equals_host_loop_and_compiles_once():
     # rebuild in most steps), so the near list - the pairs within the cutoff now - may outgrow its margin once
     assert stats["compilations"] == 1 + stats["reallocations"] <= 2 and stats["compile_seconds"] > 0 and stats["device_seconds"] > 0
     assert len(compiled_loop(force_field, LBFGS(), None, rebuild_on_device=False).executables) == stats["compilations"]
-    again_stats = {}
-    again = relax(cells, force_field, "lbfgs", fmax=0.05, max_steps=12, progress=False, loop="device", max_systems=3,
-                  stats=again_stats, rebuild="host")
+    again = relax(cells, force_field, optimizer="lbfgs", fmax=0.05, max_steps=12, progress=False, loop="device",
+                  max_systems=3, device_loop=DeviceLoopOptions(rebuild="host"))
+    again_stats = again.stats
     assert again_stats["compilations"] == 0 and again_stats["compile_seconds"] == 0  # same shapes: nothing compiled
     assert [r.n_steps for r in again] == [r.n_steps for r in device]
 
@@ -167,9 +167,9 @@ def test_mace_device_loop_equals_host_loop_and_compiles_once():
 def test_device_loop_refuses_what_it_cannot_do(lj):
     atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
     with pytest.raises(ValueError, match="device loop"):
-        relax([atoms], lj, "fire", progress=False, loop="device", keep_trajectory=True)
+        relax([atoms], lj, optimizer="fire", progress=False, loop="device", keep_trajectory=True)
     with pytest.raises(ValueError, match="loop must be"):
-        relax([atoms], lj, "fire", progress=False, loop="gpu")
+        relax([atoms], lj, optimizer="fire", progress=False, loop="gpu")
 
 
 def test_cli_reuses_the_persistent_compilation_cache(tmp_path):
@@ -219,10 +219,10 @@ def test_cell_relaxation_on_the_device_equals_the_host_loop(lj, optimizer, alloc
         atoms.rattle(0.05, seed=seed)
         structures.append(atoms)
     structures.append(_triclinic())
-    stats = {}
-    host = relax(structures, lj, optimizer, fmax=2e-3, max_steps=600, relax_cell=True, progress=False, loop="host")
-    device = relax(structures, lj, optimizer, fmax=2e-3, max_steps=600, relax_cell=True, progress=False, loop="device",
-                   max_systems=2, stats=stats, allocation=allocation, rebuild=allocation)
+    host = relax(structures, lj, optimizer=optimizer, fmax=2e-3, max_steps=600, relax_cell=True, progress=False, loop="host")
+    device = relax(structures, lj, optimizer=optimizer, fmax=2e-3, max_steps=600, relax_cell=True, progress=False,
+                   loop="device", max_systems=2, device_loop=DeviceLoopOptions(allocation=allocation, rebuild=allocation))
+    stats = device.stats
     assert [r.status for r in device] == [r.status for r in host]
     assert [r.n_steps for r in device] == [r.n_steps for r in host]
     for a, b in zip(device, host):
@@ -248,9 +248,9 @@ def test_edge_cases_found_in_review(lj):
     [device] = relax([shifted], lj, fmax=1e-3, progress=False, loop="device")
     [host] = relax([shifted], lj, fmax=1e-3, progress=False, loop="host")
     assert device.status == host.status == "converged" and device.n_steps == host.n_steps
-    for bad in ({"max_inner": 0}, {"skin": -1.0}):
-        with pytest.raises(ValueError, match="skin must be"):
-            relax([shifted], lj, progress=False, loop="device", **bad)
+    for bad, word in (({"max_inner": 0}, "max_inner"), ({"skin": -1.0}, "skin"), ({"rebuild": "gpu"}, "rebuild")):
+        with pytest.raises(ValueError, match=f"device loop {word} must be"):
+            relax([shifted], lj, progress=False, loop="device", device_loop=DeviceLoopOptions(**bad))
 
 
 def test_the_compiled_loop_does_not_keep_a_pair_potential_alive():
@@ -271,7 +271,7 @@ FLOAT32_SCRIPT = """
 import sys
 from ase.build import bulk
 from jaxmat.forcefields.classical import lennard_jones
-from jaxmat.relax import relax
+from jaxmat.relax import DeviceLoopOptions, relax
 structures = []
 for seed, amount in ((1, 0.05), (2, 0.1)):
     atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
@@ -279,7 +279,8 @@ for seed, amount in ((1, 0.05), (2, 0.1)):
     structures.append(atoms)
 lj = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
 for loop in ("device", "host"):
-    results = relax(structures, lj, "fire", fmax=1e-2, progress=False, float64=False, max_inner=5, loop=loop)
+    results = relax(structures, lj, optimizer="fire", fmax=1e-2, progress=False, float64=False, loop=loop,
+                    device_loop=DeviceLoopOptions(max_inner=5))
     print(loop, [(r.status, r.n_steps) for r in results])
 """
 

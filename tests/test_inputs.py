@@ -286,7 +286,7 @@ def test_relax_cli_bad_inputs(tmp_path, capsys, small_mace, x64):
 
 
 class Failing:
-    """A force field that raises for any batch holding a system of `bad_size` atoms, or explodes it."""
+    """A force field that raises ``error`` for any batch holding a system of `bad_size` atoms, or explodes it."""
 
     supported_numbers = frozenset({18})
 
@@ -297,8 +297,10 @@ class Failing:
         from jaxmat.forcefields.base import ForceFieldOutput
 
         sizes = np.bincount(batch.system_index, minlength=batch.n_systems)
-        if self.mode == "raise" and self.bad_size in sizes:
+        if self.mode == "bug" and self.bad_size in sizes:
             raise RuntimeError("model crashed")
+        if self.mode == "numerical" and self.bad_size in sizes:
+            raise FloatingPointError("overflow in the model")
         out = self.inner(batch, compute_stress)
         forces = out.forces.copy()
         for s in np.flatnonzero(sizes == self.bad_size):
@@ -306,8 +308,7 @@ class Failing:
         return ForceFieldOutput(out.energy, forces, out.stress)
 
 
-@pytest.mark.parametrize("mode", ["raise", "explode"])
-def test_relax_isolates_a_failing_force_field(mode):
+def _failing_run(mode):
     from ase.build import bulk
 
     from jaxmat.forcefields.classical import lennard_jones
@@ -317,9 +318,24 @@ def test_relax_isolates_a_failing_force_field(mode):
     for i, atoms in enumerate(structures):
         atoms.rattle(0.05, seed=i)
     ff = Failing(lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=6.0), bad_size=8, mode=mode)
-    results = relax(structures, ff, "fire", fmax=0.01, max_steps=100, progress=False, loop="host")
+    return relax(structures, ff, optimizer="fire", fmax=0.01, max_steps=100, progress=False, loop="host",
+                 names=["first", "second", "third"])
+
+
+@pytest.mark.parametrize("mode", ["numerical", "explode"])
+def test_relax_isolates_a_numerical_failure(mode):
+    results = _failing_run(mode)
     assert [r.status for r in results] == ["converged", "failed", "converged"]
-    assert ("non-finite" if mode == "raise" else "exploding forces") in results[1].message
+    assert ("FloatingPointError: overflow" if mode == "numerical" else "exploding forces") in results[1].message
+
+
+def test_a_force_field_bug_stops_the_run_naming_the_structures():
+    """Not a numerical failure: the run stops with one error naming the structures of the failing call."""
+    from jaxmat.errors import ForceFieldError
+
+    with pytest.raises(ForceFieldError, match=r"RuntimeError on first, second, third: model crashed") as caught:
+        _failing_run("bug")
+    assert isinstance(caught.value.__cause__, RuntimeError)
 
 
 def test_relax_of_no_structures_returns_nothing():  # (raised UnboundLocalError from 8d4650a until ed0fa71)

@@ -12,7 +12,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from ase.utils.linesearch import LineSearch
 
 from jaxmat.forcefields.base import batch_from_atoms
-from jaxmat.relax import linesearch, relax
+from jaxmat.relax import DeviceLoopOptions, linesearch, relax
 from jaxmat.relax.optimizers import OPTIMIZERS, LBFGSLineSearch
 from cells import rattled_argon
 
@@ -132,8 +132,8 @@ def _ase(atoms, lj, fmax, cell_filter=None):
 @pytest.mark.parametrize("seed, fmax", [(8, 1e-3), (1, 1e-3), (8, 0.03)])  # at 0.03 eV/Å a trial inside a search is
 def test_same_steps_and_force_calls_as_ase(lj, loop, seed, fmax):  # below fmax: only ASE's points may converge
     atoms = argon(seed)
-    stats = {}
-    [mine] = relax([atoms], lj, "lbfgs-linesearch", fmax=fmax, max_steps=500, progress=False, loop=loop, stats=stats)
+    run = relax([atoms], lj, optimizer="lbfgs-linesearch", fmax=fmax, max_steps=500, progress=False, loop=loop)
+    [mine], stats = run, run.stats
     theirs, steps, calls = _ase(atoms, lj, fmax)
     assert mine.status == "converged" and mine.n_steps == steps
     assert stats["structure_evaluations"] == calls > steps + 1  # line searches took extra force calls
@@ -145,9 +145,9 @@ def test_cell_relaxation_follows_ases_filter(lj, loop):
     """Through the Fréchet cell filter: the same steps and force calls as ASE and positions and cells to 1e-8 Å
     where ASE's logm read-back is exact; with ASE's filter as it is, the same steps and 1e-6 Å."""
     strained = argon(9, a=5.6, strained=True)
-    stats = {}
-    [mine] = relax([strained], lj, "lbfgs-linesearch", fmax=1e-2, max_steps=500, relax_cell=True, progress=False, loop=loop,
-                   stats=stats)
+    run = relax([strained], lj, optimizer="lbfgs-linesearch", fmax=1e-2, max_steps=500, relax_cell=True, progress=False,
+                loop=loop)
+    [mine], stats = run, run.stats
     theirs, steps, calls = _ase(strained, lj, 1e-2, ExactFrechetCellFilter)
     assert mine.status == "converged" and mine.n_steps == steps and stats["structure_evaluations"] == calls
     np.testing.assert_allclose(mine.atoms.cell[:], theirs.cell[:], atol=1e-8)
@@ -164,9 +164,10 @@ def test_systems_at_different_stages_share_the_batch(lj):
     small = bulk("Ar", "fcc", a=5.3) * (2, 1, 1)
     small.rattle(0.05, seed=7)
     structures = [argon(1), argon(2), small, argon(3)]
-    alone = [relax([s], lj, "lbfgs-linesearch", fmax=1e-3, max_steps=300, progress=False, loop="host")[0] for s in structures]
-    for loop, options in (("host", {}), ("device", {}), ("device", {"max_systems": 2, "max_inner": 7})):
-        batched = relax(structures, lj, "lbfgs-linesearch", fmax=1e-3, max_steps=300, progress=False, loop=loop, **options)
+    alone = [relax([s], lj, optimizer="lbfgs-linesearch", fmax=1e-3, max_steps=300, progress=False, loop="host")[0] for s in structures]
+    for loop, options in (("host", {}), ("device", {}), ("device", {"max_systems": 2, "device_loop": DeviceLoopOptions(max_inner=7)})):
+        batched = relax(structures, lj, optimizer="lbfgs-linesearch", fmax=1e-3, max_steps=300, progress=False, loop=loop,
+                        **options)
         assert [r.n_steps for r in batched] == [r.n_steps for r in alone]
         assert [r.status for r in batched] == ["converged"] * 4
         for a, b in zip(batched, alone):
@@ -175,8 +176,8 @@ def test_systems_at_different_stages_share_the_batch(lj):
 
 def test_registered_and_max_steps_counts_line_searches(lj):
     assert OPTIMIZERS["lbfgs-linesearch"] is LBFGSLineSearch
-    stats = {}
-    [result] = relax([argon(8)], lj, "lbfgs-linesearch", fmax=1e-6, max_steps=4, progress=False, loop="device", stats=stats)
+    run = relax([argon(8)], lj, optimizer="lbfgs-linesearch", fmax=1e-6, max_steps=4, progress=False, loop="device")
+    [result], stats = run, run.stats
     assert result.status == "max_steps" and result.n_steps == 4
     runner_atoms = argon(8)
     runner_atoms.calc = CountingLJ(lj)
@@ -192,7 +193,8 @@ def test_a_search_that_cannot_start_fails_where_ase_raises(lj, loop):
     expanded = bulk("Ar", "fcc", a=6.0, cubic=True) * (2, 2, 1)
     expanded.rattle(0.05, seed=1)
     good = argon(3)
-    mine = relax([expanded, good], lj, "lbfgs-linesearch", fmax=2e-3, max_steps=100, relax_cell=True, progress=False, loop=loop)
+    mine = relax([expanded, good], lj, optimizer="lbfgs-linesearch", fmax=2e-3, max_steps=100, relax_cell=True,
+                 progress=False, loop=loop)
     theirs = expanded.copy()
     theirs.calc = CountingLJ(lj)
     runner = ASELineSearch(ExactFrechetCellFilter(theirs), logfile=None)

@@ -57,9 +57,9 @@ def test_mace_relaxation_batch_equals_one_by_one(small_mace_file):
 
     bridge = MACETorch(small_mace_file)
     structures = [rocksalt_heo((1, 1, 1), seed=3), rocksalt_heo((2, 1, 1), seed=4)]
-    batched = relax(structures, bridge, "lbfgs", fmax=0.05, max_steps=60, progress=False)
+    batched = relax(structures, bridge, optimizer="lbfgs", fmax=0.05, max_steps=60, progress=False)
     for s, b in zip(structures, batched):
-        [alone] = relax([s], bridge, "lbfgs", fmax=0.05, max_steps=60, progress=False)
+        [alone] = relax([s], bridge, optimizer="lbfgs", fmax=0.05, max_steps=60, progress=False)
         assert b.n_steps == alone.n_steps and b.status == alone.status
         np.testing.assert_allclose(b.atoms.positions, alone.atoms.positions, atol=1e-9)
 

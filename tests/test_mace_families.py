@@ -111,8 +111,9 @@ def test_device_loop_equals_host_loop(family):
     model = build_small_mace(HEO_NUMBERS, seed=7, scale_shift=(5.0, 0.0), **{**family_shape(family, channels=4), "r_max": 4.5})
     force_field = MACEJax.from_torch(model, head=model.heads[0])
     cells = [rocksalt_heo(1, seed=s, rattle=0.1) for s in range(3)]
-    host = relax(cells, force_field, "lbfgs", fmax=0.01, max_steps=8, progress=False, loop="host")
-    device = relax(cells, force_field, "lbfgs", fmax=0.01, max_steps=8, progress=False, loop="device", max_systems=2)
+    host = relax(cells, force_field, optimizer="lbfgs", fmax=0.01, max_steps=8, progress=False, loop="host")
+    device = relax(cells, force_field, optimizer="lbfgs", fmax=0.01, max_steps=8, progress=False, loop="device",
+                   max_systems=2)
     assert [r.n_steps for r in device] == [r.n_steps for r in host]
     assert [r.status for r in device] == [r.status for r in host]
     for a, b in zip(device, host):
@@ -178,9 +179,8 @@ def test_device_loop_follows_a_changed_force_field_setting():
     force_field = MACEJax.from_torch(build_small_mace(HEO_NUMBERS, seed=10, hidden_irreps="4x0e+4x1o", r_max=4.0),
                                      dtype="float32")
     cells = [rocksalt_heo(1, seed=1)]
-    first, again, changed = {}, {}, {}
-    relax(cells, force_field, "fire", max_steps=2, progress=False, loop="device", stats=first)
-    relax(cells, force_field, "fire", max_steps=2, progress=False, loop="device", stats=again)
+    first = relax(cells, force_field, optimizer="fire", max_steps=2, progress=False, loop="device").stats
+    again = relax(cells, force_field, optimizer="fire", max_steps=2, progress=False, loop="device").stats
     force_field.matmul_precision = "default"
-    relax(cells, force_field, "fire", max_steps=2, progress=False, loop="device", stats=changed)
+    changed = relax(cells, force_field, optimizer="fire", max_steps=2, progress=False, loop="device").stats
     assert first["compilations"] >= 1 and again["compilations"] == 0 and changed["compilations"] >= 1

@@ -51,7 +51,7 @@ def test_forces_are_minus_energy_gradient(lj, x64):  # the pair potential called
 def test_relaxes_to_the_perfect_lattice(lj, optimizer):
     perfect = argon(rattle=0.0)
     e_perfect = lj(batch_from_atoms([perfect])).energy[0]
-    [result] = relax([argon(seed=5)], lj, optimizer, fmax=1e-4, max_steps=1000, progress=False)
+    [result] = relax([argon(seed=5)], lj, optimizer=optimizer, fmax=1e-4, max_steps=1000, progress=False)
     assert result.status == "converged" and result.fmax < 1e-4
     assert result.energy == pytest.approx(e_perfect, abs=2e-6)  # 32 atoms, fmax 1e-4 eV/Å
     shift = result.atoms.positions - perfect.positions  # a rigid translation of the perfect lattice
@@ -63,7 +63,7 @@ def test_relaxes_to_the_perfect_lattice(lj, optimizer):
 def test_takes_the_same_steps_as_ase(lj, optimizer, seed, atol, loop):
     atoms = argon(seed=seed)
     ours = "fire" if optimizer == "fire" else LBFGS(curvature_check=False)
-    mine = relax([atoms], lj, ours, fmax=1e-3, max_steps=500, progress=False, loop=loop)[0]
+    mine = relax([atoms], lj, optimizer=ours, fmax=1e-3, max_steps=500, progress=False, loop=loop)[0]
     theirs = atoms.copy()
     theirs.calc = ase_calculator(lj)
     runner = (ASEFIRE if optimizer == "fire" else ASELBFGS)(theirs, logfile=None)
@@ -76,11 +76,11 @@ def test_takes_the_same_steps_as_ase(lj, optimizer, seed, atol, loop):
 @pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
 def test_batch_equals_one_by_one(lj, optimizer, loop):
     structures = mixed_structures()
-    batched = relax(structures, lj, optimizer, fmax=1e-3, max_steps=400, progress=False, loop=loop)
+    batched = relax(structures, lj, optimizer=optimizer, fmax=1e-3, max_steps=400, progress=False, loop=loop)
     # a tight atom budget forces in-flight swapping: systems leave and join mid-run
-    swapped = relax(structures, lj, optimizer, fmax=1e-3, max_steps=400, max_atoms=40, progress=False, loop=loop)
+    swapped = relax(structures, lj, optimizer=optimizer, fmax=1e-3, max_steps=400, max_atoms=40, progress=False, loop=loop)
     for i, s in enumerate(structures):
-        [alone] = relax([s], lj, optimizer, fmax=1e-3, max_steps=400, progress=False, loop="host")
+        [alone] = relax([s], lj, optimizer=optimizer, fmax=1e-3, max_steps=400, progress=False, loop="host")
         for other in (batched[i], swapped[i]):
             assert other.status == alone.status == "converged"
             assert other.n_steps == alone.n_steps
@@ -109,7 +109,7 @@ def test_failures_are_isolated(lj):
     structures = mixed_structures()
     overlapping = argon(rattle=0.0)
     overlapping.positions[1] = overlapping.positions[0] + [0.1, 0, 0]
-    results = relax(structures + [overlapping], NaNForOne(lj, bad_size=48), "fire", fmax=1e-3, progress=False)
+    results = relax(structures + [overlapping], NaNForOne(lj, bad_size=48), optimizer="fire", fmax=1e-3, progress=False)
     assert [r.status for r in results] == ["converged", "failed", "converged", "converged", "failed"]
     assert "non-finite" in results[1].message and "overlap" in results[4].message
     assert results[4].n_steps == 0
@@ -154,8 +154,8 @@ def test_cli_relax_outputs_and_resume(tmp_path, x64):
 
 
 def test_stats_count_force_calls(lj):
-    stats = {}
-    results = relax(mixed_structures(), lj, "fire", fmax=1e-3, progress=False, stats=stats)
+    results = relax(mixed_structures(), lj, optimizer="fire", fmax=1e-3, progress=False)
+    stats = results.stats
     assert stats["structure_evaluations"] == sum(r.n_steps + 1 for r in results)
     assert stats["force_calls"] == max(r.n_steps for r in results) + 1  # all in one batch
     assert 0 < stats["force_seconds"] < stats["total_seconds"]
@@ -169,7 +169,7 @@ def test_cell_relaxation_follows_ase_frechet_filter(lj, optimizer, loop):
     strained = argon(a=5.6, seed=9)  # 6 % too large
     strained.set_cell(strained.cell[:] @ np.array([[1.0, 0.02, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.97]]), scale_atoms=True)
     opt = optimizer if optimizer == "fire" else LBFGS(curvature_check=False)
-    [mine] = relax([strained], lj, opt, fmax=1e-3, max_steps=1000, relax_cell=True, progress=False, loop=loop)
+    [mine] = relax([strained], lj, optimizer=opt, fmax=1e-3, max_steps=1000, relax_cell=True, progress=False, loop=loop)
     theirs = strained.copy()
     theirs.calc = ase_calculator(lj)
     runner = (ASEFIRE if optimizer == "fire" else ASELBFGS)(FrechetCellFilter(theirs), logfile=None)
@@ -185,7 +185,7 @@ def test_pymatgen_structures_in(lj):
     from pymatgen.io.ase import AseAtomsAdaptor
 
     structure = AseAtomsAdaptor.get_structure(argon(seed=10))
-    [result] = relax([structure], lj, "fire", fmax=1e-3, progress=False)
+    [result] = relax([structure], lj, optimizer="fire", fmax=1e-3, progress=False)
     assert result.status == "converged" and len(result.atoms) == len(structure)
     assert result.structure.composition == structure.composition  # pymatgen out as well
 
@@ -199,7 +199,7 @@ from test_relax import mixed_structures
 from jaxmat.forcefields.classical import lennard_jones
 from jaxmat.relax import relax
 jax.config.update("jax_enable_x64", True)
-results = relax(mixed_structures(), lennard_jones(3.4, 0.0104, 8.5), {optimizer!r}, fmax=1e-3, progress=False, loop="host")
+results = relax(mixed_structures(), lennard_jones(3.4, 0.0104, 8.5), optimizer={optimizer!r}, fmax=1e-3, progress=False, loop="host")
 print(json.dumps({{"devices": jax.device_count(), "steps": [r.n_steps for r in results],
                   "positions": [r.atoms.positions.tolist() for r in results]}}))
 """
@@ -218,7 +218,7 @@ def test_sharded_over_four_cpu_devices_matches_one_device(lj, optimizer):
     output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True).stdout
     sharded = json.loads(output.strip().splitlines()[-1])
     assert sharded["devices"] == 4
-    single = relax(mixed_structures(), lj, optimizer, fmax=1e-3, progress=False, loop="host")
+    single = relax(mixed_structures(), lj, optimizer=optimizer, fmax=1e-3, progress=False, loop="host")
     assert sharded["steps"] == [r.n_steps for r in single]
     for positions, r in zip(sharded["positions"], single):
         np.testing.assert_allclose(positions, r.atoms.positions, atol=1e-9)

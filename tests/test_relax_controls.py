@@ -18,7 +18,7 @@ from jaxmat.forcefields.base import ase_calculator
 from jaxmat.relax import relax
 from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.optimizers import LBFGS
-from cells import rattled_argon
+from cells import ase_cell_filter, rattled_argon
 
 ASE_OPTIMIZERS = {"fire": ASEFIRE, "lbfgs": ASELBFGS, "lbfgs-linesearch": ASELineSearch}
 MODEL = "lj:3.4,0.0104,6.0"
@@ -61,7 +61,7 @@ def ase_run(atoms, lj, optimizer, fmax, cell=None):
     theirs.calc = ase_calculator(lj)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        runner = ASE_OPTIMIZERS[optimizer](cell.ase_filter(theirs) if cell else theirs, logfile=None)
+        runner = ASE_OPTIMIZERS[optimizer](ase_cell_filter(cell, theirs) if cell else theirs, logfile=None)
         runner.run(fmax=fmax, steps=1000)
     return theirs, runner.nsteps
 
@@ -86,7 +86,7 @@ def test_constraints_take_ases_steps(lj, loop, optimizer):
     rounding there, ASE's own too."""
     structures = [constrained(1, FixAtoms(indices=[0, 3, 5])), constrained(2, FixCartesian([1, 2, 7], mask=(True, False, True))),
                   constrained(3, FixCom()), argon(5)] + ([constrained(4, [FixAtoms([0]), FixCom()])] if optimizer == "fire" else [])
-    results = relax(structures, lj, ours(optimizer), fmax=1e-3, max_steps=1000, progress=False, loop=loop)
+    results = relax(structures, lj, optimizer=ours(optimizer), fmax=1e-3, max_steps=1000, progress=False, loop=loop)
     assert_like_ase(results, structures, lj, optimizer, 1e-3)
     assert np.all(results[0].atoms.positions[[0, 3, 5]] == structures[0].positions[[0, 3, 5]])
     masses = structures[2].get_masses()
@@ -98,7 +98,7 @@ def test_constraints_with_the_cell_relaxing(lj, loop):
     """FixAtoms and FixCartesian while the Fréchet filter relaxes the cell (fixed atoms move with the cell)."""
     structures = [constrained(5, FixAtoms(indices=[0, 3]), a=5.6, strained=True),
                   constrained(6, FixCartesian([1, 2], mask=(False, True, False)), a=5.6, strained=True)]
-    results = relax(structures, lj, "fire", fmax=1e-3, max_steps=1000, relax_cell=True, progress=False, loop=loop)
+    results = relax(structures, lj, optimizer="fire", fmax=1e-3, max_steps=1000, relax_cell=True, progress=False, loop=loop)
     assert_like_ase(results, structures, lj, "fire", 1e-3, CellFilter())
 
 
@@ -159,17 +159,18 @@ def test_fix_symmetry_keeps_the_space_group_as_ase_does(lj, loop):
     rattled_cell, fixed_cell = layered(3, a=5.6, strained=True)
     assert space_group(fixed) == space_group(fixed_cell) == "P4/nmm (129)" != space_group(rattled)
     pushed = Pushed(lj)
-    results = relax([fixed], pushed, "fire", fmax=1e-3, max_steps=1000, progress=False, loop=loop)
+    results = relax([fixed], pushed, optimizer="fire", fmax=1e-3, max_steps=1000, progress=False, loop=loop)
     assert_like_ase(results, [fixed], pushed, "fire", 1e-3)
-    cells = relax([fixed_cell, argon(6, a=5.6, strained=True)], lj, "fire", fmax=1e-3, max_steps=1000, relax_cell=True,
-                  progress=False, loop=loop)
+    cells = relax([fixed_cell, argon(6, a=5.6, strained=True)], lj, optimizer="fire", fmax=1e-3, max_steps=1000,
+                  relax_cell=True, progress=False, loop=loop)
     assert_like_ase(cells, [fixed_cell, argon(6, a=5.6, strained=True)], lj, "fire", 1e-3, CellFilter())
-    [sheared] = relax([fixed_cell], pushed, "fire", fmax=1e-3, max_steps=1000, relax_cell=True, progress=False, loop=loop)
+    [sheared] = relax([fixed_cell], pushed, optimizer="fire", fmax=1e-3, max_steps=1000, relax_cell=True, progress=False,
+                      loop=loop)
     assert_like_ase([sheared], [fixed_cell], pushed, "fire", 1e-3, CellFilter())
     assert space_group(sheared.atoms) == "P4/nmm (129)"
     assert space_group(results[0].atoms) == space_group(cells[0].atoms) == "P4/nmm (129)"
     assert cells[0].atoms.get_volume() < fixed_cell.get_volume()
-    [free] = relax([rattled], lj, "fire", fmax=1e-3, max_steps=1000, progress=False, loop="host")
+    [free] = relax([rattled], lj, optimizer="fire", fmax=1e-3, max_steps=1000, progress=False, loop="host")
     assert space_group(free.atoms) != "P4/nmm (129)"
 
 
@@ -187,13 +188,14 @@ CELL_CASES = {
 def test_cell_options_take_ases_steps(lj, loop, case):
     optimizer, cell = CELL_CASES[case]
     strained = argon(7, a=5.6, strained=True)
-    [mine] = relax([strained], lj, ours(optimizer), fmax=1e-3, max_steps=1000, relax_cell=True, cell_filter=cell, progress=False,
-                   loop=loop)
+    [mine] = relax([strained], lj, optimizer=ours(optimizer), fmax=1e-3, max_steps=1000, relax_cell=True, cell_filter=cell,
+                   progress=False, loop=loop)
     assert_like_ase([mine], [strained], lj, optimizer, 1e-3, cell)
     if case == "constant-volume":
         assert mine.atoms.get_volume() == pytest.approx(strained.get_volume(), rel=2e-3)
     if case == "pressure":  # squeezed beyond the zero-pressure cell
-        [free] = relax([strained], lj, "fire", fmax=1e-3, max_steps=1000, relax_cell=True, progress=False, loop="host")
+        [free] = relax([strained], lj, optimizer="fire", fmax=1e-3, max_steps=1000, relax_cell=True, progress=False,
+                       loop="host")
         assert mine.atoms.get_volume() < free.atoms.get_volume()
 
 
@@ -206,8 +208,8 @@ LBFGSLineSearch"""
 @pytest.mark.parametrize("optimizer", list(REFERENCE))
 def test_the_reference_protocols(lj, loop, optimizer):
     structures = [argon(7, a=5.6, strained=True), constrained(8, FixAtoms([2]), a=5.1)]
-    results = relax(structures, lj, optimizer, fmax=1e-2, max_steps=1000, relax_cell=True, cell_filter=REFERENCE[optimizer],
-                    progress=False, loop=loop)
+    results = relax(structures, lj, optimizer=optimizer, fmax=1e-2, max_steps=1000, relax_cell=True,
+                    cell_filter=REFERENCE[optimizer], progress=False, loop=loop)
     assert_like_ase(results, structures, lj, optimizer, 1e-2, REFERENCE[optimizer], atol=1e-8)
 
 
@@ -278,7 +280,7 @@ def test_what_jaxmat_cannot_apply_is_refused_by_name(lj):
     com_first = constrained(2, [FixCom(), FixAtoms([0])])
     _, symmetric = layered(1)
     symmetric.set_constraint([FixAtoms([0])] + symmetric.constraints)
-    results = relax([line, com_first, symmetric, argon(3)], lj, "fire", fmax=1e-2, progress=False, loop="host")
+    results = relax([line, com_first, symmetric, argon(3)], lj, optimizer="fire", fmax=1e-2, progress=False, loop="host")
     assert [r.status for r in results] == ["failed", "failed", "failed", "converged"]
     assert "(FixedLine)" in results[0].message and "FixAtoms, FixCartesian, FixCom" in results[0].message
     assert "centre-of-mass constraint before" in results[1].message

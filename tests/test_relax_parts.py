@@ -85,8 +85,8 @@ def test_no_structures_no_work():
     from jaxmat.forcefields.classical import lennard_jones
     from jaxmat.relax import relax
 
-    stats = {}
-    assert relax([], lennard_jones(), progress=False, stats=stats) == [] and stats["force_calls"] == 0
+    results = relax([], lennard_jones(), progress=False)
+    assert results == [] and results.stats["force_calls"] == 0
 
 
 def test_structures_that_cannot_be_relaxed_fail_alone_with_a_reason():
@@ -113,12 +113,12 @@ def test_structures_that_cannot_be_relaxed_fail_alone_with_a_reason():
     reasons = {1: "non-finite cell", 2: "zero volume", 3: "coordinates beyond", 4: "partly periodic", 5: "(Hookean)",
                6: "relax_cell needs a periodic structure"}
     for loop in ("host", "device"):
-        results = relax([good, nan_cell, flat_cell, far, slab, fixed, molecule], lj, "fire", fmax=1e-3, relax_cell=True,
-                        progress=False, loop=loop)
+        results = relax([good, nan_cell, flat_cell, far, slab, fixed, molecule], lj, optimizer="fire", fmax=1e-3,
+                        relax_cell=True, progress=False, loop=loop)
         assert results[0].status == "converged", (loop, results[0].message)
         for i, reason in reasons.items():
             assert results[i].status == "failed" and reason in results[i].message, (loop, i, results[i].message)
-    assert relax([molecule], lj, "fire", fmax=1e-3, progress=False)[0].status == "converged"  # fine without relax_cell
+    assert relax([molecule], lj, optimizer="fire", fmax=1e-3, progress=False)[0].status == "converged"  # fine without relax_cell
 
 
 @pytest.mark.parametrize("setting", [{"fmax": float("nan")}, {"fmax": 0.0}, {"max_steps": -1}, {"max_systems": -1},

@@ -123,10 +123,9 @@ def run_relaxations(starts, force_fields: dict, section: dict, out_dir: Path, co
             continue
         print(f"{out_dir.name}: relaxing {len(starts)} structures with {label} ({section['optimizer']}, fmax "
               f"{section['fmax']} eV/Å, at most {section['max_steps']} steps)", file=sys.stderr)
-        stats: dict = {}
         names = [f"{out_dir.name} structure {i}" for i in range(len(starts))]
-        results = relax(starts, ff, section["optimizer"], section["fmax"], section["max_steps"],
-                        config["max_atoms"], keep_trajectory=True, names=names, stats=stats, relax_cell=relax_cell)
+        results = relax(starts, ff, optimizer=section["optimizer"], fmax=section["fmax"], max_steps=section["max_steps"],
+                        max_atoms=config["max_atoms"], keep_trajectory=True, names=names, relax_cell=relax_cell)
         at_dft = None
         if "dft_positions" in starts[0].arrays:
             dft_geometries = []
@@ -146,7 +145,7 @@ def run_relaxations(starts, force_fields: dict, section: dict, out_dir: Path, co
                 atoms.info["model_energy_at_dft"] = float(at_dft[i])
             frames.append(atoms)
             traces.append([float(step[1]) for step in result.trajectory])
-        write_json(out_dir / f"{label}_traces.json", {"energies_eV": traces, "stats": stats})
+        write_json(out_dir / f"{label}_traces.json", {"energies_eV": traces, "stats": results.stats})
         write_frames(path, frames)
 
 

@@ -193,9 +193,9 @@ def main(argv=None) -> int:
     names = [f"structure {i} of {args.input}" for i in todo]
     if todo:  # (a process whose share is all done has nothing to relax)
         run = shards.on_local_devices(relax) if args.per_device else relax
-        run([structures[i] for i in todo], force_field, args.optimizer, args.fmax, args.max_steps, args.max_atoms,
-              progress=not args.no_progress, on_result=on_result, keep_trajectory=traj_dir is not None, names=names,
-              relax_cell=args.relax_cell, cell_filter=cell_filter)
+        run([structures[i] for i in todo], force_field, optimizer=args.optimizer, fmax=args.fmax, max_steps=args.max_steps,
+            max_atoms=args.max_atoms, progress=not args.no_progress, on_result=on_result,
+            keep_trajectory=traj_dir is not None, names=names, relax_cell=args.relax_cell, cell_filter=cell_filter)
     if not shards.finish(out, partial, done, len(structures)):  # several processes: the first writes OUT
         return 0
     manifest_path(out).unlink(missing_ok=True)

@@ -67,21 +67,7 @@ class CellFilter:
         xx, yy, zz, yz, xz, xy = self.mask
         return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]], float)
 
-    def ase_filter(self, atoms):
-        """ASE's filter with these options around ``atoms`` (the host loop)."""
-        import warnings
-
-        from ase.filters import ExpCellFilter, FrechetCellFilter
-
-        options = dict(mask=None if self.mask is None else list(self.mask), hydrostatic_strain=self.hydrostatic_strain,
-                       constant_volume=self.constant_volume, scalar_pressure=self.scalar_pressure)
-        if self.kind == "frechet":
-            return FrechetCellFilter(atoms, **options)
-        with warnings.catch_warnings():  # ASE deprecates ExpCellFilter; the reference study relaxed with it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return ExpCellFilter(atoms, **options)
-
-    # --- the device loop's arrays: cell rows (S, 3, 3), deformation gradients, forces ---
+    # --- batched arrays (both loops): cell rows (S, 3, 3), deformation gradients, forces ---
 
     def initial_cell_rows(self, n_atoms) -> np.ndarray:
         """The cell rows of undeformed systems (F = I), (S, 3, 3)."""

@@ -1,97 +1,144 @@
-"""The host-driven relaxation loop, for any force field (the mace-torch bridge, CHGNet, or JAX ones on request).
+"""The host-driven relaxation loop, for any force field (the mace-torch bridge, CHGNet, an ASE calculator, or JAX
+ones on request).
 
-Each iteration evaluates the force field once for the whole batch, lets a line-search optimizer take
-the evaluation into its searches (:meth:`LBFGSLineSearch.advance`), retires systems that converged
-(max force < fmax, eV/Å, cell rows included), hit max_steps (both judged only where the optimizer
-stands at one of its points) or failed (non-finite energy/forces/stress, exploding forces, a failed
-line search), refills the freed capacity from the queue, and takes one jit-compiled optimizer step
-for the rest. Padded shapes are fixed for the run, so the step compiles once. Cells relax through
-ASE's FrechetCellFilter or ExpCellFilter per system, and ASE applies the structures' constraints itself (the
-device loop has the same math in JAX, :mod:`jaxmat.relax.cell`, :mod:`jaxmat.relax.constraints`); where
-constraints or a strain mask change what the optimizer set, its rows are read back, as ASE's optimizers do.
+Each iteration evaluates the force field once for the running batch (:class:`jaxmat.relax.evaluation.BatchEvaluation`:
+out-of-memory halves the batch, numerical failures fail single structures, anything else stops the run naming
+the structures), lets a line-search optimizer take the evaluation into its searches
+(:meth:`LBFGSLineSearch.advance`), judges every system with the device loop's rule
+(:func:`jaxmat.relax.status.decide`), retires the finished ones, refills the freed capacity from the queue, and takes
+one jit-compiled optimizer step for the rest. Padded shapes are fixed for the run, so the step compiles once.
+
+Cells relax through the device loop's cell filter (:class:`jaxmat.relax.cell.CellFilter`, ASE's Frechet and Exp
+filters in JAX), called on all running systems at once at the fixed capacities. ASE applies the structures'
+constraints itself (``set_cell``/``set_positions``, constraint-adjusted forces and stress), as its filters do;
+where constraints or a strain mask change what the optimizer set, its rows are read back, as ASE's optimizers do.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-
 import jax
 import numpy as np
 
-from jaxmat.forcefields.base import SystemBatch, batch_from_atoms
+from jaxmat.padding import pad
 from jaxmat.relax.cell import CellFilter
+from jaxmat.relax.evaluation import BatchEvaluation
 from jaxmat.relax.scheduler import Capacities, admit
-
-log = logging.getLogger(__name__)
+from jaxmat.relax.status import RUNNING, STATUS_NAMES, SEARCH_FAILED, decide, message
 
 
 class Slot:
-    """One running structure: its working Atoms, optional cell filter, rows of optimizer coordinates."""
+    """One running structure: its working Atoms (owned), optimizer rows (atoms, plus 3 cell rows with a cell
+    filter) and steps taken."""
 
-    __slots__ = ("index", "atoms", "cell_filter", "n_atoms", "n_rows", "steps", "pressure", "read_back")
+    __slots__ = ("index", "atoms", "original_cell", "n_atoms", "n_rows", "steps", "read_back", "constrained")
 
     def __init__(self, index, atoms, cell: CellFilter | None):
         self.index, self.atoms, self.steps = index, atoms.copy(), 0
-        self.cell_filter = cell.ase_filter(self.atoms) if cell else None
-        self.pressure = cell.scalar_pressure if cell else 0.0  # eV/Å^3
-        self.read_back = bool(self.atoms.constraints) or (cell is not None and cell.mask is not None)
+        self.original_cell = np.asarray(atoms.cell[:], float)
+        self.constrained = bool(self.atoms.constraints)
+        self.read_back = self.constrained or (cell is not None and cell.mask is not None)
         self.n_atoms = len(atoms)
         self.n_rows = self.n_atoms + (3 if cell else 0)
 
-    def coordinates(self) -> np.ndarray:
-        """Optimizer coordinates: positions (Å), plus 3 cell rows (log deformation, scaled) with a cell filter."""
-        return self.cell_filter.get_positions() if self.cell_filter else self.atoms.positions.copy()
-
-    def set_coordinates(self, rows: np.ndarray) -> None:
-        if self.cell_filter:
-            self.cell_filter.set_positions(rows)
-        else:
-            self.atoms.set_positions(rows)  # ASE's constraints adjust the new positions
-
-    def objective(self, energy: float) -> float:
-        """What the optimizer minimises (eV): the energy, plus p V with a pressure."""
-        return energy + self.pressure * self.atoms.get_volume() if self.pressure else energy
-
-    def generalized_forces(self, energy, forces, stress) -> np.ndarray:
-        """Forces on the optimizer coordinates (eV/Å; cell rows from the stress as in ASE's filter)."""
-        if not self.cell_filter:
-            forces = forces.copy()
-            for constraint in self.atoms.constraints:
-                constraint.adjust_forces(self.atoms, forces)
-            return forces
+    def adjusted(self, energy, forces, stress):
+        """Forces (eV/Å) and stress (3, 3 eV/Å^3, or None) as the structure's ASE constraints leave them."""
+        if not self.constrained:
+            return forces, stress
         from ase.calculators.singlepoint import SinglePointCalculator
         from ase.stress import full_3x3_to_voigt_6_stress
 
-        self.atoms.calc = SinglePointCalculator(self.atoms, energy=energy, forces=forces, stress=full_3x3_to_voigt_6_stress(stress))
-        return self.cell_filter.get_forces()
+        extra = {} if stress is None else {"stress": full_3x3_to_voigt_6_stress(stress)}
+        self.atoms.calc = SinglePointCalculator(self.atoms, energy=energy, forces=forces, **extra)
+        return self.atoms.get_forces(), None if stress is None else self.atoms.get_stress(voigt=False)
+
+
+class HostCells:
+    """The cell filter's batched functions on all running slots at once, padded to fixed capacities (compiled once)."""
+
+    def __init__(self, cell: CellFilter, atom_capacity: int, system_capacity: int):
+        self.cell, self.atoms, self.systems = cell, atom_capacity, system_capacity + 1
+        self.geometry = jax.jit(cell.positions_and_cells)
+        self.read = jax.jit(cell.read_rows)
+        self.forces = jax.jit(lambda f, s, c, o, r, n, i, e: (cell.generalized_forces(f, s, c, o, r, n, i), cell.energy(e, c)))
+
+    def systems_arrays(self, slots):
+        """original cells, n_atoms, per-atom system index, all padded (padding: identity cells, one atom)."""
+        extra = self.systems - len(slots)
+        original = np.concatenate([np.stack([s.original_cell for s in slots]), np.tile(np.eye(3), (extra, 1, 1))])
+        n_atoms = pad(np.array([s.n_atoms for s in slots], float), extra, 1.0)
+        index = pad(np.repeat(np.arange(len(slots)), [s.n_atoms for s in slots]), self.atoms - sum(s.n_atoms for s in slots),
+                    self.systems - 1)
+        return original, n_atoms, index
+
+    def split(self, slots, rows):
+        """Atom rows (padded) and cell rows (S, 3, 3) of the concatenated per-slot optimizer rows."""
+        starts = np.concatenate([[0], np.cumsum([s.n_rows for s in slots])])
+        atom_rows = np.concatenate([rows[starts[k] : starts[k + 1] - 3] for k in range(len(slots))])
+        cell_rows = np.stack([rows[starts[k + 1] - 3 : starts[k + 1]] for k in range(len(slots))])
+        return pad(atom_rows, self.atoms - len(atom_rows)), pad(cell_rows, self.systems - len(slots))
+
+    def join(self, slots, atom_rows, cell_rows):
+        """Concatenated per-slot rows [atoms; 3 cell rows] from padded atom rows and cell rows."""
+        starts = np.concatenate([[0], np.cumsum([s.n_atoms for s in slots])])
+        return np.concatenate([part for k in range(len(slots)) for part in (atom_rows[starts[k] : starts[k + 1]], cell_rows[k])])
+
+    def set_geometry(self, slots, rows):
+        """Move each slot's atoms and cell to the optimizer rows as ASE's filters do (set_cell scaling the atoms, then
+        set_positions; constraints adjust both); returns the rows, read back where constraints or a mask need it."""
+        original, n_atoms, index = self.systems_arrays(slots)
+        atom_rows, cell_rows = self.split(slots, rows)
+        positions, cells = (np.asarray(a) for a in self.geometry(atom_rows, cell_rows, original, n_atoms, index))
+        start = 0
+        for k, slot in enumerate(slots):
+            slot.atoms.set_cell(cells[k], scale_atoms=True)
+            slot.atoms.set_positions(positions[start : start + slot.n_atoms])
+            start += slot.n_atoms
+        if not any(s.read_back for s in slots):
+            return rows
+        current = pad(np.concatenate([s.atoms.positions for s in slots]), self.atoms - start)
+        cells = np.concatenate([np.stack([s.atoms.cell[:] for s in slots]), np.tile(np.eye(3), (self.systems - len(slots), 1, 1))])
+        read_atoms, read_cells = (np.asarray(a) for a in self.read(current, cells, original, n_atoms, index))
+        read = self.join(slots, read_atoms, read_cells)
+        keep = np.repeat([not s.read_back for s in slots], [s.n_rows for s in slots])
+        return np.where(keep[:, None], rows, read)
+
+    def generalized(self, slots, rows, forces, stresses, energies):
+        """Per-slot generalized forces (eV/Å, atom and cell rows) and objectives E + pV (eV)."""
+        original, n_atoms, index = self.systems_arrays(slots)
+        _, cell_rows = self.split(slots, rows)
+        extra = self.systems - len(slots)
+        cells = np.concatenate([np.stack([s.atoms.cell[:] for s in slots]), np.tile(np.eye(3), (extra, 1, 1))])
+        (atom_force, cell_force), objective = self.forces(pad(forces, self.atoms - len(forces)), pad(stresses, extra), cells, original,
+                                                          cell_rows, n_atoms, index, pad(energies, extra))
+        return self.join(slots, np.asarray(atom_force), np.asarray(cell_force)), np.asarray(objective)[: len(slots)]
 
 
 def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_force, row_capacity, system_capacity,
-        cell, counters, finish, trajectories=None):
+        cell, counters, finish, describe, trajectories=None):
     """Relax the queued structures (indices into structures; sizes: rows each counts against row_capacity).
     finish(index, atoms, status, n_steps, energy, forces, stress, message) receives each result;
     trajectories (a dict, or None) collects (positions, energy, forces, cell) per evaluation; cell: how cells relax
-    (None: fixed cells)."""
+    (None: fixed cells); describe(indices) names input structures in errors."""
     relax_cell = cell is not None
     step_fn = jax.jit(opt.step)
     advance_fn = jax.jit(opt.advance) if hasattr(opt, "advance") else None
     place_rows, place_systems = placements()
+    host_cells = HostCells(cell, row_capacity, system_capacity) if relax_cell else None
     slots: list[Slot] = []
     rows = np.zeros((0, 3))  # optimizer coordinates of all running slots, concatenated
     row_state, system_state = opt.init_atoms(0), opt.init_systems(0)
+    evaluate = BatchEvaluation(force_field, lambda ks: describe([slots[k].index for k in ks]), counters)
 
     def padded(energies, generalized):
         """The running slots' arrays at the fixed capacities, placed on the devices."""
         n_rows, pad_rows = len(rows), row_capacity - len(rows)
         system_index = np.concatenate([np.repeat(np.arange(len(slots)), [s.n_rows for s in slots]), np.full(pad_rows, system_capacity)])
         active = np.arange(system_capacity + 1) < len(slots)
-        return (place_rows({k: pad_rows_to(np.asarray(v), row_capacity) for k, v in row_state.items()}),
-                place_systems({k: pad_rows_to(np.asarray(v), system_capacity + 1) for k, v in system_state.items()}),
-                place_rows(pad_rows_to(rows, row_capacity)), place_rows(pad_rows_to(np.concatenate(generalized), row_capacity)),
-                place_rows(system_index), place_systems(active),
-                place_systems(pad_rows_to(np.asarray(energies, float), system_capacity + 1)),
-                n_rows)
+        extra = system_capacity + 1 - len(slots)
+        return (place_rows({k: pad(v, pad_rows) for k, v in row_state.items()}),
+                place_systems({k: pad(v, extra) for k, v in system_state.items()}),
+                place_rows(pad(rows, pad_rows)), place_rows(pad(generalized, pad_rows)),
+                place_rows(system_index), place_systems(active), place_systems(pad(np.asarray(energies, float), extra)), n_rows)
 
     while queue or slots:
         if queue and len(slots) < system_capacity:  # refill: keep running systems with their state, add new ones that fit
@@ -101,80 +148,81 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
                 fresh, fresh_systems = opt.init_atoms(sum(s.n_rows for s in new)), opt.init_systems(len(new))
                 row_state = {k: np.concatenate([np.asarray(v), fresh[k]]) for k, v in row_state.items()}
                 system_state = {k: np.concatenate([np.asarray(v), fresh_systems[k]]) for k, v in system_state.items()}
-                rows = np.concatenate([rows] + [s.coordinates() for s in new])
+                start_rows = [s.atoms.positions.copy() for s in new]
+                if relax_cell:
+                    start_rows = [np.concatenate([p, r]) for p, r in zip(start_rows, cell.initial_cell_rows([s.n_atoms for s in new]))]
+                rows = np.concatenate([rows] + start_rows)
                 slots += new
-        row_starts = np.concatenate([[0], np.cumsum([s.n_rows for s in slots])])
-        rows = np.array(rows)  # writable: read-back rows replace what the optimizer set
-        for k, slot in enumerate(slots):
-            slot.set_coordinates(rows[row_starts[k] : row_starts[k + 1]])
-            if slot.read_back:
-                rows[row_starts[k] : row_starts[k + 1]] = slot.coordinates()
-        batch = batch_from_atoms([s.atoms for s in slots])
-        counters["force_calls"] += 1
-        counters["structure_evaluations"] += len(slots)
-        force_started = time.perf_counter()
-        try:
-            out = force_field(batch, compute_stress=relax_cell)
-            energies, forces = np.asarray(out.energy, np.float64), np.asarray(out.forces, np.float64)
-            stresses = None if out.stress is None else np.asarray(out.stress, np.float64)
-        except Exception as exc:  # a whole-batch failure: isolate by evaluating one system at a time
-            energies, forces, stresses = evaluate_one_by_one(force_field, batch, exc, relax_cell)
-        counters["force_seconds"] += time.perf_counter() - force_started
+        rows = host_cells.set_geometry(slots, np.asarray(rows)) if relax_cell else set_positions(slots, np.array(rows))
+        energies, forces, stresses, failures = evaluate([s.atoms for s in slots], relax_cell)
         atom_starts = np.concatenate([[0], np.cumsum([s.n_atoms for s in slots])])
-        finite, generalized = [], []
+        finite, adjusted_forces, adjusted_stresses = np.zeros(len(slots), bool), forces.copy(), stresses
         for k, slot in enumerate(slots):
-            f_k, e_k = forces[atom_starts[k] : atom_starts[k + 1]], float(energies[k])
-            s_k = None if stresses is None else stresses[k]
+            f_k, s_k = forces[atom_starts[k] : atom_starts[k + 1]], None if stresses is None else stresses[k]
             if trajectories is not None:
-                trajectories.setdefault(slot.index, []).append((slot.atoms.positions.copy(), e_k, f_k.copy(), slot.atoms.cell[:].copy()))
-            finite.append(np.isfinite(e_k) and np.all(np.isfinite(f_k)) and (s_k is None or np.all(np.isfinite(s_k))))
-            generalized.append(slot.generalized_forces(e_k, f_k, s_k) if finite[k] else np.zeros((slot.n_rows, 3)))
-        objectives = np.array([slot.objective(float(e)) if ok else 0.0 for slot, e, ok in zip(slots, energies, finite)])  # E + pV
+                trajectories.setdefault(slot.index, []).append((slot.atoms.positions.copy(), float(energies[k]), f_k.copy(),
+                                                                slot.atoms.cell[:].copy()))
+            finite[k] = np.isfinite(energies[k]) and np.all(np.isfinite(f_k)) and (s_k is None or np.all(np.isfinite(s_k)))
+            if finite[k] and slot.constrained:
+                adjusted_forces[atom_starts[k] : atom_starts[k + 1]], s_adj = slot.adjusted(float(energies[k]), f_k, s_k)
+                if s_adj is not None:
+                    adjusted_stresses[k] = s_adj
+        clean_energies = np.where(finite, energies, 0.0)
+        if relax_cell:
+            clean = np.repeat(finite, [s.n_atoms for s in slots])[:, None]
+            generalized, objectives = host_cells.generalized(slots, rows, np.where(clean, adjusted_forces, 0.0),
+                                                             np.where(finite[:, None, None], adjusted_stresses, 0.0), clean_energies)
+        else:
+            generalized, objectives = np.where(np.isfinite(adjusted_forces), adjusted_forces, 0.0), clean_energies
+        row_starts = np.concatenate([[0], np.cumsum([s.n_rows for s in slots])])
+        largest = np.array([np.max(np.linalg.norm(generalized[row_starts[k] : row_starts[k + 1]], axis=1)) for k in range(len(slots))])
         at_point, search_failed = np.ones(len(slots), bool), np.zeros(len(slots), bool)
         if advance_fn is not None:  # the line searches take this evaluation first
-            p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(objectives,
-                                                                                                generalized)
+            p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(objectives, generalized)
             p_rows, p_systems, points, lost = advance_fn(p_rows, p_systems, p_coords, p_forces, p_energy, p_index, p_active)
             row_state = {k: np.asarray(v)[:n_rows] for k, v in p_rows.items()}
             system_state = {k: np.asarray(v)[: len(slots)] for k, v in p_systems.items()}
             at_point, search_failed = np.asarray(points)[: len(slots)], np.asarray(lost)[: len(slots)]
-        keep, kept_forces = [], []
+        codes, running, lost = (np.asarray(a) for a in decide(
+            np.full(len(slots), RUNNING), np.ones(len(slots), bool), ~finite, largest, search_failed, at_point,
+            np.array([s.steps for s in slots]), fmax=fmax, max_force=max_force, max_steps=max_steps))
         for k, slot in enumerate(slots):  # retire finished systems
-            f_k, e_k = forces[atom_starts[k] : atom_starts[k + 1]], float(energies[k])
-            s_k = None if stresses is None else stresses[k]
-            done = lambda status, message="": finish(slot.index, slot.atoms.copy(), status, slot.steps, e_k, f_k, s_k, message)
-            if not finite[k]:
-                finish(slot.index, slot.atoms.copy(), "failed", slot.steps, e_k, f_k, None, "non-finite energy, forces or stress")
+            if running[k]:
                 continue
-            g_max = float(np.max(np.linalg.norm(generalized[k], axis=1)))
-            if g_max > max_force:
-                done("failed", f"exploding forces (max {g_max:.3g} eV/Å)")
-            elif search_failed[k]:  # the step that could not open its search never completed: ASE does not count it
-                finish(slot.index, slot.atoms.copy(), "failed", slot.steps - 1, e_k, f_k, s_k,
-                       "line search failed (ASE raises 'LineSearch failed!')")
-            elif at_point[k] and g_max < fmax:
-                done("converged")
-            elif at_point[k] and slot.steps >= max_steps:
-                done("max_steps")
-            else:
-                keep.append(k)
-                kept_forces.append(generalized[k])
+            rows_k = slice(atom_starts[k], atom_starts[k + 1])
+            text = failures[k] or message(codes[k], largest[k])
+            stress = stresses[k] if stresses is not None and finite[k] else None
+            steps = slot.steps - int(codes[k] == SEARCH_FAILED)  # the step that could not open its search never completed
+            finish(slot.index, slot.atoms.copy(), STATUS_NAMES[int(codes[k])], steps, float(energies[k]), forces[rows_k], stress, text)
+        keep = np.flatnonzero(running)
         if len(keep) < len(slots):
-            row_keep = np.concatenate([np.arange(row_starts[k], row_starts[k + 1]) for k in keep]) if keep else np.zeros(0, int)
+            row_keep = np.concatenate([np.arange(row_starts[k], row_starts[k + 1]) for k in keep]) if len(keep) else np.zeros(0, int)
             row_state = {k: np.asarray(v)[row_keep] for k, v in row_state.items()}
-            system_state = {k: np.asarray(v)[np.asarray(keep, int)] for k, v in system_state.items()}
-            rows, slots = rows[row_keep], [slots[k] for k in keep]
-            at_point, objectives = at_point[np.asarray(keep, int)], objectives[np.asarray(keep, int)]
+            system_state = {k: np.asarray(v)[keep] for k, v in system_state.items()}
+            rows, generalized, slots = rows[row_keep], generalized[row_keep], [slots[k] for k in keep]
+            at_point, objectives = at_point[keep], objectives[keep]
         if not slots:
             continue
         # one optimizer step for the running systems, at fixed padded shapes
-        p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(objectives, kept_forces)
+        p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy, n_rows = padded(objectives, generalized)
         new_rows, new_systems, new_coordinates = step_fn(p_rows, p_systems, p_coords, p_forces, p_index, p_active, p_energy)
         row_state = {k: np.asarray(v)[:n_rows] for k, v in new_rows.items()}
         system_state = {k: np.asarray(v)[: len(slots)] for k, v in new_systems.items()}
         rows = np.asarray(new_coordinates)[:n_rows]
         for slot, point in zip(slots, at_point):
             slot.steps += int(point)  # a line search counts as one step, as in ASE
+
+
+def set_positions(slots, rows):
+    """Each slot's atoms to its rows (ASE's constraints adjust them); the rows, read back where constrained."""
+    start = 0
+    for slot in slots:
+        part = slice(start, start + slot.n_rows)
+        slot.atoms.set_positions(rows[part])
+        if slot.read_back:
+            rows[part] = slot.atoms.positions
+        start += slot.n_rows
+    return rows
 
 
 def placements():
@@ -191,26 +239,3 @@ def placements():
     mesh = Mesh(np.array(devices), ("rows",))
     rows, replicated = NamedSharding(mesh, PartitionSpec("rows")), NamedSharding(mesh, PartitionSpec())
     return (lambda tree: jax.device_put(tree, rows)), (lambda tree: jax.device_put(tree, replicated))
-
-
-def pad_rows_to(array: np.ndarray, rows: int) -> np.ndarray:
-    return np.concatenate([array, np.zeros((rows - len(array),) + array.shape[1:], array.dtype)])
-
-
-def evaluate_one_by_one(force_field, batch: SystemBatch, error: Exception, compute_stress: bool = False):
-    """Per-system evaluation after a batch call failed: failing systems get NaN and are marked failed."""
-    log.warning("batch force evaluation failed (%s); evaluating systems one by one", error)
-    energies = np.full(batch.n_systems, np.nan)
-    forces = np.full_like(batch.positions, np.nan)
-    stresses = np.full((batch.n_systems, 3, 3), np.nan) if compute_stress else None
-    for s in range(batch.n_systems):
-        mask = batch.system_index == s
-        single = batch.system(s)
-        try:
-            out = force_field(single, compute_stress=compute_stress)
-            energies[s], forces[mask] = out.energy[0], out.forces
-            if compute_stress:
-                stresses[s] = out.stress[0]
-        except Exception as exc:
-            log.warning("system %d failed: %s", s, exc)
-    return energies, forces, stresses

@@ -15,7 +15,9 @@ import numpy as np
 
 @dataclass
 class RelaxResult:
-    """Outcome for one structure: final atoms (positions in Å), energy (eV), forces (eV/Å), stress (eV/Å^3)."""
+    """Outcome for one structure: final atoms (positions in Å; ``atoms.get_stress()`` gives ASE's Voigt stress),
+    energy (eV), forces (N, 3) eV/Å, ``stress`` the full (3, 3) tensor in eV/Å^3 with ASE's sign (positive:
+    tensile; None unless cells relaxed), ``voigt_stress`` the same in ASE's Voigt order (xx, yy, zz, yz, xz, xy)."""
 
     index: int
     atoms: object
@@ -35,8 +37,30 @@ class RelaxResult:
         return AseAtomsAdaptor.get_structure(self.atoms)
 
     @property
+    def voigt_stress(self) -> np.ndarray | None:
+        """The stress (6,) eV/Å^3 in ASE's Voigt order, as ``atoms.get_stress()`` returns it."""
+        return None if self.stress is None else voigt(self.stress)
+
+    @property
     def fmax(self) -> float:
         return float(np.max(np.linalg.norm(self.forces, axis=1))) if self.forces is not None and len(self.forces) else float("nan")
+
+
+def voigt(stress) -> np.ndarray:
+    """A (3, 3) stress in ASE's Voigt order (xx, yy, zz, yz, xz, xy), off-diagonal pairs averaged as ASE does."""
+    s = np.asarray(stress, float)
+    return np.array([s[0, 0], s[1, 1], s[2, 2], (s[1, 2] + s[2, 1]) / 2, (s[0, 2] + s[2, 0]) / 2, (s[0, 1] + s[1, 0]) / 2])
+
+
+class RelaxResults(list):
+    """The results of a run in input order (a list of :class:`RelaxResult`) and its ``stats``: force_calls (batch
+    evaluations), structure_evaluations, force_seconds, total_seconds, memory_halvings (host loop), and with the device
+    loop loop_calls, iterations, rebuilds, reallocations, refills, compilations, compile_seconds, device_seconds,
+    host_seconds."""
+
+    def __init__(self, items=(), stats: dict | None = None):
+        super().__init__(items)
+        self.stats = dict(stats or {})
 
 
 class Results:
@@ -63,8 +87,6 @@ class Results:
     def record(self, index, atoms, status, n_steps, energy, forces, stress, message="") -> None:
         """One finished structure (atoms: its final geometry, owned by the result; stress (3, 3) or None)."""
         from ase.calculators.singlepoint import SinglePointCalculator
-        from ase.stress import full_3x3_to_voigt_6_stress
-
-        extra = {"stress": full_3x3_to_voigt_6_stress(stress)} if stress is not None else {}
+        extra = {"stress": voigt(stress)} if stress is not None else {}
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, **extra)
         self.add(RelaxResult(index, atoms, status, n_steps, energy, forces, stress, message))

@@ -1,0 +1,89 @@
+"""Single-point evaluation: energies, forces and stress of many structures with any force field, no optimizer.
+
+``evaluate(structures, force_field)`` batches the structures by an atom budget, with the host loop's input checks
+and failure rule (:mod:`jaxmat.relax.inputs`, :mod:`jaxmat.relax.evaluation`), and returns one
+:class:`SinglePoint` per structure in input order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from jaxmat.precision import scoped_by
+from jaxmat.relax.evaluation import BatchEvaluation
+from jaxmat.relax.inputs import as_atoms, check_elements, name_of, problem
+from jaxmat.relax.options import check_settings
+from jaxmat.relax.results import voigt
+from jaxmat.relax.scheduler import Capacities, admit, capacities
+
+
+@dataclass
+class SinglePoint:
+    """One structure's evaluation: ``atoms`` (a copy carrying the results as a SinglePointCalculator, so
+    ``atoms.get_stress()`` gives ASE's Voigt stress), energy (eV), forces (N, 3) eV/Å, ``stress`` the full (3, 3)
+    tensor in eV/Å^3 with ASE's sign (None where not computed), ``voigt_stress`` the same in ASE's Voigt order;
+    status "evaluated" or "failed" with a message."""
+
+    index: int
+    atoms: object
+    status: str
+    energy: float = float("nan")
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    message: str = ""
+
+    @property
+    def voigt_stress(self) -> np.ndarray | None:
+        """The stress (6,) eV/Å^3 in ASE's Voigt order (xx, yy, zz, yz, xz, xy)."""
+        return None if self.stress is None else voigt(self.stress)
+
+
+@scoped_by("float64")
+def evaluate(structures: Sequence, force_field, *, compute_stress: bool | None = None, max_atoms: int | None = None,
+             names: Sequence[str] | None = None, float64: bool = True) -> list[SinglePoint]:
+    """Energies (eV), forces (eV/Å) and stresses (eV/Å^3) of ASE Atoms or pymatgen Structures, in input order.
+
+    compute_stress: None (default) for the fully periodic structures only, True for all (refused for
+    non-periodic ones), False for none. max_atoms: atoms per force-field call (default: all, at least 4096 or
+    the largest structure). A structure that cannot be evaluated (no atoms, overlapping atoms, a numerical failure
+    of the force field) is ``failed`` with the reason while the rest are evaluated; elements the force field does
+    not know are refused before any work (:class:`jaxmat.errors.JaxmatInputError`)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    check_settings(1.0, 0, max_atoms, None)
+    structures = [as_atoms(s, name_of(names, i)) for i, s in enumerate(structures)]
+    check_elements(structures, force_field, names)
+    results: list[SinglePoint | None] = [None] * len(structures)
+    groups = {True: [], False: []}
+    for i, atoms in enumerate(structures):
+        periodic = bool(np.all(atoms.pbc))
+        why = problem(atoms) or (None if periodic or compute_stress is not True else "stress needs a periodic structure")
+        if why:
+            results[i] = SinglePoint(i, atoms.copy(), "failed", message=why)
+        else:
+            groups[periodic if compute_stress is None else bool(compute_stress)].append(i)
+    for stress, queue in groups.items():
+        if not queue:
+            continue
+        sizes = {i: len(structures[i]) for i in queue}
+        capacity = capacities(sizes, max_atoms, None)
+        chunk: list[int] = []  # the structures of the current call; failures name them
+        evaluation = BatchEvaluation(force_field, lambda ks: ", ".join(name_of(names, chunk[k]) for k in ks))
+        while queue:
+            chunk[:] = admit(queue, sizes, 0, 0, Capacities(capacity.rows, len(queue)))
+            energies, forces, stresses, failures = evaluation([structures[i] for i in chunk], stress)
+            start = 0
+            for k, i in enumerate(chunk):
+                atoms, f = structures[i].copy(), forces[start : start + len(structures[i])]
+                start += len(atoms)
+                s = None if stresses is None else stresses[k]
+                if failures[k] or not (np.isfinite(energies[k]) and np.all(np.isfinite(f)) and (s is None or np.all(np.isfinite(s)))):
+                    results[i] = SinglePoint(i, atoms, "failed", float(energies[k]), f, s,
+                                             failures[k] or "non-finite energy, forces or stress")
+                    continue
+                atoms.calc = SinglePointCalculator(atoms, energy=float(energies[k]), forces=f, **({} if s is None else {"stress": voigt(s)}))
+                results[i] = SinglePoint(i, atoms, "evaluated", float(energies[k]), f, s)
+    return results
