@@ -18,11 +18,12 @@ from jax_md import energy as jmd_energy
 from jaxmat.forcefields.base import ForceFieldOutput, SystemBatch
 from jaxmat.forcefields.neighbors import pair_list, pair_shift_vectors, slot_shifts
 from jaxmat.forcefields.strain import deformation, energies_forces_stress
+from jaxmat.padding import pad
 
 
 def _pad(array, size, value=0):
-    extra = size - len(array)
-    return np.concatenate([array, np.full((extra,) + array.shape[1:], value, array.dtype)])
+    """array padded to ``size`` rows."""
+    return pad(array, size - len(array), value)
 
 
 class PairPotential:
