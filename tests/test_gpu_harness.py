@@ -37,7 +37,7 @@ def test_smoke_run_measures_every_kind_of_unit(tmp_path):
     units = record["units"]
     assert record["smoke"] is True
     for name, entry in units.items():  # a peer that is not installed is reported, nothing else may fail
-        assert entry["status"] == "ok" or (entry["status"] == "unavailable" and "torch-sim" in name), (name, entry)
+        assert entry["status"] == "ok" or (entry["status"] == "unavailable" and ("torch-sim" in name or "cueq" in name)), (name, entry)
     assert units["env"]["result"]["torch_device"] in ("cpu", "cuda")
     # parity: the JAX MACE and mace-torch on the same structures, float64
     parity = [r for r in record["parity"] if r["dtype"] == "float64" and r["comparison"] == "jaxmat-jax vs mace-torch"]
@@ -152,3 +152,17 @@ def test_workloads_have_the_documented_sizes():
     w3, w4 = workload("W3"), workload("W4")
     assert [len(a) for a in w3] == [64] * 256 and [len(a) for a in w4] == [512] * 32
     assert not np.allclose(w3[0].positions, w3[1].positions)
+
+
+def test_cuequivariance_peers_are_planned_and_reported_unavailable_without_the_package(monkeypatch):
+    """mace-torch with cuEquivariance and torch-sim's MaceModel(enable_cueq=True) beside the plain peers; where the
+    package is missing the harness says so without starting the unit's process."""
+    import importlib.util
+
+    names = [unit["name"] for unit in harness.build_plan(smoke=False, model="m.model")]
+    assert "forces-small-float32-mace-torch-cueq" in names and "relax-W3-lbfgs-torch-sim-cueq" in names
+    plain = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cuequivariance_torch" else plain(name, *a))
+    cueq = {"name": "forces-small-float32-mace-torch-cueq", "spec": {"contender": "mace-torch-cueq"}}
+    assert harness.missing_peer(cueq) == "cuequivariance_torch not installed"
+    assert harness.missing_peer({"name": "forces-small-float32-jaxmat-jax", "spec": {"contender": "jaxmat-jax"}}) is None

@@ -62,7 +62,7 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
         return [{"name": f"forces-{name}-{dtype}-{contender}", "kind": "forces", "min_s": 20 if name == "small" else 40,
                  "cap_s": 150 if name == "small" else 200,
                  "spec": {"model": model_spec, "dtype": dtype, "contender": contender, "workloads": workloads, "repeats": repeats}}
-                for contender in ("mace-torch", "jaxmat-jax")]
+                for contender in ("mace-torch", "mace-torch-cueq", "jaxmat-jax")]
 
     def profile(dtype):
         # W3 (16,384 atoms, ~1M edges) with the shared model: ~15 stages, two compilations each, on the GPU about
@@ -88,7 +88,7 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
     def relaxations(workload, optimizer):
         if not relax_model:
             return []
-        contenders = ["jaxmat-jax", "torch-sim", "ase"] + (["jaxmat-torch"] if optimizer == "lbfgs" else [])
+        contenders = ["jaxmat-jax", "torch-sim", "torch-sim-cueq", "ase"] + (["jaxmat-torch"] if optimizer == "lbfgs" else [])
         return [{"name": f"relax-{workload}-{optimizer}-{contender}", "kind": "relax", "min_s": 25, "cap_s": 180,
                  "spec": {"workload": workload, "optimizer": optimizer, "contender": contender, "model": relax_model,
                           "fmax": 0.05, "max_steps": 5 if smoke else 300, "ase_structures": 1 if smoke else 4}}
@@ -146,6 +146,16 @@ def run_unit(unit: dict, workdir: Path, timeout: float, log) -> dict:
     if "unavailable" in result:
         return {"status": "unavailable", "wall_s": wall, "note": result["unavailable"]}
     return {"status": "ok", "wall_s": wall, "result": result, **({"note": result["stopped"]} if result.get("stopped") else {})}
+
+
+def missing_peer(unit: dict) -> str | None:
+    """Why a unit's peer cannot run here (a package not installed), found without starting its process; or None."""
+    import importlib.util
+
+    contender = unit["spec"].get("contender", "")
+    needed = (["cuequivariance_torch"] if contender.endswith("-cueq") else []) + (["torch_sim"] if contender.startswith("torch-sim") else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    return f"{', '.join(missing)} not installed" if missing else None
 
 
 def _last_error(log_path: str) -> str:
@@ -232,6 +242,8 @@ def main(argv=None) -> int:
             left = deadline - time.perf_counter()
             if unit["name"] in done and unit["name"] != "env":
                 entry = done[unit["name"]]
+            elif missing_peer(unit):
+                entry = {"status": "unavailable", "note": missing_peer(unit)}
             elif left < unit["min_s"]:
                 entry = {"status": "skipped", "note": f"budget left {max(left, 0):.0f} s < {unit['min_s']} s needed"}
             else:

@@ -19,6 +19,26 @@ def _arrays(folder: Path, name: str) -> dict | None:
     return dict(np.load(path)) if path.exists() else None
 
 
+def cueq_lines(record: dict) -> list[str]:
+    """The JAX MACE against mace-torch with cuEquivariance layers (same weights and dtype), where it ran."""
+    rows = []
+    for model in ("small", "medium"):
+        for dtype in ("float64", "float32"):
+            cueq, jax_result = _ok(record, f"forces-{model}-{dtype}-mace-torch-cueq"), _ok(record, f"forces-{model}-{dtype}-jaxmat-jax")
+            for workload in ("W1", "W3", "W4"):
+                c = (cueq or {}).get("workloads", {}).get(workload, {})
+                j = (jax_result or {}).get("workloads", {}).get(workload, {})
+                if c and j:
+                    rows.append(f"| {model} | {dtype} | {workload} | {_ms(c.get('call_s'))} | {_ms(c.get('model_s'))} | {_ms(j.get('call_s'))} | "
+                                f"{_ms(j.get('model_s'))} | {np.median(c['call_s']) / np.median(j['call_s']):.2f}x | "
+                                f"{np.median(c['model_s']) / np.median(j['model_s']):.2f}x |")
+    if not rows:
+        return []
+    return ["", "### Against mace-torch with cuEquivariance", "",
+            "| model | dtype | workload | cueq call | cueq model | jaxmat call | jaxmat model | speed-up call | speed-up model |",
+            "|---|---|---|---|---|---|---|---|---|"] + rows
+
+
 def parity_rows(record: dict, folder: Path) -> list[dict]:
     """JAX MACE vs mace-torch at the same dtype, and each float32 result vs mace-torch float64."""
     rows = []
@@ -27,7 +47,8 @@ def parity_rows(record: dict, folder: Path) -> list[dict]:
         for dtype in ("float64", "float32", "mixed"):
             torch_arrays = _arrays(folder, f"forces-{model}-{dtype}-mace-torch")
             jax_arrays = _arrays(folder, f"forces-{model}-{dtype}-jaxmat-jax")
-            pairs = [("jaxmat-jax vs mace-torch", jax_arrays, torch_arrays)]
+            cueq_arrays = _arrays(folder, f"forces-{model}-{dtype}-mace-torch-cueq")
+            pairs = [("jaxmat-jax vs mace-torch", jax_arrays, torch_arrays), ("mace-torch-cueq vs mace-torch", cueq_arrays, torch_arrays)]
             if dtype == "float32":
                 pairs += [("mace-torch float32 vs float64", torch_arrays, reference), ("jaxmat-jax float32 vs mace-torch float64", jax_arrays, reference)]
             if dtype == "mixed":  # mace-torch has no mixed mode
@@ -174,6 +195,7 @@ def render(record: dict) -> str:
                 lines.append(f"| {model} | {dtype} | {workload} | {t.get('atoms') or j.get('atoms')} | {_ms(t.get('call_s'))} | {_ms(t.get('model_s'))} | "
                              f"{_ms(j.get('call_s'))} | {_ms(j.get('model_s'))} | {j.get('first_call_s', float('nan')):.1f} | {ratio('call_s')} | "
                              f"{ratio('model_s')} | {_mib(t.get('peak_device_bytes'))} / {_mib(j.get('peak_device_bytes'))} |")
+    lines += cueq_lines(record)
     lines += profile_lines(record)
     lines += precision_lines(record)
     lines += ["", "## Relaxation (float64, fmax 0.05 eV/Å, all structures in one batch; ASE one at a time on the first few)", "",
@@ -247,12 +269,12 @@ def plot(record: dict, path: Path) -> None:
     left.barh(force_labels, force_ratios, color="tab:blue")
     left.axvline(1.0, color="k", lw=0.8)
     left.set_xlabel("force call speed-up, jaxmat JAX MACE / mace-torch")
-    contenders = ["jaxmat-jax", "jaxmat-torch", "torch-sim", "ase"]
+    contenders = ["jaxmat-jax", "jaxmat-torch", "torch-sim", "torch-sim-cueq", "ase"]
     groups = list(relax)
     for k, contender in enumerate(contenders):
         values = [relax[g].get(contender, 0.0) for g in groups]
-        right.bar(np.arange(len(groups)) + 0.2 * k, values, width=0.2, label=contender)
-    right.set_xticks(np.arange(len(groups)) + 0.3, groups)
+        right.bar(np.arange(len(groups)) + 0.16 * k, values, width=0.16, label=contender)
+    right.set_xticks(np.arange(len(groups)) + 0.32, groups)
     if any(v > 0 for g in groups for v in relax[g].values()):
         right.set_yscale("log")
     right.set_ylabel("structures / s")

@@ -7,11 +7,12 @@ outputs, ``block_until_ready`` or ``torch.cuda.synchronize``). Units:
 
 - ``env``: device, driver, versions.
 - ``forces``: one force call (energies + forces) per workload for one contender (mace-torch through
-  jaxmat's bridge, or jaxmat's JAX MACE), model and dtype: the call as the relaxer makes it (host
+  jaxmat's bridge, mace-torch with its layers converted to NVIDIA cuEquivariance by mace-torch's own converter
+  as ``enable_cueq=True`` does (``mace-torch-cueq``), or jaxmat's JAX MACE), model and dtype: the call as the relaxer makes it (host
   neighbour lists / graphs included) and the model alone on inputs already on the device; first call
   (compilation), peak device memory.
-- ``relax``: one relaxation contender (jaxmat with either backend, torch-sim's batched optimizer, ASE one
-  structure at a time) on one workload with FIRE or L-BFGS.
+- ``relax``: one relaxation contender (jaxmat with either backend, torch-sim's batched optimizer with plain or
+  cuEquivariance MACE (``torch-sim-cueq``: ``MaceModel(enable_cueq=True)``), ASE one structure at a time) on one workload with FIRE or L-BFGS.
 - ``polysrl``: the PolySRL train step, jaxmat (jit) vs the PyTorch + torch-geometric expression of
   benchmarks/polysrl_train_step.py, same parameters and noise.
 - ``profile``: where the JAX MACE's time goes: every stage of one call (benchmarks/mace_roofline.py)
@@ -108,6 +109,23 @@ def load_model(model: str, smoke: bool):
                             r_max=6.0, num_bessel=10, avg_num_neighbors=61.96, scale_shift=(0.8, 0.1))
 
 
+def cueq_model(model, device: str, dtype: str):
+    """A copy of the mace-torch model with its layers converted to cuEquivariance by mace-torch's own converter
+    (what ``MACECalculator(enable_cueq=True)`` runs); PeerUnavailable where cuequivariance_torch is not installed."""
+    import copy
+
+    import torch
+
+    try:
+        import cuequivariance_torch  # noqa: F401
+        from mace.cli.convert_e3nn_cueq import run as convert_to_cueq
+    except ImportError as exc:
+        raise PeerUnavailable(f"cuequivariance_torch is not installed ({exc}); pip install cuequivariance-torch "
+                              "cuequivariance-ops-torch-cu13") from exc
+    source = copy.deepcopy(model).to(dtype=torch.float64 if dtype == "float64" else torch.float32)
+    return convert_to_cueq(source, device=device, return_model=True)
+
+
 def timed(function, repeats: int):
     """(first-call seconds, list of later-call seconds, last output)."""
     started = time.perf_counter()
@@ -164,11 +182,12 @@ def unit_forces(spec, arrays):
         batch = batch_from_atoms(structures(workload, smoke))
         n_atoms = len(batch.numbers)
         reset_torch_peak()
-        if contender == "mace-torch":
+        if contender in ("mace-torch", "mace-torch-cueq"):
             from jaxmat.forcefields.mace_torch import MACETorch
             from mace.tools import torch_geometric
 
-            force_field = MACETorch(model, device=device, dtype=dtype, head=head)
+            torch_model = cueq_model(model, device, dtype) if contender == "mace-torch-cueq" else model
+            force_field = MACETorch(torch_model, device=device, dtype=dtype, head=head)
             first, call_times, out = timed(lambda: force_field(batch), spec["repeats"])
             collated = torch_geometric.Batch.from_data_list(force_field._graphs(batch)).to(device).to_dict()
 
@@ -205,7 +224,8 @@ def unit_relax(spec, arrays):
     cells = structures(workload, smoke)
     model_path = spec["model"]
     fmax, max_steps = spec["fmax"], spec["max_steps"]
-    runner = {"jaxmat-jax": relax_jaxmat, "jaxmat-torch": relax_jaxmat, "torch-sim": relax_torch_sim, "ase": relax_ase}[contender]
+    runner = {"jaxmat-jax": relax_jaxmat, "jaxmat-torch": relax_jaxmat, "torch-sim": relax_torch_sim, "torch-sim-cueq": relax_torch_sim,
+              "ase": relax_ase}[contender]
     result = runner(cells, model_path, contender, optimizer, fmax, max_steps, spec)
     arrays["energies"] = np.asarray(result.pop("energies"), np.float64)
     result["structures_per_s"] = result["structures"] / result["seconds"]
@@ -256,7 +276,7 @@ def _batch(cells):
 def relax_torch_sim(cells, model_path, contender, optimizer, fmax, max_steps, spec):
     """torch-sim's batched optimizer (ASE-flavoured FIRE, or L-BFGS), all structures in one batch, MACE
     through torch-sim's own MaceModel with its default neighbour list and its default convergence checks
-    (every 5 steps)."""
+    (every 5 steps); ``torch-sim-cueq``: its MaceModel with enable_cueq=True (cuEquivariance layers)."""
     import torch
 
     try:
@@ -269,8 +289,14 @@ def relax_torch_sim(cells, model_path, contender, optimizer, fmax, max_steps, sp
 
     torch_sim_version = version("torch-sim-atomistic")
     device = torch.device(torch_device())
+    cueq = contender == "torch-sim-cueq"
+    if cueq:
+        try:
+            import cuequivariance_torch  # noqa: F401
+        except ImportError as exc:
+            raise PeerUnavailable(f"cuequivariance_torch is not installed ({exc})") from exc
     model = MaceModel(model=torch.load(model_path, map_location=device, weights_only=False), device=device,
-                      dtype=torch.float64, compute_forces=True, compute_stress=False)
+                      dtype=torch.float64, compute_forces=True, compute_stress=False, **({"enable_cueq": True} if cueq else {}))
     if hasattr(ts, "Optimizer"):  # torch-sim >= 0.4
         chosen = {"fire": ts.Optimizer.fire, "lbfgs": ts.Optimizer.lbfgs}[optimizer]
     else:  # 0.3.x (Python 3.11): FIRE only
