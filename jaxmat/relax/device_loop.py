@@ -2,8 +2,8 @@
 updates of many systems in one compiled ``lax.while_loop``, for force fields with a device model (JAX
 MACE, pair potentials).
 
-One state pytree holds every running system at fixed capacities — rows (atoms), systems (the last
-slot collects padding rows and is never read), neighbour slots, system blocks and the shift cube of
+One state pytree (:class:`jaxmat.relax.state.DeviceState`) holds every running system at fixed
+capacities — rows (atoms), systems (the last slot collects padding rows and is never read), neighbour slots, system blocks and the shift cube of
 the on-device list — with the optimizer's coordinates (atom positions, plus three cell rows per
 system when cells relax through :mod:`jaxmat.relax.cell`), per-row and per-system optimizer state,
 step counters, status codes and the last energies, forces and stresses. Each iteration does what one
@@ -67,60 +67,60 @@ def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: b
 
     def run(params, state, limits, exit_on_finish):
         fmax, max_force, skin, max_steps, max_inner = (limits[k] for k in ("fmax", "max_force", "skin", "max_steps", "max_inner"))
-        n_systems, n_rows = state["active"].shape[0], state["positions"].shape[0]
-        symmetric = state["sym_weights"].shape[1] > 0  # a system with FixSymmetry in the batch (a shape: one program each)
-        index, real, row_index, row_real = state["system_index"], state["row_mask"], state["row_index"], state["row_real"]
+        n_systems, n_rows = state.active.shape[0], state.positions.shape[0]
+        symmetric = state.sym_weights.shape[1] > 0  # a system with FixSymmetry in the batch (a shape: one program each)
+        index, real, row_index, row_real = state.system_index, state.row_mask, state.row_index, state.row_real
 
         def body(carry):
             state, iteration, _, _, rebuilds, _ = carry
-            near, crowded = near_lists(state, limits["model_cutoff"], state["near_neighbors"].shape[1], state["near_outgoing"].shape[1])
-            state = dict(state, **near)  # the pairs within the model's cutoff now; crowded: they overflow the near list
-            energy, forces, stress = evaluate(params, {k: state[key] for k, key in GRAPH_KEYS.items()})
-            coords = state["coords"]
+            near, crowded = near_lists(state, limits["model_cutoff"], state.near_neighbors.shape[1], state.near_outgoing.shape[1])
+            state = state.replace(**near)  # the pairs within the model's cutoff now; crowded: they overflow the near list
+            energy, forces, stress = evaluate(params, {k: getattr(state, key) for k, key in GRAPH_KEYS.items()})
+            coords = state.coords
             bad_system = ~jnp.isfinite(energy)
-            held = constraints.adjust_forces(forces, state["free"], state["com_mass"], index, n_systems)
+            held = constraints.adjust_forces(forces, state.free, state.com_mass, index, n_systems)
             held_stress = stress
             if symmetric:  # FixSymmetry: forces and stress averaged over the operations at the current cell
-                weights = state["sym_weights"]
+                weights = state.sym_weights
                 has = jnp.any(weights > 0, axis=1)
-                held = jnp.where(has[index][:, None], constraints.symmetrize_vectors(held, state["cells"], state["sym_source"],
-                                                                                      state["sym_rotations"], weights, index), held)
+                held = jnp.where(has[index][:, None], constraints.symmetrize_vectors(held, state.cells, state.sym_source,
+                                                                                      state.sym_rotations, weights, index), held)
                 if cell is not None:
-                    held_stress = jnp.where(has[:, None, None], constraints.symmetrize_tensors(stress, state["cells"],
-                                                                                               state["sym_rotations"], weights), stress)
+                    held_stress = jnp.where(has[:, None, None], constraints.symmetrize_tensors(stress, state.cells,
+                                                                                               state.sym_rotations, weights), stress)
             if cell is not None:
                 cell_rows = coords[n_rows:].reshape(n_systems, 3, 3)
-                atom_force, cell_force = cell.generalized_forces(held, held_stress, state["cells"], state["original_cells"],
-                                                                 cell_rows, state["n_atoms"], index)
+                atom_force, cell_force = cell.generalized_forces(held, held_stress, state.cells, state.original_cells,
+                                                                 cell_rows, state.n_atoms, index)
                 generalized = jnp.concatenate([atom_force, cell_force.reshape(-1, 3)])
                 bad_system = bad_system | ~jnp.all(jnp.isfinite(stress), axis=(1, 2))
-                objective = cell.energy(energy, state["cells"])  # what the line search sees: E + pV
+                objective = cell.energy(energy, state.cells)  # what the line search sees: E + pV
             else:
                 generalized, objective = held, energy
             bad_row = row_real & ~jnp.all(jnp.isfinite(generalized), axis=-1)
             non_finite = (jax.ops.segment_sum(bad_row.astype(jnp.int32), row_index, n_systems) > 0) | bad_system
             clean = jnp.where(bad_row[:, None], 0.0, generalized)
             largest = jax.ops.segment_max(jnp.where(row_real & ~bad_row, jnp.linalg.norm(clean, axis=-1), 0.0), row_index, n_systems)
-            active = state["active"]
+            active = state.active
             generalized = jnp.where(active[row_index][:, None], generalized, 0.0)
-            atoms, systems = state["atom_state"], state["system_state"]
+            atoms, systems = state.atom_state, state.system_state
             at_point, lost = jnp.ones_like(active), jnp.zeros_like(active)
             if hasattr(optimizer, "advance"):  # line searches take the evaluation first (ASE's points, failures)
                 atoms, systems, at_point, lost = optimizer.advance(atoms, systems, coords, generalized,
                                                                    jnp.where(active, objective, 0.0), row_index, active)
-            status, running, lost = decide(state["status"], active, non_finite, largest, lost, at_point, state["steps"],
+            status, running, lost = decide(state.status, active, non_finite, largest, lost, at_point, state.steps,
                                            fmax=fmax, max_force=max_force, max_steps=max_steps)  # lost: ASE does not count its step
             atoms, systems, coords = optimizer.step(atoms, systems, coords, generalized, row_index, running, objective)
             positions, cells, coords = geometry.after_step(cell, state, coords, running, symmetric)
             evaluated = active[index][:, None]
-            new = dict(state, atom_state=atoms, system_state=systems, coords=coords, positions=positions, cells=cells,
+            new = state.replace(atom_state=atoms, system_state=systems, coords=coords, positions=positions, cells=cells,
                        status=status, active=running,
-                       steps=state["steps"] + (running & at_point).astype(state["steps"].dtype) - lost.astype(state["steps"].dtype),
-                       energy=jnp.where(active, energy, state["energy"]), forces=jnp.where(evaluated, forces, state["forces"]),
-                       stress=jnp.where(active[:, None, None], stress, state["stress"]), fmax=jnp.where(active, largest, state["fmax"]),
-                       evaluations=state["evaluations"] + jnp.sum(active[:-1]).astype(state["evaluations"].dtype))
-            stale = list_is_stale(positions, state["reference"], real & running[index], skin,
-                                  cells, state["reference_cells"], state["reach"], running)
+                       steps=state.steps + (running & at_point).astype(state.steps.dtype) - lost.astype(state.steps.dtype),
+                       energy=jnp.where(active, energy, state.energy), forces=jnp.where(evaluated, forces, state.forces),
+                       stress=jnp.where(active[:, None, None], stress, state.stress), fmax=jnp.where(active, largest, state.fmax),
+                       evaluations=state.evaluations + jnp.sum(active[:-1]).astype(state.evaluations.dtype))
+            stale = list_is_stale(positions, state.reference, real & running[index], skin,
+                                  cells, state.reference_cells, state.reach, running)
             if rebuild_on_device:
                 new, overflow = jax.lax.cond(stale, rebuild, lambda s: (s, jnp.bool_(False)), new)
                 to_host = jnp.bool_(False)
@@ -135,10 +135,10 @@ def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: b
 
         def rebuild(s):
             """The list at the new geometry, on the device (same capacities)."""
-            capacity = DeviceCapacity(s["members"], s["shifts"], s["periodic"])
-            lists, overflow = device_lists(s["positions"], s["cells"], capacity, index, limits["cutoff"], s["neighbors"].shape[1],
+            capacity = DeviceCapacity(s.members, s.shifts, s.periodic)
+            lists, overflow = device_lists(s.positions, s.cells, capacity, index, limits["cutoff"], s.neighbors.shape[1],
                                            n_systems)
-            return dict(s, **lists), overflow
+            return s.replace(**lists), overflow
 
         def cond(carry):
             _, iteration, stop, _, _, _ = carry
@@ -223,13 +223,12 @@ class DeviceRelaxation:
         self.counters = {"loop_calls": 0, "iterations": 0, "rebuilds": 0, "reallocations": 0, "refills": 0, "structure_evaluations": 0,
                          "compilations": 0, "compile_seconds": 0.0, "device_seconds": 0.0, "host_seconds": 0.0}
 
-    def pack(self, running: list[Running], blocks: list[dict], evaluations: int) -> dict:
+    def pack(self, running: list[Running], blocks: list[dict], evaluations: int) -> packing.DeviceState:
         """The device state of these systems (:func:`jaxmat.relax.state.pack`) with their neighbour lists."""
         numbers = np.concatenate([r.atoms.numbers for r in running])
         state = packing.pack(blocks, [r.n_atoms for r in running], self.force_field.device_species(numbers), evaluations,
                              rows=self.rows, systems=self.systems, optimizer=self.optimizer, relax_cell=self.relax_cell)
-        state.update(self.lists.arrays(running, state["positions"], state["cells"], state["system_index"]))
-        return state
+        return state.replace(**self.lists.arrays(running, state.positions, state.cells, state.system_index))
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -250,14 +249,14 @@ class DeviceRelaxation:
             self.counters["host_seconds"] += time.perf_counter() - host_started
             started = time.perf_counter()
             state, iterations, overflow, rebuilds, stale = self.loop(self.params, state, self.limits, bool(queue), self.counters)
-            status, active = np.asarray(state["status"]), np.asarray(state["active"])  # waits for the device
+            status, active = np.asarray(state.status), np.asarray(state.active)  # waits for the device
             self.counters["device_seconds"] += time.perf_counter() - started
             host_started = time.perf_counter()
             self.counters["loop_calls"] += 1
             crowded = int(overflow) == CROWDED
             self.counters["iterations"] += int(iterations) - crowded  # a crowded iteration's step was discarded
             self.counters["rebuilds"] += int(rebuilds) + int(bool(stale))  # in the loop, and for the host
-            self.counters["structure_evaluations"] = int(state["evaluations"])
+            self.counters["structure_evaluations"] = int(state.evaluations)
             done = [k for k in range(len(running)) if not active[k] and status[k] != RUNNING]
             if done:
                 state = jax.tree_util.tree_map(np.asarray, state)
@@ -265,7 +264,7 @@ class DeviceRelaxation:
             elif bool(overflow) or bool(stale):  # lists built on the host: rebuilt, re-allocated larger if needed
                 host = jax.tree_util.tree_map(np.asarray, state)
                 before = self.lists.capacities
-                host.update(self.lists.arrays(running, host["positions"], host["cells"], host["system_index"], crowded=crowded))
+                host = host.replace(**self.lists.arrays(running, host.positions, host.cells, host.system_index, crowded=crowded))
                 state = jax.device_put(host)
                 self.counters["reallocations"] += int(self.lists.capacities != before)  # a new compiled shape
             self.counters["host_seconds"] += time.perf_counter() - host_started
@@ -287,18 +286,18 @@ class DeviceRelaxation:
             return [], None
         running = survivors + new
         self.counters["refills"] += 1
-        evaluations = int(state["evaluations"]) if state is not None else 0
+        evaluations = int(state.evaluations) if state is not None else 0
         return running, self.pack(running, blocks + [packing.fresh_block(self.optimizer, r.atoms, self.cell) for r in new], evaluations)
 
     def report(self, running, state, done, finish):
         starts = np.concatenate([[0], np.cumsum([r.n_atoms for r in running])])
         for k in done:
             r, rows = running[k], slice(starts[k], starts[k + 1])
-            code = int(state["status"][k])
+            code = int(state.status[k])
             atoms = r.atoms.copy()
             if self.relax_cell:
-                atoms.set_cell(state["cells"][k], scale_atoms=False)
-            atoms.positions = state["positions"][rows]
-            stress = np.array(state["stress"][k]) if self.relax_cell else None
-            finish(r.index, atoms, STATUS_NAMES[code], int(state["steps"][k]), float(state["energy"][k]),
-                   np.array(state["forces"][rows]), stress, message(code, state["fmax"][k]))
+                atoms.set_cell(state.cells[k], scale_atoms=False)
+            atoms.positions = state.positions[rows]
+            stress = np.array(state.stress[k]) if self.relax_cell else None
+            finish(r.index, atoms, STATUS_NAMES[code], int(state.steps[k]), float(state.energy[k]),
+                   np.array(state.forces[rows]), stress, message(code, state.fmax[k]))

@@ -66,8 +66,8 @@ def device_lists(positions, cells, capacity, system_index, cutoff, n_slots: int,
 def near_lists(state, cutoff, n_slots: int, width: int):
     """The near list (:data:`NEAR_KEYS`) of a state's skin list at the state's positions and cells: its pairs
     within ``cutoff`` (Å, the model's) in n_slots slots, with outgoing slots (width); and whether it overflowed."""
-    *arrays, overflow = device_near_list(state["positions"], state["cells"], state["system_index"], state["neighbors"],
-                                         state["translations"], state["mask"], cutoff, n_slots, width)
+    *arrays, overflow = device_near_list(state.positions, state.cells, state.system_index, state.neighbors,
+                                         state.translations, state.mask, cutoff, n_slots, width)
     return dict(zip(NEAR_KEYS, arrays)), overflow
 
 

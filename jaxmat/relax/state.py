@@ -1,24 +1,97 @@
-"""The device loop's state: many systems in one pytree of host arrays at fixed capacities, and back.
+"""The device loop's state: many systems in one typed pytree (:class:`DeviceState`) at fixed capacities, and back.
 
 Rows are atoms, systems in order, then padding rows that belong to the last system slot (never read);
 with cell relaxation three cell rows per system slot follow the atom rows in the optimizer's
-coordinates (``coords``, ``row_index``). Each running system's share of the state is a *block*
-(its rows, cell, optimizer state and records); :func:`pack` concatenates blocks and pads them,
-:func:`block_of` cuts one out again (a survivor of a retire/refill keeps its optimizer state), and
-:func:`fresh_block` starts a new system. Units: positions Å, cells Å (rows are lattice vectors),
-energy eV, forces eV/Å, stress eV/Å^3. The neighbour arrays are added by the loop
-(:meth:`jaxmat.relax.lists.NeighborLists.arrays`).
+coordinates (``coords``, ``atom_state``, ``row_index``). Every field states in its metadata the axis it
+lives on (:data:`ROWS`, :data:`OPTIMIZER_ROWS`, :data:`SYSTEMS`, :data:`LISTS`, :data:`SCALAR`) and, where a
+system carries it through a retire/refill, its key in that system's *block* (a dict: its rows, cell,
+optimizer state and records). :func:`pack` concatenates blocks and pads them, :func:`block_of` cuts one out
+again, both by looping over the fields; :func:`fresh_block` starts a new system. Units: positions Å,
+cells Å (rows are lattice vectors), energy eV, forces eV/Å, stress eV/Å^3. The neighbour-list fields
+(:data:`LISTS`) are filled by the loop (:meth:`jaxmat.relax.lists.NeighborLists.arrays`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import jax
 import numpy as np
 
+from jaxmat.padding import pad
 from jaxmat.relax import constraints
 from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.status import RUNNING
 
-RECORDS = ("steps", "status", "energy", "fmax", "stress")  # per-system records carried through repacking
+ROWS, OPTIMIZER_ROWS, SYSTEMS, LISTS, SCALAR = "rows", "optimizer rows", "systems", "lists", "scalar"
+"""the axes of the fields: atom rows; optimizer rows (atom rows, then 3 cell rows per system slot when cells
+relax); system slots; the neighbour lists' own capacities (filled by the loop); none"""
+
+
+def along(axis: str, block: str | None = None, fill=0, dtype=None, cell_block: str | None = None):
+    """A field on ``axis``; block: its key in a system's block (None: derived when packing); fill: the padding
+    value; dtype: cast when packing; cell_block: the block key of an optimizer-row field's 3 cell rows."""
+    return dataclasses.field(default=None, metadata={"axis": axis, "block": block, "fill": fill, "dtype": dtype,
+                                                     "cell_block": cell_block})
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DeviceState:
+    """Every running system of the device loop at fixed capacities (R rows, R' optimizer rows, S system slots)."""
+
+    coords: Any = along(OPTIMIZER_ROWS, "coords", cell_block="cell_coords")  # (R', 3) the optimizer's coordinates
+    atom_state: Any = along(OPTIMIZER_ROWS, "atom_state", cell_block="cell_state")  # the optimizer's per-row state
+    row_index: Any = along(OPTIMIZER_ROWS)  # (R',) system slot of each optimizer row
+    row_real: Any = along(OPTIMIZER_ROWS)  # (R',) a row of a running system
+    positions: Any = along(ROWS, "positions")  # (R, 3) Å
+    forces: Any = along(ROWS, "forces")  # (R, 3) eV/Å, the last evaluation's
+    free: Any = along(ROWS, "free")  # (R, 3) 0/1 (FixAtoms, FixCartesian)
+    com_mass: Any = along(ROWS, "com_mass")  # (R,) amu in a FixCom, else 0
+    species: Any = along(ROWS)  # (R,) the model's species index
+    system_index: Any = along(ROWS)  # (R,) system slot of each atom row (padding: the last)
+    row_mask: Any = along(ROWS)  # (R,) a real atom
+    sym_source: Any = along(ROWS)  # (R, W) FixSymmetry: the row each operation maps a row from
+    cells: Any = along(SYSTEMS, "cell", fill=np.eye(3))  # (S, 3, 3) Å
+    original_cells: Any = along(SYSTEMS, "original_cell", fill=np.eye(3))  # (S, 3, 3) Å, the cell filter's reference
+    system_state: Any = along(SYSTEMS, "system_state")  # the optimizer's per-system state
+    steps: Any = along(SYSTEMS, "steps", dtype=np.int32)  # (S,) optimizer steps taken
+    status: Any = along(SYSTEMS, "status", dtype=np.int32)  # (S,) jaxmat.relax.status codes
+    energy: Any = along(SYSTEMS, "energy", dtype=float)  # (S,) eV
+    fmax: Any = along(SYSTEMS, "fmax", dtype=float)  # (S,) the largest generalized force, eV/Å
+    stress: Any = along(SYSTEMS, "stress", dtype=float)  # (S, 3, 3) eV/Å^3
+    active: Any = along(SYSTEMS)  # (S,) still relaxing
+    n_atoms: Any = along(SYSTEMS)  # (S,) float, padding slots 1
+    constrained: Any = along(SYSTEMS)  # (S,) any constraint
+    sym_rotations: Any = along(SYSTEMS)  # (S, W, 3, 3) FixSymmetry's rotations
+    sym_weights: Any = along(SYSTEMS)  # (S, W) 1 for a real operation
+    evaluations: Any = along(SCALAR)  # structure evaluations so far
+    neighbors: Any = along(LISTS)  # the skin list (R, K), its translations (R, K, 3) and mask (R, K)
+    translations: Any = along(LISTS)
+    mask: Any = along(LISTS)
+    reach: Any = along(LISTS)  # (S,) 1 + the longest translation in each system's list
+    reference: Any = along(LISTS)  # (R, 3) Å positions the list was built at
+    reference_cells: Any = along(LISTS)  # (S, 3, 3) Å cells the list was built at
+    near_neighbors: Any = along(LISTS)  # the near list the model evaluates (R, K'), with its outgoing slots
+    near_translations: Any = along(LISTS)
+    near_mask: Any = along(LISTS)
+    near_outgoing: Any = along(LISTS)
+    members: Any = along(LISTS)  # the on-device rebuild's capacities (jaxmat.forcefields.neighbors.DeviceCapacity)
+    shifts: Any = along(LISTS)
+    periodic: Any = along(LISTS)
+
+    def __getitem__(self, name: str):
+        """state["positions"] reads state.positions."""
+        return getattr(self, name)
+
+    def replace(self, **fields) -> "DeviceState":
+        return dataclasses.replace(self, **fields)
+
+
+FIELDS = {f.name: f.metadata for f in dataclasses.fields(DeviceState)}
+CARRIED = {name: m for name, m in FIELDS.items() if m["block"] is not None}
+"""the fields a system carries through a retire/refill (its block)"""
 
 
 def fresh_block(optimizer, atoms, cell_filter: CellFilter | None = None) -> dict:
@@ -29,26 +102,29 @@ def fresh_block(optimizer, atoms, cell_filter: CellFilter | None = None) -> dict
             "original_cell": np.asarray(atoms.cell[:], float), **constraints.arrays(atoms),
             "cell_coords": (cell_filter or CellFilter()).initial_cell_rows([n])[0],
             "atom_state": optimizer.init_atoms(n), "cell_state": optimizer.init_atoms(3),
-            "system_state": optimizer.init_systems(1), "forces": np.zeros((n, 3)), "steps": np.int32(0),
-            "status": np.int32(RUNNING), "energy": np.nan, "fmax": 0.0, "stress": np.zeros((3, 3))}
+            "system_state": {key: v[0] for key, v in optimizer.init_systems(1).items()}, "forces": np.zeros((n, 3)),
+            "steps": np.int32(0), "status": np.int32(RUNNING), "energy": np.nan, "fmax": 0.0, "stress": np.zeros((3, 3))}
 
 
-def block_of(state: dict, k: int, rows: slice, n_rows: int, relax_cell: bool) -> dict:
+def block_of(state: DeviceState, k: int, rows: slice, n_rows: int, relax_cell: bool) -> dict:
     """System slot k's block of a (host) state whose atom rows of that system are ``rows`` (n_rows: row capacity)."""
     cell_rows = slice(n_rows + 3 * k, n_rows + 3 * k + 3)
-    return {"coords": state["coords"][rows], "positions": state["positions"][rows], "cell": state["cells"][k],
-            "free": state["free"][rows], "com_mass": state["com_mass"][rows], **symmetry_of(state, k, rows),
-            "original_cell": state["original_cells"][k], "cell_coords": state["coords"][cell_rows] if relax_cell else None,
-            "atom_state": {key: v[rows] for key, v in state["atom_state"].items()},
-            "cell_state": {key: v[cell_rows] for key, v in state["atom_state"].items()} if relax_cell else None,
-            "system_state": {key: v[k : k + 1] for key, v in state["system_state"].items()},
-            "forces": state["forces"][rows]} | {key: state[key][k] for key in RECORDS}
+    block = symmetry_of(state, k, rows)
+    for name, m in CARRIED.items():
+        value = getattr(state, name)
+        if m["axis"] == SYSTEMS:
+            block[m["block"]] = jax.tree_util.tree_map(lambda v: v[k], value)
+        else:
+            block[m["block"]] = jax.tree_util.tree_map(lambda v: v[rows], value)
+            if m["axis"] == OPTIMIZER_ROWS:
+                block[m["cell_block"]] = jax.tree_util.tree_map(lambda v: v[cell_rows], value) if relax_cell else None
+    return block
 
 
-def symmetry_of(state: dict, k: int, rows: slice) -> dict:
+def symmetry_of(state: DeviceState, k: int, rows: slice) -> dict:
     """System k's FixSymmetry tables as in :func:`jaxmat.relax.constraints.arrays` (local atom indices)."""
-    n_ops = int(state["sym_weights"][k].sum())
-    return {"sym_source": state["sym_source"][rows, :n_ops] - rows.start, "sym_rotations": state["sym_rotations"][k, :n_ops]}
+    n_ops = int(state.sym_weights[k].sum())
+    return {"sym_source": state.sym_source[rows, :n_ops] - rows.start, "sym_rotations": state.sym_rotations[k, :n_ops]}
 
 
 def symmetry_tables(blocks: list[dict], n_atoms: list[int], rows: int, systems: int) -> dict:
@@ -66,49 +142,40 @@ def symmetry_tables(blocks: list[dict], n_atoms: list[int], rows: int, systems: 
     return {"sym_source": source, "sym_rotations": rotations, "sym_weights": weights}
 
 
+def _carried(name: str, m: dict, blocks: list[dict], pad_rows: int, pad_systems: int, relax_cell: bool):
+    """One carried field of the packed state: the blocks' values joined along the field's axis and padded."""
+    values = [b[m["block"]] for b in blocks]
+    cast = (lambda v: v.astype(m["dtype"])) if m["dtype"] is not None else (lambda v: v)
+    if m["axis"] == SYSTEMS:
+        return jax.tree_util.tree_map(lambda *v: pad(cast(np.stack([np.asarray(x) for x in v])), pad_systems, m["fill"]), *values)
+    joined = jax.tree_util.tree_map(lambda *v: pad(cast(np.concatenate(v)), pad_rows, m["fill"]), *values)
+    if m["axis"] == OPTIMIZER_ROWS and relax_cell:  # three cell rows per system slot after the atom rows
+        cells = jax.tree_util.tree_map(lambda *v: pad(np.concatenate(v), 3 * pad_systems, m["fill"]),
+                                       *[b[m["cell_block"]] for b in blocks])
+        joined = jax.tree_util.tree_map(lambda a, c: np.concatenate([a, c]), joined, cells)
+    return joined
+
+
 def pack(blocks: list[dict], n_atoms: list[int], species: np.ndarray, evaluations: int, *, rows: int, systems: int, optimizer,
-         relax_cell: bool) -> dict:
+         relax_cell: bool) -> DeviceState:
     """The state of these systems (blocks with n_atoms atoms each; species per atom) padded to ``rows`` rows and
-    ``systems`` system slots (the last one holds the padding rows; at least one padding row)."""
+    ``systems`` system slots (the last one holds the padding rows; at least one padding row); the neighbour-list
+    fields are left empty. optimizer: kept for the signature (padding optimizer rows are zeros, as every
+    optimizer's fresh rows)."""
     n_rows = sum(n_atoms)
     if n_rows >= rows or len(blocks) >= systems:
         raise ValueError(f"{len(blocks)} systems / {n_rows} atoms exceed the device batch ({systems - 1} / {rows - 1})")
     pad_rows, pad_systems = rows - n_rows, systems - len(blocks)
-    cat_rows = lambda key: pad(np.concatenate([b[key] for b in blocks]), pad_rows)
-    cat_systems = lambda key, fill=0: pad(np.stack([np.asarray(b[key]) for b in blocks]), pad_systems, fill)
-    system_index = np.concatenate([np.repeat(np.arange(len(blocks)), n_atoms), np.full(pad_rows, systems - 1)]).astype(np.int32)
-    identity = np.tile(np.eye(3), (pad_systems, 1, 1))
-    atom_state = {key: pad(np.concatenate([b["atom_state"][key] for b in blocks]), pad_rows) for key in blocks[0]["atom_state"]}
-    row_mask = np.arange(rows) < n_rows
-    state = {
-        "coords": cat_rows("coords"), "positions": cat_rows("positions"), "free": cat_rows("free"), "com_mass": cat_rows("com_mass"),
-        "constrained": pad(np.array([constraints.is_constrained(b) for b in blocks]), pad_systems, False),
-        **symmetry_tables(blocks, n_atoms, rows, systems),
-        "cells": np.concatenate([np.stack([b["cell"] for b in blocks]), identity]),
-        "original_cells": np.concatenate([np.stack([b["original_cell"] for b in blocks]), identity]),
-        "n_atoms": pad(np.array(n_atoms, float), pad_systems, 1.0),  # padding: F = I
-        "species": pad(np.asarray(species).astype(np.int32), pad_rows),
-        "system_index": system_index, "row_mask": row_mask, "row_index": system_index, "row_real": row_mask,
-        "atom_state": atom_state,
-        "system_state": {key: pad(np.concatenate([b["system_state"][key] for b in blocks]), pad_systems)
-                         for key in blocks[0]["system_state"]},
-        "active": np.arange(systems) < len(blocks), "forces": cat_rows("forces"),
-        "steps": cat_systems("steps").astype(np.int32), "status": cat_systems("status").astype(np.int32),
-        "energy": cat_systems("energy").astype(float), "fmax": cat_systems("fmax").astype(float),
-        "stress": cat_systems("stress").astype(float), "evaluations": np.asarray(evaluations, np.int64),
-    }
-    if relax_cell:  # three cell rows per system slot after the atom rows
-        cell_coords = np.concatenate([np.stack([b["cell_coords"] for b in blocks]), np.zeros((pad_systems, 3, 3))])
-        state["coords"] = np.concatenate([state["coords"], cell_coords.reshape(-1, 3)])
-        state["row_index"] = np.concatenate([system_index, np.repeat(np.arange(systems), 3)]).astype(np.int32)
-        state["row_real"] = np.concatenate([row_mask, np.repeat(state["active"], 3)])
-        fresh = optimizer.init_atoms(3 * pad_systems)
-        state["atom_state"] = {key: np.concatenate([v, np.concatenate([b["cell_state"][key] for b in blocks]), fresh[key]])
-                               for key, v in atom_state.items()}
-    return state
-
-
-def pad(array, extra: int, value=0) -> np.ndarray:
-    """array with ``extra`` rows of ``value`` appended."""
-    array = np.asarray(array)
-    return np.concatenate([array, np.full((extra,) + array.shape[1:], value, array.dtype)])
+    fields = {name: _carried(name, m, blocks, pad_rows, pad_systems, relax_cell) for name, m in CARRIED.items()}
+    system_index = pad(np.repeat(np.arange(len(blocks)), n_atoms), pad_rows, systems - 1).astype(np.int32)
+    row_mask, active = np.arange(rows) < n_rows, np.arange(systems) < len(blocks)
+    row_index, row_real = system_index, row_mask
+    if relax_cell:
+        row_index = np.concatenate([system_index, np.repeat(np.arange(systems), 3)]).astype(np.int32)
+        row_real = np.concatenate([row_mask, np.repeat(active, 3)])
+    return DeviceState(**fields, **symmetry_tables(blocks, n_atoms, rows, systems),
+                       species=pad(np.asarray(species).astype(np.int32), pad_rows), system_index=system_index,
+                       row_mask=row_mask, row_index=row_index, row_real=row_real, active=active,
+                       n_atoms=pad(np.array(n_atoms, float), pad_systems, 1.0),  # padding: F = I
+                       constrained=pad(np.array([constraints.is_constrained(b) for b in blocks]), pad_systems, False),
+                       evaluations=np.asarray(evaluations, np.int64))
