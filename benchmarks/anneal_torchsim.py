@@ -1,6 +1,8 @@
 """torch-sim's swap Monte Carlo (torch_sim.monte_carlo.swap_monte_carlo, torch-sim-atomistic 0.3.0) with mace-torch on
-the same workload as benchmarks/anneal_speed.py: swap attempts per second, energies only (compute_forces=False). Each
-torch-sim step proposes one swap per system and evaluates the whole batch, as one jaxmat attempt does.
+the same workload as benchmarks/anneal_speed.py: swap attempts per second, energies only (compute_forces=False), and the
+model's share of a step; then Langevin NVT steps per second (torch_sim.integrators.nvt_langevin, forces). Each torch-sim
+swap step proposes one swap per system and evaluates the whole batch, as one jaxmat attempt does. Steps and model calls
+alternate and the fastest of each counts (a shared machine).
 
     python benchmarks/anneal_torchsim.py --model ../shared/models/mace_heo_chgnet_small.model --workload W1
 """
@@ -15,7 +17,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--workload", default="W1")
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--md-steps", type=int, default=5, help="torch-sim Langevin NVT steps to time (0: none)")
     args = parser.parse_args()
     import torch
     import torch_sim as ts
@@ -32,13 +35,33 @@ def main():
     init, step = swap_monte_carlo(model=model, kT=units.kB * 1000.0, seed=0)
     mc = init(state)
     mc = step(mc)  # warm-up
-    start = time.perf_counter()
+    steps, calls = [], []  # each the fastest of its repeats (a loaded machine slows some), alternated
     for _ in range(args.steps):
+        start = time.perf_counter()
         mc = step(mc)
-    took = time.perf_counter() - start
+        steps.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model(mc)  # the model's energies alone: what bounds a step
+        calls.append(time.perf_counter() - start)
+    took, call = min(steps) * args.steps, min(calls)
     print(f"{args.workload} ({len(cells)} x {len(cells[0])} atoms, float64, cpu): torch-sim swap MC "
-          f"{len(cells) * args.steps / took:.0f} attempts/s ({args.steps} steps of {len(cells)} systems in {took:.2f} s, "
-          f"torch threads {torch.get_num_threads()})")
+          f"{len(cells) * args.steps / took:.0f} attempts/s (fastest of {args.steps} steps of {len(cells)} systems {took / args.steps:.2f} s, "
+          f"torch threads {torch.get_num_threads()}); the model alone {call:.2f} s per batch evaluation "
+          f"({100 * call * args.steps / took:.0f} % of a step)")
+    if args.md_steps:  # torch-sim's Langevin NVT (forces needed), as benchmarks/anneal_speed.py's MD: 2 fs, 0.01 / fs, 1000 K
+        from torch_sim.integrators import nvt_langevin
+
+        forces = MaceModel(torch.load(args.model, weights_only=False), device=torch.device("cpu"), dtype=torch.float64,
+                           compute_forces=True, compute_stress=False)
+        kT = torch.tensor(units.kB * 1000.0, dtype=torch.float64)
+        init, step = nvt_langevin(forces, dt=torch.tensor(2 * units.fs, dtype=torch.float64), kT=kT,
+                                  gamma=torch.tensor(0.01 / units.fs, dtype=torch.float64), seed=0)
+        md = step(init(state), kT)  # warm-up
+        start = time.perf_counter()
+        for _ in range(args.md_steps):
+            md = step(md, kT)
+        took = time.perf_counter() - start
+        print(f"  torch-sim Langevin NVT {args.md_steps / took:.2f} steps/s of the whole batch ({args.md_steps} steps in {took:.2f} s)")
 
 
 if __name__ == "__main__":
