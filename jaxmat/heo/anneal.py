@@ -1,7 +1,7 @@
 """HEO cation arrangements at temperature: batched swap Monte Carlo with short-range order out.
 
     python -m jaxmat.heo.anneal CELLS --model M --temperatures 300,900,1500 --sweeps N --out DIR
-        [--seed 0] [--checkpoint-every 10] [--exchange | --md-steps K [--timestep 2] [--friction 0.01] | --relax-steps K [--relax-cell]]
+        [--seed 0] [--checkpoint-every 10] [--exchange | --md-steps K [--timestep 2] [--friction 0.01] [--pressure GPa] | --relax-steps K [--relax-cell]]
         [--dtype float32|float64|mixed] [--head NAME]
 
 Every input cell at every temperature (K) is a replica; all replicas run as one compiled batch
@@ -21,7 +21,8 @@ do not see species, so every swap is accepted). Outputs in DIR:
 --exchange adds replica exchange (parallel tempering) between neighbouring temperatures of each cell after every
 sweep, alternating even and odd pairs. --md-steps K runs K Langevin NVT steps (--timestep fs, --friction 1/fs) of every
 replica after every sweep (:mod:`jaxmat.heo.hybrid`: atoms move, final.extxyz carries their positions; the trace
-energy is the one after the MD); its checkpoint adds positions, velocities and the MD PRNG keys. --relax-steps K scores
+energy is the one after the MD); its checkpoint adds positions, cells, velocities and the MD PRNG keys. --pressure P
+adds constant pressure (GPa) to the MD (ASE's NPTBerendsen isotropic cell scaling, --taup fs, --compressibility 1/GPa). --relax-steps K scores
 every swap by its energy after at most K FIRE steps (fmax 0.05 eV/Å) from the current geometry, --relax-cell with the
 cell (:mod:`jaxmat.heo.relaxed`, jaxmat.relax's batched runner).
 
@@ -178,6 +179,9 @@ def main(argv=None) -> int:
     parser.add_argument("--timestep", type=float, default=2.0, help="MD time step (fs)")
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction (1/fs)")
     parser.add_argument("--skin", type=float, default=1.0, help="MD neighbour-list skin (Å)")
+    parser.add_argument("--pressure", type=float, help="MD at constant pressure (GPa; Berendsen, --taup fs, --compressibility 1/GPa)")
+    parser.add_argument("--taup", type=float, default=500.0)
+    parser.add_argument("--compressibility", type=float, default=0.005)
     parser.add_argument("--relax-steps", type=int, default=0, help="relaxed swaps: energies after at most K FIRE steps (0: unrelaxed)")
     parser.add_argument("--relax-cell", action="store_true", help="relaxed swaps: the cell relaxes too")
     args = parser.parse_args(argv)
@@ -185,8 +189,10 @@ def main(argv=None) -> int:
     temperatures = _temperatures(args.temperatures)
     if args.sweeps < 0 or args.checkpoint_every < 1:
         raise JaxmatInputError("--sweeps must be >= 0 and --checkpoint-every >= 1")
-    if args.md_steps < 0 or args.timestep <= 0 or args.friction < 0 or args.skin < 0:
-        raise JaxmatInputError("--md-steps and --friction must be >= 0, --timestep > 0 fs and --skin >= 0 Å")
+    if args.md_steps < 0 or args.timestep <= 0 or args.friction < 0 or args.skin < 0 or args.taup <= 0 or args.compressibility <= 0:
+        raise JaxmatInputError("--md-steps and --friction must be >= 0, --timestep, --taup and --compressibility > 0, --skin >= 0 Å")
+    if args.pressure is not None and not args.md_steps:
+        raise JaxmatInputError("--pressure is the MD's: give --md-steps too")
     if args.relax_steps < 0 or sum(map(bool, (args.md_steps, args.exchange, args.relax_steps))) > 1:
         raise JaxmatInputError("--exchange, --md-steps and --relax-steps go one at a time (MD and relaxations give every replica its "
                                "own geometry, so arrangements cannot be exchanged); --relax-steps must be >= 0")
@@ -200,7 +206,8 @@ def main(argv=None) -> int:
         from jaxmat.heo.hybrid import hybrid
 
         result = hybrid(structures, force_field, temperatures, args.sweeps, args.md_steps, timestep_fs=args.timestep,
-                        friction_per_fs=args.friction, skin=args.skin, **common)
+                        friction_per_fs=args.friction, skin=args.skin, pressure_gpa=args.pressure, taup_fs=args.taup,
+                        compressibility_per_gpa=args.compressibility, **common)
     elif args.relax_steps:
         from jaxmat.heo.relaxed import relaxed_anneal
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.base import SystemBatch
-from jaxmat.forcefields.neighbors import device_near_list, list_is_stale, neighbor_matrix
+from jaxmat.forcefields.neighbors import device_near_list, list_is_stale, list_reach, neighbor_matrix
 
 
 def coefficients(dt: float, kT, friction, masses, system_index) -> dict:
@@ -71,22 +71,37 @@ def kinetic_temperature(velocities, masses, system_index, n_systems: int, n_atom
     return 2.0 * kinetic / (units.kB * (3.0 * n_atoms - fixed_dof))
 
 
-@functools.partial(jax.jit, static_argnames=("evaluate", "fix_com", "dt"))
-def _segment(evaluate, params, graph, state, c, dt, masses, n_atoms, limits, fix_com: bool):
-    """Langevin steps until limits["steps"] or a list that may be stale (checked before every step)."""
+def berendsen_scale(state, masses, system_index, real_system, pressure, factor):
+    """ASE's NPTBerendsen cell factor per system: 1 - factor (P0 - P), P = -tr(stress) / 3 + sum m v^2 / (3 V) (the
+    ideal-gas term included; stress eV/Å^3, positive tensile), factor = dt compressibility / (3 taup); 1 for padding."""
+    cells = state["cells"]
+    volume = jnp.abs(jnp.linalg.det(cells))
+    twice_kinetic = jax.ops.segment_sum(masses * jnp.sum(state["velocities"] ** 2, axis=-1), system_index, cells.shape[0])
+    current = -jnp.trace(state["stress"], axis1=1, axis2=2) / 3.0 + twice_kinetic / (3.0 * volume)
+    return jnp.where(real_system, 1.0 - factor * (pressure - current), 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("evaluate", "fix_com", "dt", "barostat"))
+def _segment(evaluate, params, graph, state, c, dt, masses, n_atoms, limits, fix_com: bool, barostat: bool = False):
+    """Langevin steps until limits["steps"] or a list that may be stale (checked before every step); with barostat,
+    each step starts by scaling every system's cell and positions by :func:`berendsen_scale`."""
     row_mask, index = graph["row_mask"], graph["system_index"]
     n_slots, width = graph["neighbors"].shape[1], graph["outgoing"].shape[1]
+    real_system = jax.ops.segment_max(row_mask.astype(jnp.int32), index, graph["cells"].shape[0]) > 0
 
-    def forces_at(positions):
-        *near, _ = device_near_list(positions, graph["cells"], index, graph["neighbors"], graph["translations"], graph["mask"],
+    def forces_at(positions, cells):
+        *near, _ = device_near_list(positions, cells, index, graph["neighbors"], graph["translations"], graph["mask"],
                                     limits["cutoff"], n_slots, width)
-        model_graph = dict(positions=positions, cells=graph["cells"], species=graph["species"], system_index=index,
+        model_graph = dict(positions=positions, cells=cells, species=graph["species"], system_index=index,
                            **dict(zip(("neighbors", "translations", "mask", "outgoing"), near)))
-        energy, forces, _ = evaluate(params, model_graph)
-        return energy, forces
+        energy, forces, stress = evaluate(params, model_graph)
+        return (energy, stress), forces  # step() hands the first back as it gets it
 
     def stale(state):
-        return list_is_stale(state["positions"], graph["reference"], row_mask, limits["skin"])
+        if not barostat:
+            return list_is_stale(state["positions"], graph["reference"], row_mask, limits["skin"])
+        return list_is_stale(state["positions"], graph["reference"], row_mask, limits["skin"], state["cells"], graph["cells"],
+                             graph["reach"], real_system)
 
     def body(carry):
         state, done = carry
@@ -94,10 +109,15 @@ def _segment(evaluate, params, graph, state, c, dt, masses, n_atoms, limits, fix
         block, owner = graph["local"], jnp.minimum(index, state["keys"].shape[0] - 1)
         width = graph["block"].shape[0]
         xi, eta = (jax.vmap(lambda k: jax.random.normal(k, (width, 3)))(split[:, k])[owner, block] for k in (1, 2))
-        positions, velocities, forces, energy = step(forces_at, state["positions"], state["velocities"], state["forces"], masses,
-                                                     c, dt, xi, eta, index, row_mask, n_atoms, fix_com)
-        return dict(state, positions=positions, velocities=velocities, forces=forces, energy=energy, keys=split[:, 0],
-                    steps=state["steps"] + 1), done + 1
+        positions, cells = state["positions"], state["cells"]
+        if barostat:  # forces stay those before the scaling (off by O(mu - 1), as the step's half kick)
+            mu = berendsen_scale(state, masses, index, real_system, limits["pressure"], limits["factor"])
+            positions, cells = jnp.where(row_mask[:, None], positions * mu[index][:, None], positions), cells * mu[:, None, None]
+        positions, velocities, forces, (energy, stress) = step(lambda p: forces_at(p, cells), positions, state["velocities"],
+                                                               state["forces"], masses, c, dt, xi, eta, index, row_mask, n_atoms, fix_com)
+        return dict(state, positions=positions, velocities=velocities, forces=forces, energy=energy, cells=cells,
+                    stress=stress if barostat else state["stress"],  # unused at fixed cells: left for XLA to drop
+                    keys=split[:, 0], steps=state["steps"] + 1), done + 1
 
     def going(carry):
         state, done = carry
@@ -130,26 +150,30 @@ def md_graph(positions, cells, pbc, system_index, species, row_mask, cutoff: flo
     return {"positions": positions, "cells": np.asarray(cells, float), "species": np.asarray(species), "system_index": system_index,
             "row_mask": real, "neighbors": matrix.neighbors, "translations": matrix.translations, "mask": matrix.mask,
             "outgoing": np.zeros((rows, width), np.int32), "reference": positions.copy(), "local": local.astype(np.int32),
-            "block": np.zeros(int(np.bincount(system_index[real]).max())), }
+            "block": np.zeros(int(np.bincount(system_index[real]).max())),
+            "reach": np.asarray(list_reach(matrix.translations, matrix.mask, system_index, len(cells)))}
 
 
 def init_state(evaluate, params, graph, velocities, keys, cutoff: float) -> dict:
-    """MD state at the graph's positions: positions, velocities (Å / ASE time), forces and energy there, keys, steps."""
+    """MD state at the graph's positions and cells: positions, cells, velocities (Å / ASE time), forces, energy and stress
+    there, keys, steps."""
     _, n_slots = graph["neighbors"].shape
     width = graph["outgoing"].shape[1]
     *near, _ = device_near_list(jnp.asarray(graph["positions"]), jnp.asarray(graph["cells"]), jnp.asarray(graph["system_index"]),
                                 jnp.asarray(graph["neighbors"]), jnp.asarray(graph["translations"]), jnp.asarray(graph["mask"]),
                                 cutoff, n_slots, width)
     model_graph = {k: jnp.asarray(graph[k]) for k in ("positions", "cells", "species", "system_index")}
-    energy, forces, _ = evaluate(params, dict(model_graph, **dict(zip(("neighbors", "translations", "mask", "outgoing"), near))))
-    return {"positions": model_graph["positions"], "velocities": jnp.asarray(velocities), "forces": forces, "energy": energy,
-            "keys": keys, "steps": jnp.zeros((), jnp.int32)}
+    energy, forces, stress = evaluate(params, dict(model_graph, **dict(zip(("neighbors", "translations", "mask", "outgoing"), near))))
+    return {"positions": model_graph["positions"], "cells": model_graph["cells"], "velocities": jnp.asarray(velocities),
+            "forces": forces, "energy": energy, "stress": stress, "keys": keys, "steps": jnp.zeros((), jnp.int32)}
 
 
 def run(evaluate, params, graph, state, n_steps: int, *, dt: float, kT, friction, masses, pbc, cutoff: float, skin: float = 1.0,
-        fix_com: bool = False, stats: dict | None = None):
+        fix_com: bool = False, stats: dict | None = None, pressure=None, taup: float = 100.0, compressibility: float = 0.0):
     """n_steps Langevin steps of every system (kT (S,) eV, friction (S,) per ASE time, dt ASE time, masses (rows,) amu),
-    the list rebuilt on the host whenever it may be stale. Returns (state, graph); stats counts the rebuilds."""
+    the list rebuilt on the host whenever it may be stale. Returns (state, graph); stats counts the rebuilds.
+    pressure (eV/Å^3, scalar or (S,)): constant pressure by ASE's NPTBerendsen cell scaling (isotropic; taup ASE time,
+    compressibility per eV/Å^3) before every step; None: fixed cells."""
     host_index, host_real = np.asarray(graph["system_index"]), np.asarray(graph["row_mask"])
     n_systems = graph["cells"].shape[0]
     n_atoms = jnp.asarray(np.bincount(host_index[host_real], minlength=n_systems).clip(1), float)
@@ -159,10 +183,13 @@ def run(evaluate, params, graph, state, n_steps: int, *, dt: float, kT, friction
     done = 0
     while done < n_steps:
         limits = {"cutoff": jnp.asarray(cutoff), "skin": jnp.asarray(skin), "steps": jnp.asarray(n_steps - done)}
-        state, taken = _segment(evaluate, params, graph, state, c, dt, masses, n_atoms, limits, fix_com)
+        if pressure is not None:
+            limits |= {"pressure": jnp.broadcast_to(jnp.asarray(pressure, float), (n_systems,)),
+                       "factor": jnp.asarray(dt * compressibility / (3.0 * taup))}
+        state, taken = _segment(evaluate, params, graph, state, c, dt, masses, n_atoms, limits, fix_com, pressure is not None)
         done += int(taken)
         if done < n_steps:  # stale: the host rebuilds the list at the current positions
-            graph = md_graph(np.asarray(state["positions"]), np.asarray(graph["cells"]), pbc, host_index,
+            graph = md_graph(np.asarray(state["positions"]), np.asarray(state["cells"]), pbc, host_index,
                              np.asarray(graph["species"]), host_real, cutoff, skin,
                              (graph["neighbors"].shape[1], graph["outgoing"].shape[1]))
             graph = {k: jnp.asarray(v) for k, v in graph.items()}
