@@ -8,9 +8,9 @@ from ase.build import bulk
 
 from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.mace.ops import outgoing_slots
-from jaxmat.forcefields.neighbors import (DeviceCapacity, device_capacity, device_near_list, device_neighbor_counts,
-                                         device_neighbor_matrix, device_outgoing, list_reach, neighbor_matrix, pad_neighbor_matrix)
-from jaxmat.relax import relax
+from jaxmat.forcefields.neighbors import (device_capacity, device_near_list, device_neighbor_counts, device_neighbor_matrix,
+                                         device_outgoing, list_reach, neighbor_matrix, pad_neighbor_matrix)
+from jaxmat.relax import DeviceLoopOptions, relax
 
 pytestmark = pytest.mark.usefixtures("x64")
 CUTOFF = 6.0
@@ -57,7 +57,7 @@ def test_device_list_holds_exactly_vesins_pairs():
     one padded batch; the outgoing slots are mace.ops.outgoing_slots' and the list reach the host's."""
     structures = _structures()
     batch, positions, cells, system_index, periodic, n_atoms = _padded(structures)
-    capacity = device_capacity(system_index, n_atoms, len(cells), max(map(len, structures)), cells, periodic, CUTOFF)
+    capacity = device_capacity(system_index, n_atoms, len(cells), cells, periodic, CUTOFF)
     host = neighbor_matrix(batch, CUTOFF, len(positions))
     build = jax.jit(device_neighbor_matrix, static_argnums=(4,))
     neighbors, translations, mask, overflow = map(np.asarray, build(positions, cells, capacity, CUTOFF, host.slots_needed))
@@ -92,16 +92,16 @@ def test_device_list_holds_exactly_vesins_pairs():
 def test_overflow_flags_instead_of_dropped_neighbours():
     structures = _structures()
     batch, positions, cells, system_index, periodic, n_atoms = _padded(structures)
-    capacity = device_capacity(system_index, n_atoms, len(cells), max(map(len, structures)), cells, periodic, CUTOFF)
+    capacity = device_capacity(system_index, n_atoms, len(cells), cells, periodic, CUTOFF)
     needed = neighbor_matrix(batch, CUTOFF, len(positions)).slots_needed
     assert not bool(device_neighbor_matrix(positions, cells, capacity, CUTOFF, needed)[3])
     assert bool(device_neighbor_matrix(positions, cells, capacity, CUTOFF, needed - 1)[3])  # one slot short
-    zero_shift = DeviceCapacity(capacity.members, np.zeros((1, 3), np.int32), capacity.periodic)
-    assert bool(device_neighbor_matrix(positions, cells, zero_shift, CUTOFF, 4 * needed)[3])  # images out of reach
+    short = capacity._replace(reach=np.maximum(capacity.reach - 1, 0))  # one translation short along every axis
+    assert bool(device_neighbor_matrix(positions, cells, short, CUTOFF, 4 * needed)[3])  # images out of reach
     compressed = cells.copy()
-    compressed[:-1] *= 0.6  # cells shrink: the cube allocated for the old cells no longer reaches every image
-    wider = device_capacity(system_index, n_atoms, len(cells), capacity.members.shape[1], compressed, periodic, CUTOFF)
-    assert np.abs(wider.shifts).max() > np.abs(capacity.shifts).max()
+    compressed[:-1] *= 0.6  # cells shrink: the translations allocated for the old cells no longer reach every image
+    wider = device_capacity(system_index, n_atoms, len(cells), compressed, periodic, CUTOFF)
+    assert np.all(wider.reach >= capacity.reach) and np.any(wider.reach > capacity.reach)
     assert not bool(device_neighbor_matrix(positions * 0.6, compressed, wider, CUTOFF, 8 * needed)[3])
     assert bool(device_neighbor_matrix(positions * 0.6, compressed, capacity, CUTOFF, 8 * needed)[3])
     neighbors, _, mask, _ = device_neighbor_matrix(positions, cells, capacity, CUTOFF, needed)
@@ -144,9 +144,9 @@ def test_crowded_near_list_reallocates_before_any_step(monkeypatch):
     monkeypatch.setattr(lists, "NEAR_MARGIN", 0.5)
     lj = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=6.0)
     structures = _structures()[:2]
-    stats = {}
-    device = relax(structures, lj, "lbfgs", fmax=1e-3, max_steps=200, progress=False, loop="device", stats=stats)
-    host = relax(structures, lj, "lbfgs", fmax=1e-3, max_steps=200, progress=False, loop="host")
+    device = relax(structures, lj, optimizer="lbfgs", fmax=1e-3, max_steps=200, progress=False, loop="device")
+    stats = device.stats
+    host = relax(structures, lj, optimizer="lbfgs", fmax=1e-3, max_steps=200, progress=False, loop="host")
     assert [r.n_steps for r in device] == [r.n_steps for r in host] and {r.status for r in device} == {"converged"}
     for a, b in zip(device, host):
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-9)
@@ -181,10 +181,10 @@ def test_rebuilds_stay_on_the_device():
 
     lj = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=6.0)
     structures = _structures()[:2] + [_structures()[3]]
-    stats = {}
-    device = relax(structures, lj, "fire", fmax=1e-3, max_steps=400, progress=False, loop="device", skin=0.05, stats=stats,
-                   rebuild="device")
-    host = relax(structures, lj, "fire", fmax=1e-3, max_steps=400, progress=False, loop="host")
+    device = relax(structures, lj, optimizer="fire", fmax=1e-3, max_steps=400, progress=False, loop="device",
+                   device_loop=DeviceLoopOptions(skin=0.05, rebuild="device"))
+    stats = device.stats
+    host = relax(structures, lj, optimizer="fire", fmax=1e-3, max_steps=400, progress=False, loop="host")
     assert [r.n_steps for r in device] == [r.n_steps for r in host] and {r.status for r in device} == {"converged"}
     for a, b in zip(device, host):
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-9)
@@ -204,10 +204,10 @@ def test_compressed_cell_reallocates_and_matches_the_host_loop(optimizer, a):
     expanded.rattle(0.05, seed=1)
     small = bulk("Ar", "fcc", a=5.6) * (2, 1, 1)
     small.rattle(0.05, seed=2)
-    stats = {}
     options = dict(fmax=2e-3, max_steps=600, relax_cell=True, progress=False)
-    device = relax([expanded, small], lj, optimizer, loop="device", stats=stats, **options)
-    host = relax([expanded, small], lj, optimizer, loop="host", **options)
+    device = relax([expanded, small], lj, optimizer=optimizer, loop="device", **options)
+    stats = device.stats
+    host = relax([expanded, small], lj, optimizer=optimizer, loop="host", **options)
     assert [r.status for r in device] == [r.status for r in host] == ["converged"] * 2
     assert [r.n_steps for r in device] == [r.n_steps for r in host]
     for a, b in zip(device, host):

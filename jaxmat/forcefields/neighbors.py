@@ -8,19 +8,17 @@ on the device for any positions and any cell. Pairs beyond the model's own cutof
 zero (the MACE envelope and the pair potentials' smooth cutoffs vanish there with their derivatives).
 
 The contract is jax-md's ``partition.neighbor_list``: **allocate** on the host (vesin's full list
-with integer translations; capacities with a margin: slots, outgoing slots, per-system blocks of
-rows, a cube of lattice translations sized from the current cells, :func:`device_capacity`),
+with integer translations; capacities with a margin: slots, outgoing slots, and per system its own
+lattice translations sized from its cell and its own candidate pairs, :func:`device_capacity`),
 **update** on the device (:func:`device_neighbor_matrix`, inside the compiled relaxation loop, when
-:func:`list_is_stale`: some atom moved more than skin / 2 or a cell changed enough; on CPU the loop hands
-this back to vesin by default), and
-**did_buffer_overflow** (an atom with more neighbours than slots, a cell needing translations beyond
-the cube): the loop stops and the host re-allocates, nothing is dropped. jax-md's partition itself is
+:func:`list_is_stale`: some atom moved more than skin / 2 or a cell changed enough; on CPU the loop hands this
+back to vesin by default), and **did_buffer_overflow** (an atom with more neighbours than slots, a cell
+needing translations beyond its reach): the loop stops and the host re-allocates, nothing is dropped. jax-md's partition itself is
 not used: it bins one system's atoms into a single cell list and assumes at most one periodic image
 of each neighbour, which fails exactly for cells narrower than twice the cutoff (the 64-atom HEO cells
 at r_max 5–6 Å, primitive cells), and it does not batch systems of different cells. The device
-update instead enumerates, per system block of B rows, every (receiver, sender, translation) of the
-cube after wrapping atoms into the cell: O(B^2 T) per system, fine for 64–512-atom cells, never the
-batch squared; triclinic and changing cells need nothing special.
+update instead enumerates, per system, every (receiver, translation, sender) of its own n atoms and T translations
+after wrapping atoms into the cell: sum over systems of n^2 T, never the largest system or smallest cell times all.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.base import SystemBatch
+from jaxmat.padding import bucket
 
 
 def _vesin_neighbor_list():
@@ -152,138 +151,148 @@ def list_is_stale(positions, reference_positions, row_mask, skin: float, cells=N
 
 # ---- the list rebuilt on the device (inside the compiled relaxation loop) ------------------------------
 
+CANDIDATE_CHUNK = 1 << 20  # candidates per step of the on-device build at most (memory: a few arrays of this length)
+LANES = 64  # senders side by side at most: a system of n atoms searches ceil(n / lanes) blocks of them
+
 
 class DeviceCapacity(NamedTuple):
-    """Capacities of an on-device list, allocated on the host (each array shape is a compiled shape):
-    members (S, B) rows of each system, B atoms per block at most (the row count for padding); shifts (T, 3)
-    integer translations, the cube |t_a| <= reach; periodic (S,) bool."""
+    """An on-device list's capacities, allocated on the host. Each system searches its own groups (receiver, translation,
+    block of L senders): count_s prod_a(2 reach_sa + 1) ceil(count_s / L). start, count (S,) its first row and atoms
+    (consecutive rows); reach (S, 3) the translations |t_a| <= reach_a searched; offsets (S + 1,) where its groups start
+    (ceil(offsets[S] / G) steps); periodic (S,); chunk (G, L, 0) a shape only, G groups of L a step (the compiled size)."""
 
-    members: np.ndarray
-    shifts: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+    reach: np.ndarray
+    offsets: np.ndarray
     periodic: np.ndarray
+    chunk: np.ndarray
 
 
-def shift_reach(cells: np.ndarray, periodic: np.ndarray, cutoff: float, margin: float = 1.1) -> int:
-    """The translations per axis that reach every neighbour within ``cutoff`` (Å) for these cells (S, 3, 3),
-    times ``margin`` for cells that shrink later: ceil(margin cutoff max_a |b_a|), b the reciprocal vectors
-    (plane spacings 1/|b_a|); atoms are wrapped into the cell before the search, so this is enough."""
-    if not np.any(periodic):
-        return 0
-    reciprocal = np.linalg.norm(np.linalg.inv(np.asarray(cells, float)[np.asarray(periodic)]), axis=1)  # |columns of inv|
-    return int(np.ceil(margin * cutoff * reciprocal.max() * (1 + 1e-12)))
+def system_reach(cells, periodic, cutoff: float, margin: float = 1.0) -> np.ndarray:
+    """Per system and lattice vector (S, 3), the translations that reach every neighbour within ``cutoff`` (Å) of atoms
+    wrapped into the cell: ceil(margin cutoff |b_a|), b the reciprocal vectors; 0 where not periodic."""
+    periodic, reach = np.asarray(periodic, bool), np.zeros((len(periodic), 3), np.int32)
+    if np.any(periodic):
+        reciprocal = np.linalg.norm(np.linalg.inv(np.asarray(cells, float)[periodic]), axis=1)  # |columns of inv|
+        reach[periodic] = np.ceil(margin * cutoff * reciprocal * (1 + 1e-12))
+    return reach
 
 
-def device_capacity(system_index: np.ndarray, n_atoms: int, n_systems: int, block: int, cells, periodic, cutoff: float,
-                    reach: int = 0) -> DeviceCapacity:
-    """Allocate on the host: blocks of ``block`` rows for the systems of the first n_atoms rows (padding rows
-    belong to no block) and the shift cube for these cells (at least ``reach``)."""
-    system_index = np.asarray(system_index)
-    rows = len(system_index)
-    members = np.full((n_systems, block), rows, np.int32)
-    for s in range(n_systems):
-        own = np.flatnonzero(system_index[:n_atoms] == s)
-        if len(own) > block:
-            raise ValueError(f"system {s} has {len(own)} atoms, more than the block of {block}")
-        members[s, : len(own)] = own
-    n = max(shift_reach(cells, periodic, cutoff), int(reach))
-    axis = np.arange(-n, n + 1)
-    shifts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
-    return DeviceCapacity(members, shifts, np.asarray(periodic, bool))
+def chunk_shape(candidates: int, largest: int) -> tuple[int, int]:
+    """(G, L) per step for about this many candidates, systems of up to ``largest`` atoms (G L <= CANDIDATE_CHUNK)."""
+    lanes = min(LANES, 1 << max(int(largest) - 1, 0).bit_length())
+    return min(bucket(max(-(-int(candidates) // lanes), 1)), CANDIDATE_CHUNK // lanes), lanes
 
 
-def _block_frame(positions, cell, own, periodic):
-    """One system block's atoms wrapped into its cell: (cell, wrapped fractional (B, 3) in [0, 1), image (B, 3)
-    with r = (wrapped + image) @ cell, local row numbers (B,), pair_ok (B, B) both rows members)."""
-    cell = jnp.where(periodic, cell, jnp.eye(3, dtype=cell.dtype))
-    fractional = positions @ jnp.linalg.inv(cell)
-    image = jnp.where(periodic, jnp.floor(fractional), 0.0)
-    local = jnp.arange(positions.shape[0], dtype=jnp.int32)
-    return cell, fractional - image, image, local, own[:, None] & own[None, :]
+def device_capacity(system_index: np.ndarray, n_atoms: int, n_systems: int, cells, periodic, cutoff: float,
+                    chunk: tuple[int, int] | None = None, margin: float = 1.1) -> DeviceCapacity:
+    """Allocate on the host: the systems of the first n_atoms rows (in order; padding rows belong to none), each
+    with its own translations for these cells (``margin`` for cells that shrink) and its own candidates, searched
+    ``chunk`` = (G, L) at a time (None: :func:`chunk_shape` of these systems)."""
+    own = np.asarray(system_index)[:n_atoms]
+    if np.any(np.diff(own) < 0):
+        raise ValueError("the systems' rows must be consecutive")
+    count = np.bincount(own, minlength=n_systems)[:n_systems].astype(np.int64)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    periodic = np.asarray(periodic, bool)
+    reach = system_reach(cells, periodic & (count > 0), cutoff, margin)
+    translations = np.prod(2 * reach.astype(np.int64) + 1, axis=1)
+    groups, lanes = chunk or chunk_shape(int(np.sum(count**2 * translations)), int(count.max(initial=1)))
+    offsets = np.concatenate([[0], np.cumsum(count * translations * -(-count // lanes))])
+    if offsets[-1] * lanes >= 2**31:
+        raise ValueError(f"{offsets[-1] * lanes} candidate pairs exceed the on-device list's int32 range: fewer systems per batch")
+    return DeviceCapacity(start.astype(np.int32), count.astype(np.int32), reach, offsets.astype(np.int32), periodic,
+                          np.zeros((groups, lanes, 0), np.int8))
 
 
-def _hits(frame, periodic, shift, cutoff):
-    """(B, B) True where receiver - (sender + shift) is a pair within ``cutoff`` (Å): the one rule of the device
-    lists (an atom is not its own neighbour in the home cell; non-periodic systems use the home cell only)."""
-    cell, wrapped, _, local, pair_ok = frame
-    vectors = (wrapped[:, None, :] - wrapped[None, :, :] + shift.astype(wrapped.dtype)) @ cell  # receiver - sender
-    zero = jnp.all(shift == 0)
-    return (pair_ok & (jnp.sum(vectors**2, -1) < cutoff**2) & ~(zero & (local[:, None] == local[None, :]))
-            & (periodic | zero))
+def _frames(positions, cells, capacity):
+    """Every row wrapped into its system's cell: (cells, non-periodic ones the identity, (S, 3, 3); wrapped
+    fractional (R, 3) in [0, 1); image (R, 3), r = (wrapped + image) @ cell)."""
+    start, count, _, _, periodic, _ = capacity
+    cells = jnp.where(periodic[:, None, None], cells, jnp.eye(3, dtype=cells.dtype))
+    system = jnp.searchsorted(start + count, jnp.arange(positions.shape[0]), side="right", method="compare_all")
+    system = jnp.minimum(system, len(count) - 1)
+    fractional = jnp.einsum("na,nab->nb", positions, jnp.linalg.inv(cells)[system])
+    image = jnp.where(periodic[system][:, None], jnp.floor(fractional), 0.0)
+    return cells, fractional - image, image
 
 
-def _system_block(positions, cell, own, periodic, shifts, cutoff, n_slots):
-    """One system's list: receivers and senders among its B member rows, images from the shift cube.
-    Returns local senders (B, K), translations (B, K, 3), mask (B, K) and each receiver's count (B,)."""
-    block = positions.shape[0]
-    frame = _block_frame(positions, cell, own, periodic)
-    _, _, image, local, _ = frame
-    image_shift = (image[:, None, :] - image[None, :, :]).astype(jnp.int32)  # receiver minus sender
-
-    def one_shift(carry, shift):
-        count, senders, translations, mask = carry
-        hit = _hits(frame, periodic, shift, cutoff)
-        slot = count[:, None] + jnp.cumsum(hit, axis=1, dtype=jnp.int32) - 1
-        keep = hit & (slot < n_slots)
-        rows, cols = jnp.where(keep, local[:, None], block), jnp.where(keep, slot, 0)
-        senders = senders.at[rows, cols].set(jnp.broadcast_to(local[None, :], hit.shape).astype(jnp.int32), mode="drop")
-        translations = translations.at[rows, cols].set(shift - image_shift, mode="drop")  # t = t' - (k_recv - k_send)
-        mask = mask.at[rows, cols].set(True, mode="drop")
-        return (count + jnp.sum(hit, axis=1, dtype=jnp.int32), senders, translations, mask), None
-
-    start = (jnp.zeros(block, jnp.int32), jnp.zeros((block, n_slots), jnp.int32), jnp.zeros((block, n_slots, 3), jnp.int32),
-             jnp.zeros((block, n_slots), bool))
-    (count, senders, translations, mask), _ = jax.lax.scan(one_shift, start, shifts)
-    return senders, translations, mask, count
-
-
-def _chunk(n_systems: int, block: int, pairs_per_chunk: int) -> int:
-    """Systems per lax.map step: about pairs_per_chunk candidate pairs (never the whole batch squared)."""
-    return max(1, min(n_systems, pairs_per_chunk // max(1, block * block)))
+def _candidates(frames, capacity, cutoff, first):
+    """G groups of L candidates from group ``first``, flat (G L): receiver, sender, translation t' of the wrapped atoms,
+    hit, where the receiver's candidates start in this step. The one rule of the device lists: receiver - (sender + t')
+    within ``cutoff`` (Å), not an atom itself in the home cell, only the home cell where not periodic."""
+    cells, wrapped, _ = frames
+    start, count, reach, offsets, periodic, chunk = capacity
+    n_groups, lanes, _ = chunk.shape
+    group = first + jnp.arange(n_groups, dtype=jnp.int32)
+    system = jnp.clip(jnp.searchsorted(offsets, group, side="right", method="compare_all") - 1, 0, count.shape[0] - 1)
+    n, r = count[system], reach[system]
+    dims, blocks = 2 * r + 1, jnp.maximum(-(-n // lanes), 1)
+    per_receiver = jnp.maximum(dims[:, 0] * dims[:, 1] * dims[:, 2] * blocks, 1)
+    i, rest = jnp.divmod(group - offsets[system], per_receiver)
+    t, block = jnp.divmod(rest, blocks)
+    shift = jnp.stack([t // (dims[:, 1] * dims[:, 2]), (t // dims[:, 2]) % dims[:, 1], t % dims[:, 2]], -1) - r
+    j = block[:, None] * lanes + jnp.arange(lanes, dtype=jnp.int32)  # (G, L) local senders
+    receiver, sender = start[system] + i, start[system][:, None] + j
+    shifted = wrapped[receiver] + shift.astype(wrapped.dtype)
+    vectors = jnp.einsum("gla,gab->glb", shifted[:, None, :] - wrapped[sender], cells[system])
+    home = jnp.all(shift == 0, axis=-1)[:, None]
+    hit = ((group < offsets[-1])[:, None] & (j < n[:, None]) & (jnp.sum(vectors**2, -1) < cutoff**2)
+           & ~(home & (i[:, None] == j)) & (periodic[system][:, None] | home))
+    receiver_first = (offsets[system] + i * per_receiver - first) * lanes
+    flat = lambda a: jnp.broadcast_to(a, (n_groups, lanes) + a.shape[2:]).reshape((n_groups * lanes,) + a.shape[2:])
+    return (flat(receiver[:, None]), flat(sender), flat(shift[:, None, :]), flat(hit), flat(receiver_first[:, None]))
 
 
-def device_neighbor_counts(positions, cells, capacity, cutoff, pairs_per_chunk: int = 1 << 22):
-    """The most neighbours within ``cutoff`` (Å) of any row, counted on the device over the same candidates and
-    rule as :func:`device_neighbor_matrix` (int32 scalar): the slot capacity to allocate. In a full list every
-    pair appears in both directions, so it bounds the outgoing slots too."""
-    members, shifts, periodic = capacity
-    n_rows, (n_systems, block) = positions.shape[0], members.shape
-    own = members < n_rows
-    safe = jnp.where(own, members, 0)
+def _search(positions, cells, capacity, cutoff, visit, carry):
+    """Every system's candidates, a step at a time: visit(carry, frames, receiver, sender, t', hit, slot) -> carry, slot
+    the hit's place in its receiver's row (translations, then senders, in order); returns (carry, hits per row (R,))."""
+    capacity = DeviceCapacity(*(jnp.asarray(a) for a in capacity))
+    frames, n_rows, (n_groups, lanes, _) = _frames(positions, cells, capacity), positions.shape[0], capacity.chunk.shape
 
-    def one_system(args):
-        positions, cell, own, periodic = args
-        frame = _block_frame(positions, cell, own, periodic)
-        count = lambda total, shift: (total + jnp.sum(_hits(frame, periodic, shift, cutoff), axis=1, dtype=jnp.int32), None)
-        return jax.lax.scan(count, jnp.zeros(block, jnp.int32), shifts)[0]
+    def step(state):
+        first, seen, carry = state
+        receiver, sender, shift, hit, receiver_first = _candidates(frames, capacity, cutoff, first)
+        ranks = jnp.cumsum(hit, dtype=jnp.int32)
+        before = jnp.concatenate([jnp.zeros(1, jnp.int32), ranks])[jnp.clip(receiver_first, 0, n_groups * lanes)]
+        slot = seen[receiver] + ranks - before - 1
+        carry = visit(carry, frames, receiver, sender, shift, hit, slot)
+        seen = seen.at[jnp.where(hit, receiver, n_rows)].add(1, mode="drop")
+        return first + n_groups, seen, carry
 
-    counts = jax.lax.map(one_system, (positions[safe], cells, own, periodic), batch_size=_chunk(n_systems, block, pairs_per_chunk))
-    return jnp.max(jnp.where(own, counts, 0), initial=0)
+    more = lambda state: state[0] < capacity.offsets[-1]
+    _, seen, carry = jax.lax.while_loop(more, step, (jnp.int32(0), jnp.zeros(n_rows, jnp.int32), carry))
+    return carry, seen
 
 
-def device_neighbor_matrix(positions, cells, capacity, cutoff, n_slots: int, pairs_per_chunk: int = 1 << 22):
+def device_neighbor_counts(positions, cells, capacity, cutoff):
+    """The most neighbours within ``cutoff`` (Å) of any row (int32), counted as :func:`device_neighbor_matrix` finds
+    them: the slots to allocate (in a full list every pair appears both ways: it bounds the outgoing slots too)."""
+    return jnp.max(_search(positions, cells, capacity, cutoff, lambda carry, *_: carry, ())[1], initial=0)
+
+
+def device_neighbor_matrix(positions, cells, capacity, cutoff, n_slots: int):
     """The neighbour matrix within ``cutoff`` (Å) built on the device, in the layout of :func:`neighbor_matrix`
-    (padding slots point at the last row): candidates are every (receiver, sender, shift) of one system
-    block, O(B^2 T) per system, systems in chunks of about pairs_per_chunk candidates (never the whole
-    batch squared). Returns (neighbors, translations, mask, overflow): overflow when an atom has more than
-    n_slots neighbours or a cell now needs translations beyond the shift cube (the host then re-allocates;
-    nothing is dropped silently)."""
-    members, shifts, periodic = capacity
-    n_rows, (n_systems, block) = positions.shape[0], members.shape
-    own = members < n_rows
-    safe = jnp.where(own, members, 0)
-    senders, translations, mask, count = jax.lax.map(lambda args: _system_block(*args, shifts, cutoff, n_slots),
-                                                     (positions[safe], cells, own, periodic),
-                                                     batch_size=_chunk(n_systems, block, pairs_per_chunk))
-    global_senders = jnp.where(mask, jnp.take_along_axis(safe, senders.reshape(n_systems, -1), 1).reshape(senders.shape), n_rows - 1)
-    rows = jnp.where(own, members, n_rows).reshape(-1)
-    neighbors = jnp.full((n_rows, n_slots), n_rows - 1, jnp.int32).at[rows].set(global_senders.reshape(-1, n_slots), mode="drop")
-    slot_translations = jnp.zeros((n_rows, n_slots, 3), jnp.int32).at[rows].set(translations.reshape(-1, n_slots, 3), mode="drop")
-    slot_mask = jnp.zeros((n_rows, n_slots), bool).at[rows].set(mask.reshape(-1, n_slots), mode="drop")
-    reach = jnp.max(jnp.abs(shifts)) if shifts.shape[0] else 0
+    (padding slots point at the last row); each system searches its own candidates (:class:`DeviceCapacity`).
+    Returns (neighbors, translations, mask, overflow): overflow when an atom has more than n_slots neighbours or a
+    cell now needs translations beyond its reach (the host then re-allocates; nothing is dropped silently)."""
+    n_rows = positions.shape[0]
+
+    def place(carry, frames, receiver, sender, shift, hit, slot):
+        (neighbors, translations, mask), image = carry, frames[2].astype(jnp.int32)
+        rows, cols = jnp.where(hit & (slot < n_slots), receiver, n_rows), jnp.where(hit, slot, 0)
+        translation = shift - (image[receiver] - image[sender])  # t = t' - (k_receiver - k_sender)
+        return tuple(a.at[rows, cols].set(v, mode="drop") for a, v in ((neighbors, sender), (translations, translation), (mask, True)))
+
+    start = (jnp.full((n_rows, n_slots), n_rows - 1, jnp.int32), jnp.zeros((n_rows, n_slots, 3), jnp.int32),
+             jnp.zeros((n_rows, n_slots), bool))
+    (neighbors, translations, mask), seen = _search(positions, cells, capacity, cutoff, place, start)
+    periodic = jnp.asarray(capacity.periodic) & (jnp.asarray(capacity.count) > 0)
     reciprocal = jnp.linalg.norm(jnp.linalg.inv(jnp.where(periodic[:, None, None], cells, jnp.eye(3, dtype=cells.dtype))), axis=1)
-    needed_reach = jnp.ceil(cutoff * jnp.max(jnp.where((periodic & jnp.any(own, 1))[:, None], reciprocal, 0.0)) * (1 + 1e-12))
-    overflow = (jnp.max(jnp.where(own, count, 0)) > n_slots) | (needed_reach > reach)
-    return neighbors, slot_translations, slot_mask, overflow
+    needed = jnp.where(periodic[:, None], jnp.ceil(cutoff * reciprocal * (1 + 1e-12)), 0)  # translations each cell needs now
+    overflow = (jnp.max(seen, initial=0) > n_slots) | jnp.any(needed > jnp.asarray(capacity.reach))
+    return neighbors, translations, mask, overflow
 
 
 def device_outgoing(neighbors, mask, width: int):

@@ -3,9 +3,10 @@ updates of many systems in one compiled ``lax.while_loop``, for force fields wit
 MACE, pair potentials).
 
 One state pytree (:class:`jaxmat.relax.state.DeviceState`) holds every running system at fixed
-capacities — rows (atoms), systems (the last slot collects padding rows and is never read), neighbour slots, system blocks and the shift cube of
-the on-device list — with the optimizer's coordinates (atom positions, plus three cell rows per
-system when cells relax through :mod:`jaxmat.relax.cell`), per-row and per-system optimizer state,
+capacities — rows (atoms), systems (the last slot collects padding rows and is never read), neighbour
+slots and the on-device list's candidates (each system's own) — with the optimizer's coordinates (atom
+positions, plus three cell rows per system when cells relax through :mod:`jaxmat.relax.cell`), per-row
+and per-system optimizer state,
 step counters, status codes and the last energies, forces and stresses. Each iteration does what one
 iteration of the host loop (:mod:`jaxmat.relax.host_loop`) does, in the same order: evaluate, let a
 line search take the evaluation, retire systems that converged (max force < fmax, cell rows
@@ -18,8 +19,8 @@ the cutoff) it is rebuilt before the next evaluation: on the device, inside the 
 faster - by the host after the loop returns. The model evaluates the near list, the
 list's pairs within the model's cutoff at the current geometry, picked out before every evaluation
 (:mod:`jaxmat.relax.lists`: fewer slots, same numbers). If a list does not fit its slots, outgoing
-slots or shift cube, the loop returns with an overflow flag (an evaluation on a near list that did not
-fit takes no step) and the host re-allocates larger capacities before the next step, so no neighbour
+slots or a cell's translations, the loop returns with an overflow flag (an evaluation on a near list that
+did not fit takes no step) and the host re-allocates larger capacities before the next step, so no neighbour
 is ever dropped. The
 loop also returns after ``max_inner`` iterations, when no system is left running, or when a system
 finished while others wait in the queue (retire and refill). Capacities change only on overflow, so a
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.forcefields.base import DeviceForceField, cutoff_of, require_device_force_field
-from jaxmat.forcefields.neighbors import DeviceCapacity, list_is_stale
+from jaxmat.forcefields.neighbors import list_is_stale
 from jaxmat.padding import bucket, round_up
 from jaxmat.relax import constraints, geometry
 from jaxmat.relax.cell import CellFilter
@@ -135,8 +136,7 @@ def make_loop(optimizer, evaluate, cell: CellFilter | None, rebuild_on_device: b
 
         def rebuild(s):
             """The list at the new geometry, on the device (same capacities)."""
-            capacity = DeviceCapacity(s.members, s.shifts, s.periodic)
-            lists, overflow = device_lists(s.positions, s.cells, capacity, index, limits["cutoff"], s.neighbors.shape[1],
+            lists, overflow = device_lists(s.positions, s.cells, s.capacity, index, limits["cutoff"], s.neighbors.shape[1],
                                            n_systems)
             return s.replace(**lists), overflow
 
@@ -236,7 +236,7 @@ class DeviceRelaxation:
         """Relax the queued structures (indices into structures; sizes: the rows each counts against the atom
         budget, as in the host loop); returns counters."""
         running, state, done = [], None, []
-        self.lists.block = max([self.lists.block] + [len(structures[i]) for i in queue])  # rows of the largest system
+        self.lists.reserve([structures[i] for i in queue])
         while queue or running:
             host_started = time.perf_counter()
             if state is None or done:

@@ -8,8 +8,8 @@ evaluation (:func:`near_lists`). Pairs beyond the cutoff contribute exactly zero
 same numbers on fewer slots (W1: 72 instead of 88 per atom, the skin's shell of pairs left out).
 
 When systems join the batch, or a list overflowed its capacities inside the loop, the host sizes the slots
-(neighbours per atom), the near list's slots and outgoing slots (per sender) and the shift cube with a
-margin, and builds the lists at the current geometry - with vesin on the host, or on the device by the
+(neighbours per atom), the near list's slots and outgoing slots (per sender) and each system's lattice
+translations with a margin, and builds the lists at the current geometry - with vesin on the host, or on the device by the
 loop's own rebuild (:func:`jaxmat.forcefields.neighbors.device_neighbor_matrix`) after counting the
 neighbours there (:func:`jaxmat.forcefields.neighbors.device_neighbor_counts`). Same pairs either way; the
 device build saves the host's sorting and copies on an accelerator (0.84 -> 0.23 s of host time per W3
@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxmat.forcefields.neighbors import (
     DeviceCapacity,
+    chunk_shape,
     device_capacity,
     device_near_list,
     device_neighbor_counts,
@@ -32,7 +33,7 @@ from jaxmat.forcefields.neighbors import (
     list_reach,
     neighbor_matrix,
     pad_neighbor_matrix,
-    shift_reach,
+    system_reach,
 )
 from jaxmat.padding import bucket
 
@@ -84,7 +85,7 @@ def _grown(capacity: int, needed: int, margin: float) -> int:
 
 
 class NeighborLists:
-    """Capacities (slots, near_slots, outgoing_width, shift_reach, block) of the loop's skin list within
+    """Capacities (slots, near_slots, outgoing_width, chunk) of the loop's skin list within
     ``cutoff`` (Å, the model's cutoff + skin) and near list within ``model_cutoff`` (Å) for ``rows`` rows and
     ``systems`` system slots. allocation: where the skin list is built, "host" (vesin), "device" (counted and
     built on the device) or "auto": the device on accelerators, the host on CPU."""
@@ -93,13 +94,23 @@ class NeighborLists:
         self.allocation = place(allocation, "allocation")
         self.cutoff, self.rows, self.systems = cutoff, rows, systems
         self.model_cutoff = cutoff if model_cutoff is None else model_cutoff
-        self.slots = self.near_slots = self.outgoing_width = self.shift_reach = 0
-        self.block = 0  # rows of the largest system (the on-device list's blocks); set by the loop before allocating
+        self.slots = self.near_slots = self.outgoing_width = 0
+        self.chunk = None  # (groups, lanes) per step of the on-device rebuild, sized once per run (reserve)
 
     @property
     def capacities(self) -> tuple:
-        """The capacities that shape the compiled loop (slots, near slots, outgoing width, shift reach, block)."""
-        return self.slots, self.near_slots, self.outgoing_width, self.shift_reach, self.block
+        """The capacities that shape the compiled loop (slots, near slots, outgoing width, and the candidates per step of
+        the on-device rebuild, which takes as many steps as the running systems' own candidates need:
+        :class:`jaxmat.forcefields.neighbors.DeviceCapacity`)."""
+        return self.slots, self.near_slots, self.outgoing_width, self.chunk
+
+    def reserve(self, structures) -> None:
+        """Size the on-device rebuild's steps once for a run of these structures (ase.Atoms): about the candidates of a
+        batch of ``rows`` rows of the costliest per atom (a system's atoms times its own translations), so that
+        refills keep the compiled shape."""
+        per_atom = [len(a) * np.prod(2 * system_reach(a.cell[None], [bool(np.all(a.pbc))], self.cutoff, 1.1)[0] + 1)
+                    for a in structures]
+        self.chunk = self.chunk or chunk_shape(self.rows * max(per_atom, default=1), max(map(len, structures), default=1))
 
     def arrays(self, running, positions, cells, system_index, crowded: bool = False) -> dict:
         """The skin list of the running systems at this geometry, with the reference geometry of the staleness
@@ -111,13 +122,9 @@ class NeighborLists:
         n_atoms = sum(r.n_atoms for r in running)
         periodic = np.zeros(self.systems, bool)
         periodic[: len(running)] = [bool(np.all(r.atoms.pbc)) for r in running]
-        cells64 = np.asarray(cells, np.float64)
-        needed = shift_reach(cells64, periodic, self.cutoff)
-        if self.shift_reach and needed > self.shift_reach:  # the cube overflowed: one shell more than needed now
-            needed += 1
-        capacity = device_capacity(np.asarray(system_index), n_atoms, self.systems, self.block, cells64, periodic, self.cutoff,
-                                   max(needed, self.shift_reach))
-        self.shift_reach = int(np.abs(capacity.shifts).max(initial=0))  # never shrinks: one compiled shape for the run
+        capacity = device_capacity(np.asarray(system_index), n_atoms, self.systems, np.asarray(cells, np.float64), periodic,
+                                   self.cutoff, self.chunk)
+        self.chunk = capacity.chunk.shape[:2]  # kept for the run: one compiled shape
         build = self._device_lists if self.allocation == "device" else self._host_lists
         skin, pairs = build(running, n_atoms, positions, cells, system_index, capacity)
         # the near list itself is picked out by the loop before each evaluation: here only its capacities (placeholder arrays)
@@ -127,8 +134,7 @@ class NeighborLists:
         self.outgoing_width = max(_grown(self.outgoing_width, pairs, NEAR_MARGIN), self.near_slots)  # full list: symmetric
         near = (np.zeros((self.rows, self.near_slots), np.int32), np.zeros((self.rows, self.near_slots, 3), np.int32),
                 np.zeros((self.rows, self.near_slots), bool), np.zeros((self.rows, self.outgoing_width), np.int32))
-        return skin | dict(zip(NEAR_KEYS, near)) | {"members": capacity.members, "shifts": capacity.shifts,
-                                                     "periodic": capacity.periodic}
+        return skin | dict(zip(NEAR_KEYS, near)) | {"capacity": capacity}
 
     def _host_lists(self, running, n_atoms, positions, cells, system_index, capacity) -> tuple[dict, int]:
         """vesin's full list, sorted into slots on the host, and the most pairs of a row within the model's cutoff."""

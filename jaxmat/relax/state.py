@@ -77,9 +77,7 @@ class DeviceState:
     near_translations: Any = along(LISTS)
     near_mask: Any = along(LISTS)
     near_outgoing: Any = along(LISTS)
-    members: Any = along(LISTS)  # the on-device rebuild's capacities (jaxmat.forcefields.neighbors.DeviceCapacity)
-    shifts: Any = along(LISTS)
-    periodic: Any = along(LISTS)
+    capacity: Any = along(LISTS)  # the on-device rebuild's (jaxmat.forcefields.neighbors.DeviceCapacity)
 
     def __getitem__(self, name: str):
         """state["positions"] reads state.positions."""
