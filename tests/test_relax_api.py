@@ -9,7 +9,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE as ASEFIRE
 
 from cells import rattled_argon
-from jaxmat.errors import ConfigError, JaxmatInputError, StructureError
+from jaxmat.errors import ConfigError, ForceFieldError, JaxmatInputError, StructureError
 from jaxmat.forcefields.ase_adapter import CalculatorForceField
 from jaxmat.forcefields.base import ForceFieldOutput, batch_from_atoms
 from jaxmat.forcefields.classical import lennard_jones
@@ -150,3 +150,36 @@ def test_failures_are_classified():
     assert failure_kind(FloatingPointError("overflow")) == "numerical"
     assert failure_kind(np.linalg.LinAlgError("singular")) == "numerical"
     assert failure_kind(KeyError("species")) == failure_kind(RuntimeError("bug")) == "other"
+
+
+class Misshapen:
+    """Lennard-Jones whose forces carry one padding row too many."""
+
+    supported_numbers = None
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, batch, compute_stress=False):
+        out = self.inner(batch, compute_stress)
+        return ForceFieldOutput(np.asarray(out.energy), np.concatenate([np.asarray(out.forces), np.zeros((1, 3))]), out.stress)
+
+
+def test_misshapen_force_field_output_is_an_error_naming_the_structures(lj):
+    for call in (relax, evaluate):
+        with pytest.raises(ForceFieldError, match=r"forces of shape \(33, 3\), not \(32, 3\).*for a, b"):
+            call([rattled_argon(0, repeat=(2, 2, 1)), rattled_argon(1, repeat=(2, 2, 1))], Misshapen(lj), names=["a", "b"])
+
+
+def test_max_atoms_is_kept_exactly_and_one_structure_is_a_list_of_one(lj):
+    counted = Limited(lj, most=100)
+    singles = [rattled_argon(seed, repeat=(1, 1, 1)) for seed in range(6)]  # 4 atoms each
+    evaluate(singles, counted, max_atoms=8)
+    assert counted.sizes == [2, 2, 2]
+    counted.sizes.clear()
+    relax(singles, counted, max_atoms=8, max_steps=1, progress=False, loop="host")
+    assert max(counted.sizes) == 2
+    [one] = relax(rattled_argon(2), lj, fmax=1e-3, progress=False)
+    assert one.status == "converged"
+    with pytest.raises(JaxmatInputError, match="names has 1 entries for 2 structures"):
+        evaluate(singles[:2], lj, names=["only one"])

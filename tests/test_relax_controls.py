@@ -14,7 +14,7 @@ from ase.optimize import LBFGS as ASELBFGS
 from ase.optimize import LBFGSLineSearch as ASELineSearch
 
 from jaxmat.errors import ConfigError
-from jaxmat.forcefields.base import ase_calculator
+from jaxmat.forcefields.base import ase_calculator, batch_from_atoms
 from jaxmat.relax import relax
 from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.optimizers import LBFGS
@@ -167,6 +167,9 @@ def test_fix_symmetry_keeps_the_space_group_as_ase_does(lj, loop):
     [sheared] = relax([fixed_cell], pushed, optimizer="fire", fmax=1e-3, max_steps=1000, relax_cell=True, progress=False,
                       loop=loop)
     assert_like_ase([sheared], [fixed_cell], pushed, "fire", 1e-3, CellFilter())
+    raw = pushed(batch_from_atoms([sheared.atoms]), compute_stress=True)  # both loops report the force field's own stress
+    np.testing.assert_allclose(sheared.stress, np.asarray(raw.stress[0]), atol=1e-12)
+    np.testing.assert_allclose(sheared.forces, np.asarray(raw.forces), atol=1e-12)
     assert space_group(sheared.atoms) == "P4/nmm (129)"
     assert space_group(results[0].atoms) == space_group(cells[0].atoms) == "P4/nmm (129)"
     assert cells[0].atoms.get_volume() < fixed_cell.get_volume()

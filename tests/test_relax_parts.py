@@ -7,7 +7,7 @@ from ase.build import bulk
 
 from jaxmat.relax.optimizers import FIRE, LBFGSLineSearch
 from jaxmat.relax.results import RelaxResult, Results
-from jaxmat.relax.scheduler import Capacities, admit, capacities, row_sizes
+from jaxmat.relax.scheduler import Capacities, admit, capacities, padded_rows, row_sizes
 from jaxmat.relax.state import block_of, fresh_block, pack
 
 
@@ -15,9 +15,10 @@ def test_capacities_and_admission_keep_queue_order():
     structures = [bulk("Ar", "fcc", a=5.3, cubic=True) * r for r in ((2, 2, 2), (1, 1, 1), (2, 1, 1), (1, 1, 1))]
     sizes = row_sizes(structures, [0, 1, 2, 3], relax_cell=True)
     assert sizes == {0: 35, 1: 7, 2: 11, 3: 7}  # atoms + 3 cell rows
-    assert capacities(sizes) == Capacities(64, 4)  # every row, rounded to 64; every system (9 of the smallest would fit)
-    assert capacities(sizes, max_atoms=10) == Capacities(64, 4)  # never below the largest structure
-    assert capacities(sizes, max_atoms=100, max_systems=2, devices=3) == Capacities(192, 2)  # multiple of lcm(64, 3)
+    assert capacities(sizes) == Capacities(60, 4)  # every row; every system (8 of the smallest would fit)
+    assert capacities(sizes, max_atoms=10) == Capacities(35, 4)  # never below the largest structure
+    assert capacities(sizes, max_atoms=100, max_systems=2) == Capacities(100, 2)  # the budget as given
+    assert padded_rows(100) == 128 and padded_rows(100, devices=3) == 192  # multiples of lcm(64, devices)
     queue = [0, 1, 2, 3]
     assert admit(queue, sizes, 0, 0, Capacities(50, 9)) == [0, 1] and queue == [2, 3]  # 2 does not fit: 3 (it would) waits too
     assert admit(queue, sizes, 30, 1, Capacities(45, 2)) == [2] and queue == [3]  # the system limit
@@ -71,7 +72,7 @@ def test_results_record_and_report():
 
 def test_overlap_check_uses_the_neighbour_module():
     from jaxmat.forcefields.neighbors import close_pairs
-    from jaxmat.relax.runner import overlap_message
+    from jaxmat.relax.inputs import problem as overlap_message
 
     atoms = Atoms("Ar2", positions=[[0.0, 0.0, 0.0], [3.9, 0.0, 0.0]], cell=[4.0, 4.0, 4.0], pbc=True)  # 0.1 Å through the face
     i, j, d = close_pairs(atoms.positions, atoms.cell[:], True, 0.5)

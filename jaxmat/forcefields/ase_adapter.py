@@ -21,7 +21,11 @@ class CalculatorForceField:
 
     supported_numbers: the atomic numbers the calculator handles (None: not checked before the run; e.g.
     ``ase.calculators.emt.EMT`` knows Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O). Charge and spin from the batch are
-    put in ``atoms.info`` ("charge", "spin") for calculators that read them. Units: eV, eV/Å, eV/Å^3."""
+    put in ``atoms.info`` ("charge", "spin") for calculators that read them. Units: eV, eV/Å, eV/Å^3.
+
+    The calculator sees what a :class:`SystemBatch` carries: numbers, positions, cell, pbc, charge and spin. Per-atom
+    extras of the input structures (initial magnetic moments, initial charges, tags, other ``info``) do not reach
+    it; set them on the calculator itself (e.g. a DFT calculator's own magnetisation keywords)."""
 
     supports_device_loop = False
 

@@ -58,12 +58,15 @@ class BatchEvaluation:
         energies, stresses = np.full(n, np.nan), np.full((n, 3, 3), np.nan) if compute_stress else None
         starts = np.concatenate([[0], np.cumsum([len(a) for a in structures])]).astype(int)
         forces, messages = np.full((starts[-1], 3), np.nan), [None] * n
-        pending = list(range(n))
+        arrays = (energies, forces, stresses, starts)
+        pending, alone = list(range(n)), set()  # alone: structures of a call that failed numerically, retried singly
         while pending:
-            size = self.batch_systems or len(pending)
+            size = 1 if pending[0] in alone else (self.batch_systems or len(pending))
             chunk, pending = pending[:size], pending[size:]
             try:
-                out = self.call([structures[k] for k in chunk], compute_stress)
+                self.store(chunk, self.call(structures, chunk, compute_stress), arrays)
+            except ForceFieldError:
+                raise
             except Exception as error:  # noqa: BLE001 - classified: memory, numerical or re-raised naming the structures
                 kind = failure_kind(error)
                 if kind == "memory" and len(chunk) > 1:
@@ -72,52 +75,54 @@ class BatchEvaluation:
                     log.warning("out of memory evaluating %d structures (%s); continuing with %d at a time",
                                 len(chunk), error, self.batch_systems)
                     pending = chunk + pending
-                    continue
-                if kind == "other":
+                elif kind == "other":
                     raise ForceFieldError(f"the force field raised {type(error).__name__} on {self.describe(chunk)}: {error}") from error
-                self.one_by_one(structures, chunk, compute_stress, error, (energies, forces, stresses, messages, starts))
-                continue
-            self.store(chunk, out, (energies, forces, stresses, messages, starts))
+                elif len(chunk) > 1:  # numerical: which structures fail, one by one
+                    log.warning("force evaluation of %d structures failed (%s); evaluating them one by one", len(chunk), error)
+                    alone.update(chunk)
+                    pending = chunk + pending
+                else:
+                    messages[chunk[0]] = ("out of memory even alone: " if kind == "memory" else "force field failed: ") + \
+                        f"{type(error).__name__}: {error}"
+                    log.warning("%s: %s", self.describe(chunk), messages[chunk[0]])
         return energies, forces, stresses, messages
 
-    def call(self, structures, compute_stress):
+    def call(self, structures, chunk, compute_stress):
+        """The force field on these structures: (energy (S,), forces (N, 3), stress (S, 3, 3) or None) as float64
+        numpy arrays, waited for (so asynchronous failures surface here), shapes checked."""
         self.counters["force_calls"] += 1
-        self.counters["structure_evaluations"] += len(structures)
+        self.counters["structure_evaluations"] += len(chunk)
         started = time.perf_counter()
         try:
-            out = self.force_field(batch_from_atoms(structures), compute_stress=compute_stress)
-            np.asarray(out.energy)  # waits for an asynchronous (JAX) result, so failures surface here
-            return out
+            out = self.force_field(batch_from_atoms([structures[k] for k in chunk]), compute_stress=compute_stress)
+            energy, forces = np.asarray(out.energy, np.float64), np.asarray(out.forces, np.float64)
+            stress = None if out.stress is None else np.asarray(out.stress, np.float64)
         finally:
             self.counters["force_seconds"] += time.perf_counter() - started
+        n_atoms = sum(len(structures[k]) for k in chunk)
+        expected = {"energy": (energy, (len(chunk),)), "forces": (forces, (n_atoms, 3))}
+        if compute_stress:
+            expected["stress"] = (stress, (len(chunk), 3, 3))
+        for name, (array, shape) in expected.items():
+            if array is None or array.shape != shape:
+                raise ForceFieldError(f"the force field returned {name} of shape {None if array is None else array.shape}, "
+                                      f"not {shape} (eV, eV/Å, eV/Å^3 per system / atom), for {self.describe(chunk)}")
+        return energy, forces, stress
 
     @staticmethod
     def store(chunk, out, arrays):
-        energies, forces, stresses, _, starts = arrays
-        energy, force = np.asarray(out.energy, np.float64), np.asarray(out.forces, np.float64)
+        energy, force, stress = out
+        energies, forces, stresses, starts = arrays
         offset = 0
         for j, k in enumerate(chunk):
             n = starts[k + 1] - starts[k]
             energies[k], forces[starts[k] : starts[k + 1]] = energy[j], force[offset : offset + n]
             offset += n
             if stresses is not None:
-                stresses[k] = np.asarray(out.stress, np.float64)[j]
+                stresses[k] = stress[j]
 
-    def one_by_one(self, structures, chunk, compute_stress, error, arrays):
-        """After a numerical failure of a batch call: each structure alone; those that raise are failed."""
-        if len(chunk) > 1:
-            log.warning("force evaluation of %d structures failed (%s); evaluating them one by one", len(chunk), error)
-        for k in chunk:
-            try:
-                out = self.call([structures[k]], compute_stress) if len(chunk) > 1 else None
-                if out is None:
-                    raise error
-            except Exception as single:  # noqa: BLE001 - classified as for a batch
-                kind = failure_kind(single)
-                if kind == "other":
-                    raise ForceFieldError(f"the force field raised {type(single).__name__} on {self.describe([k])}: {single}") from single
-                arrays[3][k] = ("out of memory even alone: " if kind == "memory" else "force field failed: ") + \
-                    f"{type(single).__name__}: {single}"
-                log.warning("%s: %s", self.describe([k]), arrays[3][k])
-                continue
-            self.store([k], out, arrays)
+
+def finite(energy, forces, stress=None) -> bool:
+    """Whether a structure's energy, forces (and stress, if any) are all finite: the one test both loops and
+    single points apply."""
+    return bool(np.isfinite(energy) and np.all(np.isfinite(forces)) and (stress is None or np.all(np.isfinite(stress))))

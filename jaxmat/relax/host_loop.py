@@ -21,8 +21,8 @@ import numpy as np
 
 from jaxmat.padding import pad
 from jaxmat.relax.cell import CellFilter
-from jaxmat.relax.evaluation import BatchEvaluation
-from jaxmat.relax.scheduler import Capacities, admit
+from jaxmat.relax.evaluation import BatchEvaluation, finite as all_finite
+from jaxmat.relax.scheduler import Capacities, admit, padded_rows
 from jaxmat.relax.status import RUNNING, STATUS_NAMES, SEARCH_FAILED, decide, message
 
 
@@ -123,7 +123,8 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
     step_fn = jax.jit(opt.step)
     advance_fn = jax.jit(opt.advance) if hasattr(opt, "advance") else None
     place_rows, place_systems = placements()
-    host_cells = HostCells(cell, row_capacity, system_capacity) if relax_cell else None
+    row_slots = padded_rows(row_capacity, jax.device_count())  # rows of the padded arrays (the budget admits row_capacity)
+    host_cells = HostCells(cell, row_slots, system_capacity) if relax_cell else None
     slots: list[Slot] = []
     rows = np.zeros((0, 3))  # optimizer coordinates of all running slots, concatenated
     row_state, system_state = opt.init_atoms(0), opt.init_systems(0)
@@ -131,7 +132,7 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
 
     def padded(energies, generalized):
         """The running slots' arrays at the fixed capacities, placed on the devices."""
-        n_rows, pad_rows = len(rows), row_capacity - len(rows)
+        n_rows, pad_rows = len(rows), row_slots - len(rows)
         system_index = np.concatenate([np.repeat(np.arange(len(slots)), [s.n_rows for s in slots]), np.full(pad_rows, system_capacity)])
         active = np.arange(system_capacity + 1) < len(slots)
         extra = system_capacity + 1 - len(slots)
@@ -156,13 +157,14 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
         rows = host_cells.set_geometry(slots, np.asarray(rows)) if relax_cell else set_positions(slots, np.array(rows))
         energies, forces, stresses, failures = evaluate([s.atoms for s in slots], relax_cell)
         atom_starts = np.concatenate([[0], np.cumsum([s.n_atoms for s in slots])])
-        finite, adjusted_forces, adjusted_stresses = np.zeros(len(slots), bool), forces.copy(), stresses
+        finite, adjusted_forces = np.zeros(len(slots), bool), forces.copy()
+        adjusted_stresses = None if stresses is None else stresses.copy()  # the raw ones are reported
         for k, slot in enumerate(slots):
             f_k, s_k = forces[atom_starts[k] : atom_starts[k + 1]], None if stresses is None else stresses[k]
             if trajectories is not None:
                 trajectories.setdefault(slot.index, []).append((slot.atoms.positions.copy(), float(energies[k]), f_k.copy(),
                                                                 slot.atoms.cell[:].copy()))
-            finite[k] = np.isfinite(energies[k]) and np.all(np.isfinite(f_k)) and (s_k is None or np.all(np.isfinite(s_k)))
+            finite[k] = all_finite(energies[k], f_k, s_k)
             if finite[k] and slot.constrained:
                 adjusted_forces[atom_starts[k] : atom_starts[k + 1]], s_adj = slot.adjusted(float(energies[k]), f_k, s_k)
                 if s_adj is not None:

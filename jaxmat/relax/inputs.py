@@ -47,6 +47,20 @@ def as_atoms(structure, name: str):
     raise StructureError(f"{name} is a {type(structure).__name__}; jaxmat relaxes ase.Atoms or pymatgen Structures")
 
 
+def structure_list(structures, names: Sequence[str] | None = None) -> tuple[list, list[str] | None]:
+    """The structures as a list of ase.Atoms (one Atoms or pymatgen Structure is a list of one) and their names
+    as a list of the same length (or None)."""
+    from ase import Atoms
+
+    single = isinstance(structures, Atoms) or any(hasattr(structures, a) for a in ("sites", "atoms"))
+    structures = [structures] if single else list(structures)
+    if names is not None:
+        names = [str(n) for n in names]
+        if len(names) != len(structures):
+            raise JaxmatInputError(f"names has {len(names)} entries for {len(structures)} structures")
+    return [as_atoms(s, name_of(names, i)) for i, s in enumerate(structures)], names
+
+
 def check_elements(structures: Sequence, force_field, names: Sequence[str] | None = None) -> None:
     """Refuse, before any work, structures with elements the force field does not know."""
     from ase.data import chemical_symbols

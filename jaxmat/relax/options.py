@@ -48,11 +48,15 @@ def check_settings(fmax: float, max_steps: int, max_atoms: int | None, max_syste
         raise ConfigError(f"fmax must be a positive number of eV/Å, not {fmax!r}")
     if int(max_steps) != max_steps or max_steps < 0:
         raise ConfigError(f"max_steps must be a whole number >= 0, not {max_steps!r}")
-    for name, value in (("max_atoms", max_atoms), ("max_systems", max_systems)):
-        if value is not None and (int(value) != value or value < 1):
-            raise ConfigError(f"{name} must be a whole number >= 1 (or None), not {value!r}")
+    check_count("max_atoms", max_atoms), check_count("max_systems", max_systems)
     if loop not in LOOPS:
         raise ConfigError(f"loop must be one of {', '.join(LOOPS)}, not {loop!r}")
+
+
+def check_count(name: str, value) -> None:
+    """A whole number >= 1 or None (max_atoms, max_systems)."""
+    if value is not None and (not isinstance(value, (int, np.integer, float)) or int(value) != value or value < 1):
+        raise ConfigError(f"{name} must be a whole number >= 1 (or None), not {value!r}")
 
 
 def make_optimizer(optimizer, options: dict | None = None):

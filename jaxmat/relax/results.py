@@ -43,6 +43,8 @@ class RelaxResult:
 
     @property
     def fmax(self) -> float:
+        """The largest atomic force (eV/Å) of the reported (raw) forces: with constraints or a relaxing cell the
+        optimizer judged the constrained forces and cell forces instead, so this may exceed the run's fmax."""
         return float(np.max(np.linalg.norm(self.forces, axis=1))) if self.forces is not None and len(self.forces) else float("nan")
 
 

@@ -13,14 +13,13 @@ import sys
 import time
 from typing import Callable, Sequence
 
-import jax
 from tqdm import tqdm
 
 from jaxmat.errors import ConfigError
 from jaxmat.precision import scoped_by
 from jaxmat.relax import host_loop
 from jaxmat.relax.cell import CellFilter
-from jaxmat.relax.inputs import as_atoms, check_elements, name_of, problem
+from jaxmat.relax.inputs import check_elements, name_of, problem, structure_list
 from jaxmat.relax.optimizers import FIRE, LBFGS
 from jaxmat.relax.options import DeviceLoopOptions, cell_options, check_settings, make_optimizer
 from jaxmat.relax.results import RelaxResult, RelaxResults, Results
@@ -65,7 +64,9 @@ def relax(
     ASE constraints on the structures (FixAtoms, FixCartesian, FixCom, FixSymmetry; :mod:`jaxmat.relax.constraints`)
     are applied as ASE applies them; others are refused for that structure. Pass Atoms, not ASE filters.
 
-    max_atoms: atom budget of one batch (default: all atoms, at most 4096). max_systems: most systems at once.
+    structures: a list of them (one Atoms is a list of one). max_atoms: the row budget of one batch, kept exactly (atoms,
+    plus 3 cell rows per structure with relax_cell; default: all, at most max(4096, the largest structure); a larger
+    structure runs alone). max_systems: most systems at once.
     loop: "device" runs evaluation, checks, optimizer steps and neighbour-list updates in one compiled loop on the
     accelerator (:mod:`jaxmat.relax.device_loop`; JAX force fields; no trajectories), "host" the host-driven loop
     (any force field), "auto" (default) the device loop where it applies; device_loop: that loop's
@@ -86,7 +87,7 @@ def relax(
     if loop == "device" and not device_capable:
         raise ConfigError("the device loop needs a JAX force field (JAX MACE or a pair potential) and no trajectory")
     started = time.perf_counter()
-    structures = [as_atoms(s, name_of(names, i)) for i, s in enumerate(structures)]
+    structures, names = structure_list(structures, names)
     check_elements(structures, force_field, names)
     counters = {"force_calls": 0, "structure_evaluations": 0, "force_seconds": 0.0}
     bar = tqdm(total=len(structures), desc=f"relax ({opt.name})", unit="structure", disable=not progress, file=sys.stderr)
@@ -98,22 +99,25 @@ def relax(
             results.add(RelaxResult(i, atoms.copy(), "failed", 0, message=why))
         else:
             queue.append(i)
-    if queue:
-        sizes = row_sizes(structures, queue, relax_cell)
-        capacity = capacities(sizes, max_atoms, max_systems, jax.device_count())
-        if device_capable and loop != "host":
-            from jaxmat.relax.device_loop import DeviceRelaxation
+    try:
+        if queue:
+            sizes = row_sizes(structures, queue, relax_cell)
+            capacity = capacities(sizes, max_atoms, max_systems)
+            if device_capable and loop != "host":
+                from jaxmat.relax.device_loop import DeviceRelaxation
 
-            options = device_loop
-            device = DeviceRelaxation(force_field, opt, fmax, max_steps, capacity.rows, capacity.systems, options.skin,
-                                      options.max_inner, MAX_FORCE, cell=cell, allocation=options.allocation, rebuild=options.rebuild)
-            counters.update(device.run(structures, queue, sizes, results.record))
-            counters["force_calls"] = counters["iterations"]
-            counters["force_seconds"] = counters["device_seconds"]
-        else:
-            describe = lambda indices: ", ".join(name_of(names, i) for i in indices)
-            host_loop.run(structures, queue, sizes, force_field, opt, fmax=fmax, max_steps=max_steps, max_force=MAX_FORCE,
-                          row_capacity=capacity.rows, system_capacity=capacity.systems, cell=cell, counters=counters,
-                          finish=results.record, describe=describe, trajectories=results.trajectories if keep_trajectory else None)
-    bar.close()
+                knobs = device_loop
+                device = DeviceRelaxation(force_field, opt, fmax, max_steps, capacity.rows, capacity.systems, knobs.skin,
+                                          knobs.max_inner, MAX_FORCE, cell=cell, allocation=knobs.allocation, rebuild=knobs.rebuild)
+                counters.update(device.run(structures, queue, sizes, results.record))
+                counters["force_calls"] = counters["iterations"]
+                counters["force_seconds"] = counters["device_seconds"]
+            else:
+                describe = lambda indices: ", ".join(name_of(names, i) for i in indices)
+                host_loop.run(structures, queue, sizes, force_field, opt, fmax=fmax, max_steps=max_steps, max_force=MAX_FORCE,
+                              row_capacity=capacity.rows, system_capacity=capacity.systems, cell=cell, counters=counters,
+                              finish=results.record, describe=describe,
+                              trajectories=results.trajectories if keep_trajectory else None)
+    finally:
+        bar.close()
     return RelaxResults(results.items, dict(counters, total_seconds=time.perf_counter() - started))

@@ -27,16 +27,20 @@ def row_sizes(structures, queue, relax_cell: bool) -> dict:
     return {i: len(structures[i]) + (3 if relax_cell else 0) for i in queue}
 
 
-def capacities(sizes: dict, max_atoms: int | None = None, max_systems: int | None = None, devices: int = 1) -> Capacities:
-    """The batch of a run: budget max_atoms (default: every row, at most 4096, at least the largest structure),
-    rounded up to a multiple of 64 and of the device count (rows shard evenly); systems: max_systems or as
-    many of the smallest structures as fit, at most the queue's length."""
+def capacities(sizes: dict, max_atoms: int | None = None, max_systems: int | None = None) -> Capacities:
+    """The batch of a run: the row budget max_atoms as given (default: every row, at most max(4096, the largest
+    structure); never below the largest structure, which then runs alone); systems: max_systems or as many of the
+    smallest structures as fit, at most the queue's length. The loops pad their arrays beyond the budget
+    (:func:`padded_rows`); no batch holds more rows than the budget."""
     largest = max(sizes.values())
     budget = max(largest, max_atoms or min(sum(sizes.values()), max(4096, largest)))
-    quantum = int(np.lcm(64, devices))
-    rows = round_up(budget, quantum)
-    systems = max_systems or min(len(sizes), max(1, rows // max(1, min(sizes.values()))))
-    return Capacities(rows, systems)
+    systems = max_systems or min(len(sizes), max(1, budget // max(1, min(sizes.values()))))
+    return Capacities(int(budget), int(systems))
+
+
+def padded_rows(budget: int, devices: int = 1) -> int:
+    """The padded row count of a batch with this budget: a multiple of 64 and of the device count (rows shard evenly)."""
+    return round_up(budget, int(np.lcm(64, devices)))
 
 
 def admit(queue: list, sizes: dict, running_rows: int, running_systems: int, capacity: Capacities) -> list:

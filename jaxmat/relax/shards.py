@@ -23,6 +23,7 @@ import jax
 from jaxmat import distributed
 from jaxmat.errors import JaxmatInputError
 from jaxmat.files import read_frame_log, write_frames
+from jaxmat.relax.results import RelaxResults
 
 FINISH_TIMEOUT_S = 7 * 24 * 3600  # seconds the other processes may still be relaxing when one is done
 
@@ -39,7 +40,7 @@ def on_local_devices(relax, devices=None):
     def run(structures, force_field, *args, on_result=None, names=None, progress=True, **kwargs):
         if not getattr(force_field, "supports_device_loop", False):
             raise JaxmatInputError("one relaxation shard per device needs a JAX force field (--backend jax, lj, morse)")
-        lock, results, errors = threading.Lock(), {}, []
+        lock, results, errors, stats = threading.Lock(), {}, [], {}
 
         def work(k):
             indices = list(range(k, len(structures), len(devices)))
@@ -54,9 +55,9 @@ def on_local_devices(relax, devices=None):
 
             try:
                 with jax.default_device(devices[k]):
-                    relax([structures[i] for i in indices], force_field, *args, on_result=report,
-                          names=None if names is None else [names[i] for i in indices], progress=progress and k == 0,
-                          **kwargs)
+                    stats[k] = relax([structures[i] for i in indices], force_field, *args, on_result=report,
+                                     names=None if names is None else [names[i] for i in indices],
+                                     progress=progress and k == 0, **kwargs).stats
             except BaseException as exc:  # re-raised in the caller's thread
                 errors.append(exc)
 
@@ -67,7 +68,9 @@ def on_local_devices(relax, devices=None):
             thread.join()
         if errors:
             raise errors[0]
-        return [results[i] for i in range(len(structures))]
+        totals = {key: sum(part.get(key, 0) for part in stats.values()) for key in set().union(*stats.values())} if stats else {}
+        totals["total_seconds"] = max((part.get("total_seconds", 0.0) for part in stats.values()), default=0.0)
+        return RelaxResults([results[i] for i in range(len(structures))], totals)  # counts summed over the devices
 
     return run
 

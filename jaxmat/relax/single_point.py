@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from jaxmat.precision import scoped_by
-from jaxmat.relax.evaluation import BatchEvaluation
-from jaxmat.relax.inputs import as_atoms, check_elements, name_of, problem
-from jaxmat.relax.options import check_settings
+from jaxmat.relax.evaluation import BatchEvaluation, finite
+from jaxmat.relax.inputs import check_elements, name_of, problem, structure_list
+from jaxmat.relax.options import check_count
 from jaxmat.relax.results import voigt
 from jaxmat.relax.scheduler import Capacities, admit, capacities
 
@@ -42,19 +42,22 @@ class SinglePoint:
 
 
 @scoped_by("float64")
-def evaluate(structures: Sequence, force_field, *, compute_stress: bool | None = None, max_atoms: int | None = None,
+def evaluate(structures, force_field, *, compute_stress: bool | None = None, max_atoms: int | None = None,
              names: Sequence[str] | None = None, float64: bool = True) -> list[SinglePoint]:
-    """Energies (eV), forces (eV/Å) and stresses (eV/Å^3) of ASE Atoms or pymatgen Structures, in input order.
+    """Energies (eV), forces (eV/Å) and stresses (eV/Å^3) of ASE Atoms or pymatgen Structures (a list, or one), in
+    input order.
 
-    compute_stress: None (default) for the fully periodic structures only, True for all (refused for
-    non-periodic ones), False for none. max_atoms: atoms per force-field call (default: all, at least 4096 or
-    the largest structure). A structure that cannot be evaluated (no atoms, overlapping atoms, a numerical failure
-    of the force field) is ``failed`` with the reason while the rest are evaluated; elements the force field does
-    not know are refused before any work (:class:`jaxmat.errors.JaxmatInputError`)."""
+    compute_stress: None (default) for the fully periodic structures only; True for all (a non-periodic structure
+    is then ``failed``: it has no stress); False for none. max_atoms: most atoms per force-field call (default: all,
+    at most max(4096, the largest structure); a larger structure goes alone). A structure that cannot be evaluated
+    (no atoms, overlapping atoms, a numerical failure of the force field, non-finite results) is ``failed`` with the
+    reason while the rest are evaluated; elements the force field does not know are refused before any work
+    (:class:`jaxmat.errors.JaxmatInputError`), and a force field that raises anything else stops the call
+    (:class:`jaxmat.errors.ForceFieldError`, naming the structures)."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    check_settings(1.0, 0, max_atoms, None)
-    structures = [as_atoms(s, name_of(names, i)) for i, s in enumerate(structures)]
+    check_count("max_atoms", max_atoms)
+    structures, names = structure_list(structures, names)
     check_elements(structures, force_field, names)
     results: list[SinglePoint | None] = [None] * len(structures)
     groups = {True: [], False: []}
@@ -65,13 +68,13 @@ def evaluate(structures: Sequence, force_field, *, compute_stress: bool | None =
             results[i] = SinglePoint(i, atoms.copy(), "failed", message=why)
         else:
             groups[periodic if compute_stress is None else bool(compute_stress)].append(i)
+    chunk: list[int] = []  # the structures of the current call; failures name them
+    evaluation = BatchEvaluation(force_field, lambda ks: ", ".join(name_of(names, chunk[k]) for k in ks))
     for stress, queue in groups.items():
         if not queue:
             continue
         sizes = {i: len(structures[i]) for i in queue}
         capacity = capacities(sizes, max_atoms, None)
-        chunk: list[int] = []  # the structures of the current call; failures name them
-        evaluation = BatchEvaluation(force_field, lambda ks: ", ".join(name_of(names, chunk[k]) for k in ks))
         while queue:
             chunk[:] = admit(queue, sizes, 0, 0, Capacities(capacity.rows, len(queue)))
             energies, forces, stresses, failures = evaluation([structures[i] for i in chunk], stress)
@@ -80,7 +83,7 @@ def evaluate(structures: Sequence, force_field, *, compute_stress: bool | None =
                 atoms, f = structures[i].copy(), forces[start : start + len(structures[i])]
                 start += len(atoms)
                 s = None if stresses is None else stresses[k]
-                if failures[k] or not (np.isfinite(energies[k]) and np.all(np.isfinite(f)) and (s is None or np.all(np.isfinite(s)))):
+                if failures[k] or not finite(energies[k], f, s):
                     results[i] = SinglePoint(i, atoms, "failed", float(energies[k]), f, s,
                                              failures[k] or "non-finite energy, forces or stress")
                     continue
