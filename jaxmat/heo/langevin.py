@@ -5,7 +5,9 @@ The step is the one of ``ase.md.langevin.Langevin`` (Vanden-Eijnden & Ciccotti, 
 random numbers xi, eta ~ N(0, 1) (rows, 3), optionally ASE's ``fixcm`` (the random displacements and
 velocity kicks of each system made free of centre-of-mass motion, scaled by sqrt(n / (n - 1))). Units are
 ASE's: positions Å, masses amu, velocities Å / ASE time, dt in ASE time (``ase.units.fs`` per fs), forces
-eV/Å. Friction 0 is velocity Verlet (NVE).
+eV/Å. Friction 0 is velocity Verlet (NVE). With a pressure, every step starts with ASE's NPTBerendsen cell scaling
+(:func:`berendsen_scale`: isotropic, cell and positions scaled together; the forces of that step's first half kick are
+those before the scaling, off by O(mu - 1)).
 
 Atoms move, so the neighbour list is the relaxation loop's kind: built on the host with a skin
 (:func:`jaxmat.forcefields.neighbors.neighbor_matrix` at cutoff + skin), the model evaluating the pairs within
