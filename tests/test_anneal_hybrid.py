@@ -4,6 +4,7 @@ carried are the model's at the reported arrangements and positions, the lowest i
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from jaxmat.forcefields.base import batch_from_atoms
 from jaxmat.forcefields.classical import lennard_jones
@@ -11,10 +12,16 @@ from jaxmat.heo.generate import rocksalt_heo
 from jaxmat.heo.hybrid import hybrid
 
 
-def test_hybrid_moves_atoms_keeps_compositions_and_carries_the_model_energy():
+@pytest.mark.parametrize("pressure_gpa", [None, 2.0])
+def test_hybrid_moves_atoms_keeps_compositions_and_carries_the_model_energy(pressure_gpa):
     model = lennard_jones(sigma=2.0, epsilon=0.01, cutoff=5.0)  # eV, Å; species-blind, but forces move the atoms
     cells = [rocksalt_heo(2, seed=s, mode="equimolar") for s in range(2)]
-    result = hybrid(cells, model, [300.0, 1500.0], 3, 10, seed=0, timestep_fs=2.0)
+    result = hybrid(cells, model, [300.0, 1500.0], 3, 10, seed=0, timestep_fs=2.0, pressure_gpa=pressure_gpa, taup_fs=50.0)
+    volumes = np.array([a.get_volume() for a in result.last])
+    if pressure_gpa is None:
+        np.testing.assert_allclose(volumes, cells[0].get_volume())
+    else:  # at constant pressure the cells follow it (the energies below are the model's in those cells)
+        assert np.all(np.abs(volumes / cells[0].get_volume() - 1) > 1e-3)
     for r, (last, best) in enumerate(zip(result.last, result.best)):
         start = cells[result.input_index[r]]
         assert np.array_equal(np.sort(last.numbers), np.sort(start.numbers))

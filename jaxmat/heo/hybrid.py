@@ -60,7 +60,9 @@ def _round(evaluate, params, lay, graph, state, md_steps, observe, pbc, cutoff, 
                       jnp.asarray(state["md_keys"]), cutoff=cutoff)
     md_state, _ = langevin.run(evaluate, params, md_graph, md_state, md_steps, dt=md["dt"], kT=md["kT"], friction=md["friction"],
                                masses=masses, pbc=pbc, cutoff=cutoff, skin=md["skin"], **md["barostat"])
-    positions, cells = np.asarray(md_state["positions"], float), np.asarray(md_state["cells"], float)[:-1]
+    positions = np.asarray(md_state["positions"], float)
+    if md["barostat"]:  # fixed cells stay the host's exactly (not rounded through the device's precision)
+        cells = np.asarray(md_state["cells"], float)[:-1]
     graph = _graph(lay, positions, cells, pbc, cutoff)
     energy = _energies(evaluate, params, graph, sampler["labels"])[:-1]
     lower = energy < sampler["best_energy"]
