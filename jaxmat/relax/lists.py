@@ -2,7 +2,7 @@
 
 Two lists per state. The *skin list* holds every pair within the model's cutoff + skin at the reference
 geometry; it stays valid until some atom or cell moved by about the skin (then it is rebuilt, inside the
-loop or by the host: ``relax(rebuild=...)``). The *near list* is what the model evaluates: the skin list's
+loop or by the host: ``DeviceLoopOptions(rebuild=...)``). The *near list* is what the model evaluates: the skin list's
 pairs within the model's own cutoff at the current geometry, recomputed on the device before every
 evaluation (:func:`near_lists`). Pairs beyond the cutoff contribute exactly zero, so the model gives the
 same numbers on fewer slots (W1: 72 instead of 88 per atom, the skin's shell of pairs left out).
