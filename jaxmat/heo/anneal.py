@@ -42,6 +42,7 @@ import numpy as np
 
 from jaxmat import cli
 from jaxmat.errors import JaxmatInputError
+from jaxmat.forcefields.base import cutoff_of
 from jaxmat.heo import sampling, swap
 from jaxmat.heo.sampling import AnnealResult, check_inputs, collect  # noqa: F401  (the library call's names)
 
@@ -57,7 +58,7 @@ def anneal(structures, force_field, temperatures, sweeps: int, *, seed: int = 0,
     structure after every sweep (:func:`jaxmat.heo.swap.exchange`)."""
     check_inputs(structures, force_field, temperatures)
     params, evaluate = force_field.device_model()
-    cutoff = float(getattr(force_field, "r_max", None) or force_field.cutoff)
+    cutoff = cutoff_of(force_field)
     lay = swap.layout(structures, temperatures, force_field.device_species, cutoff)
     n_rep, n_temps = lay["n_replicas"], len(temperatures)
     graph = {k: jnp.asarray(v) for k, v in lay["graph"].items()}
