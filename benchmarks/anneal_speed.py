@@ -4,11 +4,14 @@ evaluation. An attempt can cost less than that: swaps move no atom, so in the co
 geometry alone is loop-invariant for XLA. Sweeps and model calls alternate and the fastest of each counts (a shared machine).
 
     python benchmarks/anneal_speed.py --model ../shared/models/mace_heo_chgnet_small.model --workload W1 [--dtype float32]
+
+--first N keeps the first N cells, --json PATH writes the numbers (the GPU harness's ``anneal`` unit reads them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import jax
@@ -23,6 +26,8 @@ def main():
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--sweeps", type=int, default=3, help="timed sweeps (the fastest counts)")
     parser.add_argument("--md-steps", type=int, default=20)
+    parser.add_argument("--first", type=int, default=None, help="only the first N cells of the workload")
+    parser.add_argument("--json", default=None, help="write the numbers to this file")
     args = parser.parse_args()
     from jaxmat.precision import use_float64
 
@@ -33,7 +38,7 @@ def main():
     from jaxmat.heo import langevin, swap
     from jaxmat.testing import workload
 
-    cells = workload(args.workload)
+    cells = workload(args.workload)[: args.first]
     model = load_force_field(args.model, "jax", args.dtype)
     params, evaluate = model.device_model()
     lay = swap.layout(cells, [1000.0], model.device_species, model.r_max)
@@ -45,7 +50,7 @@ def main():
     start = time.perf_counter()
     state, trace = swap.sweeps(evaluate, params, graph, *arrays, state, n_sweeps=1, attempts=attempts)
     jax.block_until_ready(trace)
-    first = time.perf_counter() - start
+    first = first_sweep = time.perf_counter() - start
     energy = jax.jit(swap.energies, static_argnums=0)
     jax.block_until_ready(energy(evaluate, params, graph, state["labels"]))
     sweeps, calls = [], []  # each the fastest of its repeats (a loaded machine slows some), alternated
@@ -84,6 +89,10 @@ def main():
     took = time.perf_counter() - start
     print(f"  Langevin MD {args.md_steps / took:.1f} steps/s of the whole batch ({args.md_steps} steps in {took:.2f} s, "
           f"{stats.get('rebuilds', 0)} list rebuilds; first step with compilation {first:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"device": jax.devices()[0].platform, "systems": len(cells), "attempts_per_s": per_second,
+                       "sweep_s": one, "model_s": call, "first_sweep_s": first_sweep, "md_steps_per_s": args.md_steps / took}, handle)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,9 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
     plan = [{"name": "env", "kind": "env", "spec": {}, "min_s": 5, "cap_s": 60}]
     plan += forces(small, small_name, "float64") + profile("float64")
     plan += relaxations("W3", "lbfgs") + relaxations("W4", "lbfgs") + relaxations("W3", "fire") + relaxations("W4", "fire")
+    if relax_model:  # HEO swap Monte Carlo and Langevin MD against torch-sim's (W3: 256 replicas of 64 atoms)
+        plan.append({"name": "anneal-W3", "kind": "anneal", "min_s": 60, "cap_s": 240,
+                     "spec": {"workload": "W1" if smoke else "W3", "model": relax_model}})
     plan += forces(small, small_name, "float32") + profile("float32") + precision()
     if not smoke:  # the JAX MACE's float32 model with float64 geometry and sums; its speed peer is mace-torch float32
         plan += [unit for unit in forces(small, small_name, "mixed") if unit["spec"]["contender"] == "jaxmat-jax"]

@@ -39,6 +39,21 @@ def cueq_lines(record: dict) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|"] + rows
 
 
+def anneal_lines(record: dict) -> list[str]:
+    """HEO swap Monte Carlo and Langevin MD, jaxmat.heo against torch-sim (the anneal unit)."""
+    entry = record["units"].get("anneal-W3", {})
+    if entry.get("status") != "ok":
+        return []
+    r = entry["result"]
+    rate = lambda side, key: f"{r[side][key]:.3g}" if key in r.get(side, {}) else r.get(side, {}).get("unavailable", "–")
+    return ["", f"## HEO sampling ({entry['spec']['workload']}, float64)", "",
+            "| | jaxmat.heo | torch-sim | speed-up |", "|---|---|---|---|",
+            f"| swap attempts/s (energies only) | {rate('jaxmat', 'attempts_per_s')} | {rate('torch-sim', 'attempts_per_s')} | "
+            f"{r.get('swap_speedup', float('nan')):.2f}x |",
+            f"| Langevin MD steps/s of the batch | {rate('jaxmat', 'md_steps_per_s')} | {rate('torch-sim', 'md_steps_per_s')} | "
+            f"{r.get('md_speedup', float('nan')):.2f}x |"]
+
+
 def parity_rows(record: dict, folder: Path) -> list[dict]:
     """JAX MACE vs mace-torch at the same dtype, and each float32 result vs mace-torch float64."""
     rows = []
@@ -196,6 +211,7 @@ def render(record: dict) -> str:
                              f"{_ms(j.get('call_s'))} | {_ms(j.get('model_s'))} | {j.get('first_call_s', float('nan')):.1f} | {ratio('call_s')} | "
                              f"{ratio('model_s')} | {_mib(t.get('peak_device_bytes'))} / {_mib(j.get('peak_device_bytes'))} |")
     lines += cueq_lines(record)
+    lines += anneal_lines(record)
     lines += profile_lines(record)
     lines += precision_lines(record)
     lines += ["", "## Relaxation (float64, fmax 0.05 eV/Å, all structures in one batch; ASE one at a time on the first few)", "",

@@ -13,6 +13,9 @@ outputs, ``block_until_ready`` or ``torch.cuda.synchronize``). Units:
   (compilation), peak device memory.
 - ``relax``: one relaxation contender (jaxmat with either backend, torch-sim's batched optimizer with plain or
   cuEquivariance MACE (``torch-sim-cueq``: ``MaceModel(enable_cueq=True)``), ASE one structure at a time) on one workload with FIRE or L-BFGS.
+- ``anneal``: HEO swap Monte Carlo attempts/s (energies only) and Langevin MD steps/s, jaxmat.heo
+  (benchmarks/anneal_speed.py) against torch-sim's swap_monte_carlo and nvt_langevin (benchmarks/anneal_torchsim.py),
+  same model and cells, each script in its own process.
 - ``polysrl``: the PolySRL train step, jaxmat (jit) vs the PyTorch + torch-geometric expression of
   benchmarks/polysrl_train_step.py, same parameters and noise.
 - ``profile``: where the JAX MACE's time goes: every stage of one call (benchmarks/mace_roofline.py)
@@ -432,5 +435,33 @@ def unit_precision(spec, arrays):
             "force_error": float(np.max(np.abs(approximate.forces - exact.forces)))}
 
 
+def unit_anneal(spec, arrays):
+    """jaxmat.heo's swap MC and MD against torch-sim's on one workload (the two benchmark scripts, their JSON)."""
+    import json
+    import tempfile
+
+    smoke = spec["smoke"]
+    common = ["--model", spec["model"], "--workload", spec["workload"]] + (["--first", "2"] if smoke else [])
+    runs = {"jaxmat": ["anneal_speed.py", "--sweeps", "1" if smoke else "3", "--md-steps", "2" if smoke else "20"],
+            "torch-sim": ["anneal_torchsim.py", "--steps", "2" if smoke else "8", "--md-steps", "1" if smoke else "5"]}
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (script, *options) in runs.items():
+            target = Path(folder) / f"{name}.json"
+            done = subprocess.run([sys.executable, str(BENCHMARKS / script), *common, *options, "--json", str(target)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0 or not target.exists():
+                out[name] = {"unavailable": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+                continue
+            out[name] = json.loads(target.read_text())
+    if "attempts_per_s" not in out["jaxmat"]:
+        raise RuntimeError(f"jaxmat anneal benchmark failed: {out['jaxmat']}")
+    if "attempts_per_s" in out["torch-sim"]:
+        out["swap_speedup"] = out["jaxmat"]["attempts_per_s"] / out["torch-sim"]["attempts_per_s"]
+        if "md_steps_per_s" in out["torch-sim"]:
+            out["md_speedup"] = out["jaxmat"]["md_steps_per_s"] / out["torch-sim"]["md_steps_per_s"]
+    return out
+
+
 UNITS = {"env": unit_env, "forces": unit_forces, "relax": unit_relax, "polysrl": unit_polysrl, "profile": unit_profile,
-         "precision": unit_precision}
+         "precision": unit_precision, "anneal": unit_anneal}
