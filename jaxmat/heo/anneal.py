@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -60,19 +59,13 @@ def anneal(structures, force_field, temperatures, sweeps: int, *, seed: int = 0,
     params, evaluate = force_field.device_model()
     cutoff = cutoff_of(force_field)
     lay = swap.layout(structures, temperatures, force_field.device_species, cutoff)
-    n_rep, n_temps = lay["n_replicas"], len(temperatures)
+    n_temps = len(temperatures)
     graph = {k: jnp.asarray(v) for k, v in lay["graph"].items()}
     observe = sampling.observer(structures, lay, n_temps)
     attempts = int(lay["sites"].shape[1])
     manifest = sampling.manifest(structures, temperatures, seed, attempts, checkpoint_every, model_id, exchange)
     exchange_pairs = tuple(jnp.asarray(a) for a in swap.partners(len(structures), n_temps, [len(a) for a in structures])) if exchange else None
-    traces = {k: [] for k in sampling.TRACE_KEYS}
-    if checkpoint is not None and sampling.exists(checkpoint):
-        state, traces = sampling.load(checkpoint, manifest)
-        log.info("resuming from %s after %d sweeps", checkpoint, int(state["sweep"]))
-    else:
-        keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(n_rep))
-        state = swap.init(evaluate, params, graph, jnp.asarray(lay["labels"]), keys)
+    state, traces, _, _ = sampling.start(checkpoint, manifest, evaluate, params, lay, seed)
     arrays = (jnp.asarray(lay["sites"]), jnp.asarray(lay["n_sites"]), jnp.asarray(lay["kT"]))
     while int(state["sweep"]) < sweeps:
         done = int(state["sweep"])

@@ -100,14 +100,8 @@ def hybrid(structures, force_field, temperatures, sweeps: int, md_steps: int, *,
                                 md_steps=int(md_steps), timestep_fs=float(timestep_fs), friction_per_fs=float(friction_per_fs),
                                 skin=float(skin), **({} if pressure_gpa is None else {"pressure_gpa": float(pressure_gpa),
                                                       "taup_fs": float(taup_fs), "compressibility_per_gpa": float(compressibility_per_gpa)}))
-    traces = {k: [] for k in sampling.TRACE_KEYS}
-    if checkpoint is not None and sampling.exists(checkpoint):
-        state, traces = sampling.load(checkpoint, manifest)
-        log.info("resuming from %s after %d rounds", checkpoint, int(state["sweep"]))
-    else:
-        keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(n_rep))
-        graph = {k: jnp.asarray(v) for k, v in lay["graph"].items()}
-        state = swap.init(evaluate, params, graph, jnp.asarray(lay["labels"]), keys)
+    state, traces, keys, resumed = sampling.start(checkpoint, manifest, evaluate, params, lay, seed)
+    if not resumed:
         positions = np.asarray(lay["graph"]["positions"], float)
         cells = np.asarray(lay["graph"]["cells"], float)[:-1]
         state = dict(state, positions=positions, velocities=np.zeros_like(positions), best_positions=positions.copy(),

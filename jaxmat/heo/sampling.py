@@ -5,13 +5,17 @@ state's arrays and the traces, with a manifest of what it must match to be resum
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmat.errors import JaxmatInputError
 from jaxmat.heo import sro, swap
+
+log = logging.getLogger(__name__)
 
 STATE_KEYS = ("labels", "energy", "best_energy", "best_labels", "attempted", "accepted", "exchanged", "keys", "sweep")
 TRACE_KEYS = ("energy", "acceptance", "observed")
@@ -133,3 +137,17 @@ def collect(structures, lay, state, traces, temperatures, n_temps) -> AnnealResu
                         last=frames(labels), best=frames(best_labels),
                         trace_energy=stack("energy"), trace_acceptance=stack("acceptance"), alpha=stack("observed"),
                         cations=[chemical_symbols[z] for z in elements if z not in swap.ANIONS])
+
+
+def start(checkpoint, manifest: dict, evaluate, params, lay: dict, seed: int):
+    """(state, traces, keys, resumed): the run's state and traces from its checkpoint where one exists (it must match
+    the manifest), else fresh - one PRNG key per replica folded from ``seed``, the start's energies evaluated (keys
+    None when resumed)."""
+    if checkpoint is not None and exists(checkpoint):
+        state, traces = load(checkpoint, manifest)
+        log.info("resuming from %s after %d sweeps", checkpoint, int(state["sweep"]))
+        return state, traces, None, True
+    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(lay["n_replicas"]))
+    graph = {k: jnp.asarray(v) for k, v in lay["graph"].items()}
+    state = swap.init(evaluate, params, graph, jnp.asarray(lay["labels"]), keys)
+    return state, {k: [] for k in TRACE_KEYS}, keys, False
