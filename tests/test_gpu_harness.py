@@ -126,7 +126,8 @@ def test_unknown_case_prefix_is_named(monkeypatch):
 def test_plan_order_and_sizes():
     plan = harness.build_plan(smoke=False, model="model.file")
     names = [u["name"] for u in plan]
-    assert names[0] == "env" and names[1:4] == ["forces-small-float64-mace-torch", "forces-small-float64-jaxmat-jax", "profile-small-float64"]
+    assert names[0] == "env" and names[1:5] == ["forces-small-float64-mace-torch", "forces-small-float64-jaxmat-jax",
+                                                "forces-small-float64-mace-torch-cueq", "profile-small-float64"]
     assert names.index("forces-small-float32-jaxmat-jax") < names.index("profile-small-float32") < names.index("polysrl")
     precision = [u for u in plan if u["kind"] == "precision"]  # the float32 diagnosis: default, TF32 off, Triton GEMMs off
     assert [u["spec"]["env"] for u in precision] == [{}, {"NVIDIA_TF32_OVERRIDE": "0"}, {"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}]

@@ -62,7 +62,7 @@ def build_plan(smoke: bool, model: str | None) -> list[dict]:
         return [{"name": f"forces-{name}-{dtype}-{contender}", "kind": "forces", "min_s": 20 if name == "small" else 40,
                  "cap_s": 150 if name == "small" else 200,
                  "spec": {"model": model_spec, "dtype": dtype, "contender": contender, "workloads": workloads, "repeats": repeats}}
-                for contender in ("mace-torch", "mace-torch-cueq", "jaxmat-jax")]
+                for contender in ("mace-torch", "jaxmat-jax", "mace-torch-cueq")]
 
     def profile(dtype):
         # W3 (16,384 atoms, ~1M edges) with the shared model: ~15 stages, two compilations each, on the GPU about
@@ -245,10 +245,10 @@ def main(argv=None) -> int:
             left = deadline - time.perf_counter()
             if unit["name"] in done and unit["name"] != "env":
                 entry = done[unit["name"]]
-            elif missing_peer(unit):
-                entry = {"status": "unavailable", "note": missing_peer(unit)}
             elif left < unit["min_s"]:
                 entry = {"status": "skipped", "note": f"budget left {max(left, 0):.0f} s < {unit['min_s']} s needed"}
+            elif missing_peer(unit):
+                entry = {"status": "unavailable", "note": missing_peer(unit)}
             else:
                 entry = run_unit(unit, units_dir, min(left, unit["cap_s"]), log)
             entry["kind"], entry["spec"] = unit["kind"], unit["spec"]
