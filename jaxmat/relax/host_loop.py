@@ -22,8 +22,9 @@ import numpy as np
 from jaxmat.padding import pad
 from jaxmat.relax.cell import CellFilter
 from jaxmat.relax.evaluation import BatchEvaluation, finite as all_finite
+from jaxmat.relax.results import attach
 from jaxmat.relax.scheduler import Capacities, admit, padded_rows
-from jaxmat.relax.status import RUNNING, STATUS_NAMES, SEARCH_FAILED, decide, message
+from jaxmat.relax.status import RUNNING, STATUS_NAMES, decide, message
 
 
 class Slot:
@@ -44,11 +45,7 @@ class Slot:
         """Forces (eV/Å) and stress (3, 3 eV/Å^3, or None) as the structure's ASE constraints leave them."""
         if not self.constrained:
             return forces, stress
-        from ase.calculators.singlepoint import SinglePointCalculator
-        from ase.stress import full_3x3_to_voigt_6_stress
-
-        extra = {} if stress is None else {"stress": full_3x3_to_voigt_6_stress(stress)}
-        self.atoms.calc = SinglePointCalculator(self.atoms, energy=energy, forces=forces, **extra)
+        attach(self.atoms, energy, forces, stress)
         return self.atoms.get_forces(), None if stress is None else self.atoms.get_stress(voigt=False)
 
 
@@ -61,10 +58,14 @@ class HostCells:
         self.read = jax.jit(cell.read_rows)
         self.forces = jax.jit(lambda f, s, c, o, r, n, i, e: (cell.generalized_forces(f, s, c, o, r, n, i), cell.energy(e, c)))
 
+    def padded_cells(self, cells) -> np.ndarray:
+        """(S, 3, 3) cells of the slots, padded with identity cells to the system capacity."""
+        return np.concatenate([np.stack(cells), np.tile(np.eye(3), (self.systems - len(cells), 1, 1))])
+
     def systems_arrays(self, slots):
         """original cells, n_atoms, per-atom system index, all padded (padding: identity cells, one atom)."""
         extra = self.systems - len(slots)
-        original = np.concatenate([np.stack([s.original_cell for s in slots]), np.tile(np.eye(3), (extra, 1, 1))])
+        original = self.padded_cells([s.original_cell for s in slots])
         n_atoms = pad(np.array([s.n_atoms for s in slots], float), extra, 1.0)
         index = pad(np.repeat(np.arange(len(slots)), [s.n_atoms for s in slots]), self.atoms - sum(s.n_atoms for s in slots),
                     self.systems - 1)
@@ -96,7 +97,7 @@ class HostCells:
         if not any(s.read_back for s in slots):
             return rows
         current = pad(np.concatenate([s.atoms.positions for s in slots]), self.atoms - start)
-        cells = np.concatenate([np.stack([s.atoms.cell[:] for s in slots]), np.tile(np.eye(3), (self.systems - len(slots), 1, 1))])
+        cells = self.padded_cells([s.atoms.cell[:] for s in slots])
         read_atoms, read_cells = (np.asarray(a) for a in self.read(current, cells, original, n_atoms, index))
         read = self.join(slots, read_atoms, read_cells)
         keep = np.repeat([not s.read_back for s in slots], [s.n_rows for s in slots])
@@ -107,7 +108,7 @@ class HostCells:
         original, n_atoms, index = self.systems_arrays(slots)
         _, cell_rows = self.split(slots, rows)
         extra = self.systems - len(slots)
-        cells = np.concatenate([np.stack([s.atoms.cell[:] for s in slots]), np.tile(np.eye(3), (extra, 1, 1))])
+        cells = self.padded_cells([s.atoms.cell[:] for s in slots])
         (atom_force, cell_force), objective = self.forces(pad(forces, self.atoms - len(forces)), pad(stresses, extra), cells, original,
                                                           cell_rows, n_atoms, index, pad(energies, extra))
         return self.join(slots, np.asarray(atom_force), np.asarray(cell_force)), np.asarray(objective)[: len(slots)]
@@ -194,7 +195,7 @@ def run(structures, queue, sizes, force_field, opt, *, fmax, max_steps, max_forc
             rows_k = slice(atom_starts[k], atom_starts[k + 1])
             text = failures[k] or message(codes[k], largest[k])
             stress = stresses[k] if stresses is not None and finite[k] else None
-            steps = slot.steps - int(codes[k] == SEARCH_FAILED)  # the step that could not open its search never completed
+            steps = slot.steps - int(lost[k])  # the step that could not open its search never completed
             finish(slot.index, slot.atoms.copy(), STATUS_NAMES[int(codes[k])], steps, float(energies[k]), forces[rows_k], stress, text)
         keep = np.flatnonzero(running)
         if len(keep) < len(slots):

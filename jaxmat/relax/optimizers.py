@@ -244,10 +244,3 @@ class LBFGSLineSearch(LBFGS):
 
 # the one table of optimizers: CLI choices, relax(optimizer=name)
 OPTIMIZERS = {"fire": FIRE, "lbfgs": LBFGS, "lbfgs-linesearch": LBFGSLineSearch}
-
-
-def make_optimizer(name: str, **options):
-    """An optimizer by its name in :data:`OPTIMIZERS`."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}: use {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](**options)

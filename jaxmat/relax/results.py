@@ -49,9 +49,19 @@ class RelaxResult:
 
 
 def voigt(stress) -> np.ndarray:
-    """A (3, 3) stress in ASE's Voigt order (xx, yy, zz, yz, xz, xy), off-diagonal pairs averaged as ASE does."""
-    s = np.asarray(stress, float)
-    return np.array([s[0, 0], s[1, 1], s[2, 2], (s[1, 2] + s[2, 1]) / 2, (s[0, 2] + s[2, 0]) / 2, (s[0, 1] + s[1, 0]) / 2])
+    """A (3, 3) stress in ASE's Voigt order (xx, yy, zz, yz, xz, xy), by ASE's own conversion."""
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    return full_3x3_to_voigt_6_stress(np.asarray(stress, float))
+
+
+def attach(atoms, energy: float, forces, stress=None):
+    """Give ``atoms`` a SinglePointCalculator holding energy (eV), forces (eV/Å) and a (3, 3) stress (eV/Å^3, or None),
+    so ASE's getters return them (the stress in Voigt order)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, **({} if stress is None else {"stress": voigt(stress)}))
+    return atoms
 
 
 class RelaxResults(list):
@@ -88,7 +98,5 @@ class Results:
 
     def record(self, index, atoms, status, n_steps, energy, forces, stress, message="") -> None:
         """One finished structure (atoms: its final geometry, owned by the result; stress (3, 3) or None)."""
-        from ase.calculators.singlepoint import SinglePointCalculator
-        extra = {"stress": voigt(stress)} if stress is not None else {}
-        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, **extra)
+        attach(atoms, energy, forces, stress)
         self.add(RelaxResult(index, atoms, status, n_steps, energy, forces, stress, message))

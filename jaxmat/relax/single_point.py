@@ -16,7 +16,7 @@ from jaxmat.precision import scoped_by
 from jaxmat.relax.evaluation import BatchEvaluation, finite
 from jaxmat.relax.inputs import check_elements, name_of, problem, structure_list
 from jaxmat.relax.options import check_count
-from jaxmat.relax.results import voigt
+from jaxmat.relax.results import attach, voigt
 from jaxmat.relax.scheduler import Capacities, admit, capacities
 
 
@@ -54,8 +54,6 @@ def evaluate(structures, force_field, *, compute_stress: bool | None = None, max
     reason while the rest are evaluated; elements the force field does not know are refused before any work
     (:class:`jaxmat.errors.JaxmatInputError`), and a force field that raises anything else stops the call
     (:class:`jaxmat.errors.ForceFieldError`, naming the structures)."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     check_count("max_atoms", max_atoms)
     structures, names = structure_list(structures, names)
     check_elements(structures, force_field, names)
@@ -87,6 +85,5 @@ def evaluate(structures, force_field, *, compute_stress: bool | None = None, max
                     results[i] = SinglePoint(i, atoms, "failed", float(energies[k]), f, s,
                                              failures[k] or "non-finite energy, forces or stress")
                     continue
-                atoms.calc = SinglePointCalculator(atoms, energy=float(energies[k]), forces=f, **({} if s is None else {"stress": voigt(s)}))
-                results[i] = SinglePoint(i, atoms, "evaluated", float(energies[k]), f, s)
+                results[i] = SinglePoint(i, attach(atoms, float(energies[k]), f, s), "evaluated", float(energies[k]), f, s)
     return results
