@@ -116,11 +116,4 @@ def hybrid(structures, force_field, temperatures, sweeps: int, md_steps: int, *,
             sampling.save(checkpoint, state, traces, manifest)
             if on_checkpoint is not None:
                 on_checkpoint(done)
-    result = sampling.collect(structures, lay, state, traces, temperatures, n_temps)
-    starts = np.concatenate([[0], np.cumsum([len(a) for a in result.last])])
-    positions, best_positions = np.asarray(state["positions"], float), np.asarray(state["best_positions"], float)
-    cells, best_cells = np.asarray(state["cells"], float), np.asarray(state["best_cells"], float)
-    for r in range(n_rep):
-        result.last[r].cell, result.last[r].positions = cells[r], positions[starts[r]: starts[r + 1]]
-        result.best[r].cell, result.best[r].positions = best_cells[r], best_positions[starts[r]: starts[r + 1]]
-    return result
+    return sampling.place_geometry(sampling.collect(structures, lay, state, traces, temperatures, n_temps), state)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmat.forcefields.base import cutoff_of
 from jaxmat.heo import sampling, swap
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def relaxed_anneal(structures, force_field, temperatures, sweeps: int, *, relax_
     optimizer steps (fmax eV/Å stops earlier; relax_cell: the cell too). The result's frames carry their relaxed
     positions and cells; checkpoint, checkpoint_every, model_id, on_checkpoint: as :func:`jaxmat.heo.anneal.anneal`."""
     sampling.check_inputs(structures, force_field, temperatures)
-    cutoff = float(getattr(force_field, "r_max", None) or force_field.cutoff)
+    cutoff = cutoff_of(force_field)
     lay = swap.layout(structures, temperatures, force_field.device_species, cutoff)
     n_rep, n_temps = lay["n_replicas"], len(temperatures)
     copies = [structures[r // n_temps] for r in range(n_rep)]
@@ -97,7 +98,7 @@ def relaxed_anneal(structures, force_field, temperatures, sweeps: int, *, relax_
         state = dict(state, **{k: np.asarray(state[k]) for k in ("positions", "cells", "best_positions", "best_cells")})
         log.info("resuming from %s after %d sweeps", checkpoint, int(state["sweep"]))
     else:
-        keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(n_rep))
+        keys = sampling.replica_keys(seed, n_rep)
         cells = np.stack([np.asarray(a.cell[:], float) for a in copies])
         energy, positions, cells = _relaxed(copies, lay["elements"], lay["labels"], lay["graph"]["positions"], cells, starts,
                                             force_field, settings)
@@ -120,9 +121,4 @@ def relaxed_anneal(structures, force_field, temperatures, sweeps: int, *, relax_
             sampling.save(checkpoint, state, traces, manifest)
             if on_checkpoint is not None:
                 on_checkpoint(done)
-    result = sampling.collect(structures, lay, state, traces, temperatures, n_temps)
-    for r in range(n_rep):
-        for atoms, positions, cells in ((result.last[r], state["positions"], state["cells"]),
-                                        (result.best[r], state["best_positions"], state["best_cells"])):
-            atoms.cell, atoms.positions = cells[r], positions[starts[r]: starts[r + 1]]
-    return result
+    return sampling.place_geometry(sampling.collect(structures, lay, state, traces, temperatures, n_temps), state)

@@ -147,7 +147,24 @@ def start(checkpoint, manifest: dict, evaluate, params, lay: dict, seed: int):
         state, traces = load(checkpoint, manifest)
         log.info("resuming from %s after %d sweeps", checkpoint, int(state["sweep"]))
         return state, traces, None, True
-    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(lay["n_replicas"]))
+    keys = replica_keys(seed, lay["n_replicas"])
     graph = {k: jnp.asarray(v) for k, v in lay["graph"].items()}
     state = swap.init(evaluate, params, graph, jnp.asarray(lay["labels"]), keys)
     return state, {k: [] for k in TRACE_KEYS}, keys, False
+
+
+def replica_keys(seed: int, n_replicas: int):
+    """One PRNG key per replica, folded from ``seed``."""
+    return jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(n_replicas))
+
+
+def place_geometry(result: AnnealResult, state: dict) -> AnnealResult:
+    """The result's last and lowest-energy frames moved to the state's positions (Å) and cells (Å) of samplers whose
+    atoms move (hybrid MC/MD, relaxed swaps)."""
+    starts = np.concatenate([[0], np.cumsum([len(a) for a in result.last])])
+    geometry = {key: np.asarray(state[key], float) for key in ("positions", "cells", "best_positions", "best_cells")}
+    for r in range(len(result.last)):
+        rows = slice(starts[r], starts[r + 1])
+        result.last[r].cell, result.last[r].positions = geometry["cells"][r], geometry["positions"][rows]
+        result.best[r].cell, result.best[r].positions = geometry["best_cells"][r], geometry["best_positions"][rows]
+    return result
